@@ -1,0 +1,100 @@
+"""The dense-model cache and the files a run saves (model.pt).
+
+The dense model is trained once per (model, dataset, pretrain and training config, seed) and cached
+under `cache_dir/dense/` (`$PRUNEKIT_CACHE`, default ~/.cache/prunekit): a sweep of methods and
+sparsities over one seed reuses one dense model, so every method starts from the same weights and
+no method pays for dense training. Files are written atomically and read with weights_only=True;
+an unreadable or mismatched file is reported and rebuilt, never used.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from prunekit.record import temp_beside
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "prunekit-dense/1"
+MODEL_FORMAT = "prunekit-model/1"
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dense_key(cfg) -> dict:
+    """Everything that determines the dense model's weights, and nothing else."""
+    d, t = cfg.dataset, cfg.train
+    return {
+        "format": CACHE_FORMAT,
+        "model": {k: cfg.model[k] for k in ("name", "in_channels", "small_input")},
+        "dataset": {
+            "name": d.name, "image_size": d.image_size, "val_fraction": d.val_fraction,
+            "test_fraction": d.test_fraction, "subset": d.subset, "split_seed": d.split_seed,
+            "augment": d.augment, "num_samples": d.num_samples, "num_classes": d.num_classes,
+            "path": os.path.abspath(os.path.expanduser(d.path)) if d.path else None,
+        },
+        "pretrain": {"epochs": cfg.pretrain.epochs, "lr": cfg.pretrain.lr},
+        "train": {k: t[k] for k in ("batch_size", "momentum", "nesterov", "weight_decay",
+                                    "label_smoothing", "lr_schedule")},
+        "seed": cfg.seed,
+    }
+
+
+def dense_cache_path(cfg) -> Path:
+    key = json.dumps(dense_key(cfg), sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = Path(os.path.expanduser(str(cfg.cache_dir))) / "dense"
+    return root / f"{cfg.model.name}_{cfg.dataset.name}_seed{cfg.seed}_{digest}.pt"
+
+
+def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
+    """Load a cached dense model into `model`; its metadata, or None (and why) when unusable."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("format") != CACHE_FORMAT or blob.get("key") != key:
+            raise ValueError("it belongs to another configuration")
+        model.load_state_dict(blob["state_dict"])
+    except Exception as e:  # corrupt, truncated, foreign: rebuild rather than trust it
+        log.warning("dense cache %s is unusable (%s): training the dense model again", path,
+                    str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        return None
+    return blob["meta"]
+
+
+def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state}, path)
+
+
+def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_size: int,
+               compacted: bool) -> None:
+    """model.pt: the pruned weights plus what is needed to rebuild the architecture."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({
+        "format": MODEL_FORMAT,
+        "model": {k: model_cfg[k] for k in ("name", "in_channels", "small_input")},
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "compacted": compacted,
+        "state_dict": state,
+    }, path)

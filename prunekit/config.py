@@ -1,0 +1,303 @@
+"""Config schemas (registered in Hydra's ConfigStore) and `validate(cfg)`.
+
+The schemas make Hydra reject key typos and wrong types while composing; `validate` adds what
+OmegaConf cannot check (ranges, choices, files, cross-key rules) and turns every problem into a
+`ConfigError` whose message is one line naming the key and the fix.
+
+Kept free of torch imports: `prunekit/__init__.py` imports it, and `--help` must stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+GRANULARITIES = ("unstructured", "filter", "channel", "column", "nm")
+CRITERIA = ("l1", "l2", "random")
+SCOPES = ("layerwise", "global")
+ITERATIVE_SCHEDULES = ("geometric", "linear", "blockwise")
+AUGMENTS = ("none", "crop", "crop_flip")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """Bad user input. The message is one line: the key, what is wrong, how to fix it."""
+
+
+# --------------------------------------------------------------------------- schemas
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    in_channels: int = 3  # what the network's stem takes; datasets convert to it
+    small_input: Optional[bool] = None  # None: a small-input stem when images are <= 64 px
+    checkpoint: Optional[str] = None  # user weights for the dense model (a state dict)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "${oc.env:PRUNEKIT_DATA,'~/.cache/prunekit/data'}"  # where downloads go
+    path: Optional[str] = None  # imagefolder: a folder with train/ and val/ class folders
+    download: bool = True
+    image_size: Optional[int] = None  # None: the dataset's native size
+    val_fraction: float = 0.1  # held out from train; every decision uses it
+    test_fraction: float = 0.2  # only for datasets without an official test split
+    subset: float = 1.0  # keep this fraction of every split (stratified), for quick runs
+    split_seed: int = 0  # fixed across run seeds so every run of a sweep sees the same splits
+    augment: str = "crop_flip"
+    batch_size: int = 128  # training batch size that suits this dataset
+    pretrain_epochs: int = 30  # dense training budget that suits this dataset
+    in_memory: Optional[bool] = None  # None: decode into tensors when it fits (fast path)
+    num_workers: int = 2  # DataLoader workers on the slow (streaming) path
+    num_samples: int = 1000  # fake only: train size (test is a fifth of it)
+    num_classes: int = 10  # fake only
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    granularity: str = "unstructured"
+    criterion: str = "l1"
+    scope: str = "layerwise"
+    nm: List[int] = field(default_factory=lambda: [2, 4])  # N:M, used when granularity=nm
+    prune_first_conv: bool = False
+    prune_classifier: bool = False
+    lr: float = 0.01  # learning rate of the method's own training / fine-tuning
+
+
+@dataclass
+class DenseMethodConfig(MethodConfig):
+    epochs: int = 0  # extra dense training, to give the baseline the same budget as a method
+
+
+@dataclass
+class OneshotMethodConfig(MethodConfig):
+    finetune_epochs: int = 3
+
+
+@dataclass
+class IterativeMethodConfig(MethodConfig):
+    steps: int = 5
+    schedule: str = "geometric"
+    finetune_epochs: int = 1  # after every step
+
+
+@dataclass
+class GradualMethodConfig(MethodConfig):
+    epochs: int = 10
+    initial_sparsity: float = 0.0
+    begin_step: int = 0
+    end_step: Optional[int] = None  # None: 75% of the optimiser steps of the run
+    frequency: int = 100  # Δt: optimiser steps between mask updates
+    power: int = 3
+
+
+@dataclass
+class LatencyConfig:
+    enabled: bool = True
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 64])
+    warmup: int = 5
+    repeats: int = 20
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = "auto"
+    threads: int = 0  # 0: torch's default
+    precision: str = "fp32"  # autocast dtype for training and evaluation on CUDA
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = "${dataset.batch_size}"  # type: ignore[assignment]
+    eval_batch_size: int = 512
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    lr_schedule: str = "cosine"
+    val_max_batches: Optional[int] = None  # cap validation cost for decisions; None: whole split
+    progress: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = "${dataset.pretrain_epochs}"  # type: ignore[assignment]
+    lr: float = 0.05
+    cache: bool = True
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: Any = MISSING
+    hardware: Any = MISSING
+    seed: int = 0
+    sparsity: float = 0.5
+    resume: bool = False
+    deterministic: bool = True
+    cache_dir: str = "${oc.env:PRUNEKIT_CACHE,'~/.cache/prunekit'}"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+METHOD_SCHEMAS = {
+    "dense": DenseMethodConfig,
+    "oneshot": OneshotMethodConfig,
+    "iterative": IterativeMethodConfig,
+    "gradual": GradualMethodConfig,
+}
+
+
+def register_configs() -> None:
+    """Schemas live under schema/ so they never show up as `method=...` options."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
+    cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
+    for name, schema in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=schema)
+
+
+# --------------------------------------------------------------------------- validation
+def _choice(cfg: DictConfig, key: str, choices) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}")
+
+
+def _at_least(cfg: DictConfig, key: str, low, what: str = "") -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}{what}")
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not value > 0:
+        raise ConfigError(f"{key}={value} must be > 0")
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """`+key=value` force-adds keys even to structured configs; reject what no schema knows."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    known = {f.name for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{full} is not a known key (known: {', '.join(sorted(known))})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _unknown_keys(child, full + ".")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check everything that can be checked before any work starts. Raises ConfigError."""
+    for group in ("model", "dataset", "method", "hardware"):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"{group} is not selected: pass {group}=<option>")
+    _unknown_keys(cfg)
+    for group in ("model", "dataset", "method", "hardware"):
+        _unknown_keys(cfg[group], group + ".")
+
+    s = cfg.sparsity
+    if not 0.0 <= s < 1.0:
+        raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")
+
+    # training
+    for key in ("train.batch_size", "train.eval_batch_size", "pretrain.lr", "method.lr"):
+        _positive(cfg, key)
+    for key in ("train.weight_decay", "train.momentum", "train.label_smoothing"):
+        _at_least(cfg, key, 0)
+    _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _at_least(cfg, "train.val_max_batches", 1)
+    _at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
+
+    # dataset
+    d = cfg.dataset
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"dataset.val_fraction={d.val_fraction} must be in (0, 1)")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+    if not 0.0 < d.subset <= 1.0:
+        raise ConfigError(f"dataset.subset={d.subset} must be in (0, 1]: the fraction kept")
+    _choice(cfg, "dataset.augment", AUGMENTS)
+    _at_least(cfg, "dataset.image_size", 4)
+    _at_least(cfg, "dataset.num_workers", 0)
+    _at_least(cfg, "dataset.num_samples", 10)
+    _at_least(cfg, "dataset.num_classes", 2)
+    if d.name == "imagefolder":
+        if not d.path:
+            raise ConfigError("dataset.path is not set: imagefolder needs dataset.path=DIR "
+                              "(a folder with train/ and val/ class folders)")
+        path = os.path.expanduser(str(d.path))
+        if not os.path.isdir(os.path.join(path, "train")):
+            raise ConfigError(f"dataset.path={d.path} has no train/ folder: point it at a folder "
+                              "with train/ and val/ class folders (ImageNet layout)")
+
+    # model
+    _at_least(cfg, "model.in_channels", 1)
+    ckpt = cfg.model.checkpoint
+    if ckpt is not None and not os.path.isfile(os.path.expanduser(str(ckpt))):
+        raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a state dict")
+
+    # method
+    m = cfg.method
+    _choice(cfg, "method.granularity", GRANULARITIES)
+    _choice(cfg, "method.criterion", CRITERIA)
+    _choice(cfg, "method.scope", SCOPES)
+    if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:
+        raise ConfigError(f"method.nm={list(m.nm)} must be [N, M] with 0 < N < M, e.g. [2, 4]")
+    if m.granularity == "nm":
+        implied = 1.0 - m.nm[0] / m.nm[1]
+        if abs(implied - s) > 1e-9:
+            raise ConfigError(f"sparsity={s} does not match method.nm={list(m.nm)}, which removes "
+                              f"{implied:g}: set sparsity={implied:g}")
+        if m.name not in ("oneshot",):
+            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot, "
+                              f"not method={m.name}")
+    for key in ("epochs", "finetune_epochs"):
+        _at_least(cfg, f"method.{key}", 0, " (epochs cannot be negative)")
+    if m.name == "iterative":
+        _at_least(cfg, "method.steps", 1)
+        _choice(cfg, "method.schedule", ITERATIVE_SCHEDULES)
+        if m.schedule == "blockwise" and m.granularity != "filter":
+            raise ConfigError("method.schedule=blockwise prunes filters block by block: "
+                              "set method.granularity=filter")
+    if m.name == "gradual":
+        _at_least(cfg, "method.frequency", 1)
+        _at_least(cfg, "method.begin_step", 0)
+        _at_least(cfg, "method.power", 1)
+        _at_least(cfg, "method.epochs", 1, " (gradual pruning happens during training)")
+        if not 0.0 <= m.initial_sparsity <= s:
+            raise ConfigError(f"method.initial_sparsity={m.initial_sparsity} must be in "
+                              f"[0, sparsity={s}]")
+        if m.end_step is not None and m.end_step <= m.begin_step:
+            raise ConfigError(f"method.end_step={m.end_step} must be greater than "
+                              f"method.begin_step={m.begin_step}")
+
+    # hardware
+    h = cfg.hardware
+    _choice(cfg, "hardware.device", DEVICES)
+    _choice(cfg, "hardware.precision", PRECISIONS)
+    _at_least(cfg, "hardware.threads", 0)
+    _at_least(cfg, "hardware.latency.warmup", 0)
+    _at_least(cfg, "hardware.latency.repeats", 1)
+    if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
+        raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
+                          "non-empty list of positive batch sizes")

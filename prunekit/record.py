@@ -1,0 +1,225 @@
+"""What a run leaves behind and shows: the phase clock, steps.csv, layers.csv, summary.json, and the
+rich console view (progress bars, the final summary table).
+
+summary.json is written atomically (temp file + rename) so a reader never sees half a file;
+steps.csv is appended and flushed row by row so an interrupted run keeps every finished step.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+CONSOLE = Console()
+PHASES = ("search", "prune", "finetune", "eval")
+
+
+class ConsoleLogHandler(RichHandler):
+    """Log records on the shared console, so they print cleanly above live progress bars."""
+
+    def __init__(self, level: int = logging.NOTSET, stream=None):  # stream: Hydra's default config
+        super().__init__(level=level, console=CONSOLE, show_time=False, show_path=False,
+                         show_level=False, markup=False, rich_tracebacks=False)
+
+
+def make_progress(enabled: bool = True) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=CONSOLE, disable=not enabled, transient=False)
+
+
+# --------------------------------------------------------------------------- phase clock
+class PhaseClock:
+    """Wall-clock seconds per phase (search / prune / finetune / eval).
+
+    Phases nest with exclusive accounting, like a profiler: time inside an inner phase is the inner
+    phase's, not the outer's, so the phases never double count. `sync` (the device synchronise) is
+    called at every boundary so queued GPU work lands in the phase that issued it.
+    """
+
+    def __init__(self, sync: Optional[Callable[[], None]] = None):
+        self.totals: Dict[str, float] = {p: 0.0 for p in PHASES}
+        self._stack: List[List] = []  # [phase, started_at]
+        self._sync = sync or (lambda: None)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if name not in self.totals:
+            raise ValueError(f"unknown phase {name!r}")
+        self._sync()
+        now = time.perf_counter()
+        if self._stack:  # pause the enclosing phase
+            outer = self._stack[-1]
+            self.totals[outer[0]] += now - outer[1]
+        self._stack.append([name, now])
+        try:
+            yield
+        finally:
+            self._sync()
+            now = time.perf_counter()
+            phase, started = self._stack.pop()
+            self.totals[phase] += now - started
+            if self._stack:
+                self._stack[-1][1] = now  # resume the enclosing phase
+
+    def as_summary(self) -> Dict[str, float]:
+        return {f"time_{p}_s": round(self.totals[p], 4) for p in PHASES}
+
+
+# --------------------------------------------------------------------------- files
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: Path) -> str:
+    """A temp file next to `path` (same filesystem, so os.replace is atomic), with the permissions
+    a plain open() would give it (mkstemp makes files private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: List[dict]) -> None:
+    fields: List[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buf:
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        buf.seek(0)
+        atomic_write_text(path, buf.read())
+
+
+class Recorder:
+    """steps.csv row by row, plus layers.csv and summary.json at the end of a run."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.steps: List[dict] = []
+        self._fields: List[str] = []
+
+    @property
+    def steps_path(self) -> Path:
+        return self.out_dir / "steps.csv"
+
+    def step(self, **row) -> None:
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+        self.steps.append(row)
+        new_fields = [k for k in row if k not in self._fields]
+        if new_fields and self._fields:  # a new column: rewrite the file with the wider header
+            self._fields += new_fields
+            write_csv(self.steps_path, self.steps)
+            return
+        if not self._fields:
+            self._fields = list(row)
+            with open(self.steps_path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._fields).writeheader()
+        with open(self.steps_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+            f.flush()
+
+    def layers(self, rows: List[dict]) -> None:
+        write_csv(self.out_dir / "layers.csv", rows)
+
+    def summary(self, data: dict) -> None:
+        write_json(self.out_dir / "summary.json", data)
+
+
+# --------------------------------------------------------------------------- console view
+def _fmt(value, spec: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def _si(n) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def summary_table(s: dict) -> Table:
+    """Dense vs pruned, side by side, with what each number means in the caption."""
+    title = (f"{s.get('method')} · {s.get('model')} · {s.get('dataset')} · seed {s.get('seed')} · "
+             f"{s.get('granularity')}")
+    t = Table(title=title, title_style="bold", show_lines=False)
+    t.add_column("metric")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_column("ratio / Δ", justify="right")
+    t.add_row("top-1 (test, %)", _fmt(s.get("top1_dense"), ".2f"), _fmt(s.get("top1"), ".2f"),
+              _fmt(s.get("delta_top1"), "+.2f"))
+    t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
+    t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
+              f"target {_fmt(s.get('target_sparsity'), '.4f')}")
+    t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
+    t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
+    t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
+              f"{_fmt(s.get('compression_ratio'), '.2f')}× smaller")
+    t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
+              f"{_fmt(s.get('theoretical_speedup'), '.2f')}× (theoretical)")
+    t.add_row(f"latency (ms, batch {s.get('latency_batch_size', 1)})",
+              _fmt(s.get("latency_ms_dense"), ".3f"), _fmt(s.get("latency_ms"), ".3f"),
+              f"{_fmt(s.get('measured_speedup'), '.2f')}× (measured)")
+    phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
+    t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
+                 f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. {s.get('steps')} steps, "
+                 f"{s.get('finetune_count')} fine-tunes ({s.get('finetune_epochs')} epochs).")
+    return t
+
+
+def print_summary(summary: dict) -> None:
+    CONSOLE.print(summary_table(summary))
+    if summary.get("status") != "ok":
+        CONSOLE.print(f"[bold red]status: {summary.get('status')}[/] {summary.get('error') or ''}")

@@ -1,0 +1,216 @@
+"""One run, start to finish (DESIGN.md, "How data flows through one run"), free of Hydra globals:
+`run(cfg, out_dir)` is what `prune-run` calls and what tests call directly.
+
+validate -> hardware + seeds -> data -> dense model (cache / checkpoint / train) -> method.run
+-> final measurement of dense and pruned model -> steps.csv, layers.csv, model.pt, summary.json.
+A failure at any point still leaves a summary.json, with `status: failed` and the reason.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+import prunekit
+from prunekit.checkpoint import dense_cache_path, dense_key, load_dense, save_dense, save_model
+from prunekit.config import ConfigError, validate
+from prunekit.data import Data, build_data
+from prunekit.hardware import Hardware, measure_latency, seed_everything, setup_hardware
+from prunekit.methods import METHODS, Context
+from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
+from prunekit.models import build_model, load_weights, prunable_layers, residual_blocks
+from prunekit.record import CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary
+from prunekit.sparsity import Pruner, PruneSpec
+from prunekit.train import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> Dict[str, Optional[str]]:
+    import hydra
+    import omegaconf
+    import torch_pruning
+    import torchvision
+
+    sha = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(prunekit.__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"prunekit": prunekit.__version__, "git_sha": sha, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "hydra": hydra.__version__,
+            "omegaconf": omegaconf.__version__, "torch_pruning": getattr(torch_pruning, "__version__", None)}
+
+
+def target_unit(method_cfg) -> str:
+    if method_cfg.name == "dense":
+        return "none"
+    if method_cfg.granularity == "nm":
+        return f"{method_cfg.nm[0]}:{method_cfg.nm[1]}"
+    if method_cfg.get("schedule") == "blockwise":
+        return "channels per block"
+    return "weights"
+
+
+def _identity(cfg: DictConfig) -> dict:
+    """The keys a summary has even when the run fails before doing anything."""
+    method = cfg.get("method") or {}
+    params = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
+    return {
+        "status": "running",
+        "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "dataset": (cfg.get("dataset") or {}).get("name"),
+        "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
+        "granularity": method.get("granularity"), "target_sparsity": cfg.get("sparsity"),
+        "params": params, "error": None,
+    }
+
+
+def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
+    """Fill `model` with the dense weights: user checkpoint, cache hit, or training now.
+    Dense training is timed as time_pretrain_s; it is never pruning time."""
+    if cfg.model.checkpoint:
+        load_weights(model, str(Path(cfg.model.checkpoint).expanduser()), cfg.model.name)
+        return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0}
+    key, path = dense_key(cfg), dense_cache_path(cfg)
+    if cfg.pretrain.cache:
+        meta = load_dense(path, model, key)
+        if meta is not None:
+            log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
+            return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0}
+    started = time.perf_counter()
+    trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training")
+    trainer.hw.sync()
+    seconds = time.perf_counter() - started
+    if cfg.pretrain.cache:
+        save_dense(path, model, key, {"time_pretrain_s": seconds})
+        log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
+    return {"dense_source": "trained", "time_pretrain_s": seconds}
+
+
+def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
+            data: Data, dense_numel: Dict[str, int], prunable) -> tuple:
+    """The final numbers of dense and pruned model, measured side by side; and layers.csv rows."""
+    example = data.example_input(1)
+    test_dense = trainer.evaluate(dense, "test")
+    test = trainer.evaluate(model, "test")
+    params_dense, params, nonzero = count_params(dense), count_params(model), count_nonzero(model)
+    flops_dense, flops = effective_flops(dense, example), effective_flops(model, example)
+    out = {
+        "sparsity": prunable_sparsity(model, dense_numel),
+        "sparsity_total": 1.0 - nonzero / params_dense,
+        "params_dense": params_dense, "params": params, "params_nonzero": nonzero,
+        "compression_ratio": params_dense / max(nonzero, 1),
+        "flops_dense": int(flops_dense["__total__"]), "flops": int(flops["__total__"]),
+        "theoretical_speedup": flops_dense["__total__"] / max(flops["__total__"], 1.0),
+        "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
+        "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
+    }
+    lat = cfg.hardware.latency
+    if lat.enabled:
+        shape = tuple(example.shape[1:])
+        kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats)
+        ld = measure_latency(dense, shape, hw, **kw)
+        lp = measure_latency(model, shape, hw, **kw)
+        first = lat.batch_sizes[0]
+        out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
+                   latency_ms=lp[first]["median_ms"],
+                   measured_speedup=ld[first]["median_ms"] / lp[first]["median_ms"])
+        for bs in lat.batch_sizes:
+            out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
+                        f"latency_ms_bs{bs}": lp[bs]["median_ms"],
+                        f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
+                        f"throughput_bs{bs}": lp[bs]["throughput"]})
+    else:
+        out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None)
+    dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear))}
+    dense_layer_flops = {k: v for k, v in flops_dense.items() if k != "__total__"}
+    rows = layer_rows(model, dense_shapes, dense_layer_flops, list(prunable), example)
+    return out, rows
+
+
+def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) -> None:
+    hw = setup_hardware(cfg.hardware, cfg.deterministic)
+    seed_everything(cfg.seed, cfg.deterministic)
+    log.info("hardware  %s", hw.describe())
+    data = build_data(cfg.dataset, cfg.train, channels=cfg.model.in_channels, device=hw.device,
+                      seed=cfg.seed, channels_last=hw.channels_last)
+    log.info("data      %s", data.describe())
+    model = hw.prepare(build_model(cfg.model, data.num_classes, data.image_size))
+    summary.update(device=str(hw.device))
+
+    with Trainer(data, cfg.train, hw) as trainer:
+        summary.update(obtain_dense(cfg, model, trainer))
+        # Same RNG state after the dense model whether it was trained now or loaded, so a cached
+        # run prunes exactly as an uncached one does.
+        seed_everything(cfg.seed + 1, cfg.deterministic)
+        data.train.reseed(cfg.seed + 1)
+        dense_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
+        dense = copy.deepcopy(model).eval().requires_grad_(False)
+        log.info("dense     val top-1 %.2f%%", dense_val)
+
+        clock = PhaseClock(sync=hw.sync)
+        started = time.perf_counter()
+        layers = prunable_layers(model, cfg.method.prune_first_conv, cfg.method.prune_classifier)
+        with clock.phase("prune"):
+            pruner = Pruner(model, PruneSpec.from_cfg(cfg.method), layers, data.example_input(1),
+                            seed=cfg.seed, blocks=list(residual_blocks(model)))
+        ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
+                      pruner=pruner, recorder=recorder, clock=clock, hw=hw, target=cfg.sparsity,
+                      dense_val_top1=dense_val, check_input=data.example_input(32))
+        METHODS[cfg.method.name](cfg.method).run(ctx)
+        hw.sync()
+        summary.update(time_total_s=time.perf_counter() - started, **clock.as_summary())
+        model = ctx.model
+        final_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
+
+        numbers, rows = measure(cfg, model, dense, trainer, hw, data, pruner.dense_numel, layers)
+    summary.update(numbers)
+    summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=ctx.steps,
+                   finetune_count=ctx.finetune_count, finetune_epochs=ctx.finetune_epochs,
+                   compacted=ctx.compacted, compaction_max_abs_diff=ctx.compaction_max_abs_diff,
+                   target_unit=target_unit(cfg.method), scope=cfg.method.scope,
+                   criterion=cfg.method.criterion, prunable_layers=len(layers))
+    recorder.layers(rows)
+    save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
+               compacted=ctx.compacted)
+
+
+def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
+    """Run one configuration into `out_dir`; return the summary (also written to summary.json).
+
+    Raises what stopped the run (ConfigError for bad input) after writing `status: failed`."""
+    out_dir = Path(out_dir)
+    recorder = Recorder(out_dir)
+    summary = _identity(cfg)
+    summary["versions"] = versions()
+    summary["run_dir"] = str(out_dir)
+    try:
+        validate(cfg)
+        atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        pipeline(cfg, out_dir, recorder, summary)
+        summary["status"] = "ok"
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted by the user (SIGINT)")
+        raise
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}" if not isinstance(
+            e, ConfigError) else str(e))
+        raise
+    finally:
+        recorder.summary(summary)
+        if show and summary["status"] == "ok":
+            print_summary(summary)
+            CONSOLE.print(f"results in {out_dir}")
+    return summary

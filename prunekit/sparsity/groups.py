@@ -1,0 +1,214 @@
+"""Channel groups: channels that can only be removed together, and their physical removal.
+
+Removing output channel c of a conv also removes channel c of the BatchNorm after it and input
+channel c of every layer that reads it; across a residual add, it removes c from every branch that
+feeds the add. torch-pruning's DependencyGraph finds these couplings for any traced model
+(residual adds, concatenations, depthwise convs, flatten -> linear), so a `ChannelGroup` is one of
+its groups, re-expressed as parameter slices prunekit can mask.
+
+Masking a channel zeroes every slice of it, BatchNorm weight *and* bias included: the masked model
+then computes exactly what the compacted one does (a BN channel with only its weight zeroed would
+still emit the constant β, which physical removal drops; NNI #2130). `compact` removes masked
+channels for real with torch-pruning.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from prunekit.sparsity.masks import MaskSet
+
+log = logging.getLogger(__name__)
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class Member:
+    module: str
+    kind: str  # "out": a layer's output channels (or a depthwise conv's own); "in": input; "norm"
+    positions: List[torch.Tensor]  # positions[c]: indices in this module's channel dim
+
+
+@dataclass
+class ChannelGroup:
+    root: str  # the layer whose output channels define the group's channel index
+    members: List[Member]
+    block: Optional[str] = None  # the residual block holding every member, if one does
+    dense_size: int = 0
+    extra: Dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.members[0].positions)
+
+    def member_names(self) -> List[str]:
+        return [m.module for m in self.members]
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+class ChannelGroups:
+    """The prunable channel groups of a model (groups touching no excluded layer's outputs)."""
+
+    def __init__(self, model: nn.Module, prunable: Dict[str, nn.Module],
+                 example_input: torch.Tensor, blocks: Optional[List[str]] = None):
+        self.model = model
+        self.prunable = set(prunable)
+        self.blocks = sorted(blocks or [], key=len, reverse=True)  # innermost first
+        was_training = model.training
+        model.eval()  # tracing in eval mode: a 1-image batch must not reach BatchNorm statistics
+        with torch.no_grad():
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                            verbose=False)
+        model.train(was_training)
+        self._dense_sizes: Dict[str, int] = {}
+        self.groups: List[ChannelGroup] = []
+        self.refresh()
+
+    def _names(self) -> Dict[nn.Module, str]:
+        return {m: n for n, m in self.model.named_modules()}
+
+    def refresh(self) -> None:
+        """Re-read groups (after a compaction their channel counts and index maps change)."""
+        names = self._names()
+        excluded = [m for n, m in self.model.named_modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in self.prunable]
+        groups = []
+        for g in self.dg.get_all_groups(ignored_layers=excluded,
+                                        root_module_types=(nn.Conv2d, nn.Linear)):
+            group = self._convert(g, names)
+            if group is not None:
+                group.dense_size = self._dense_sizes.setdefault(group.root, group.size)
+                groups.append(group)
+        self.groups = groups
+
+    def _convert(self, g, names) -> Optional[ChannelGroup]:
+        root_module = g[0].dep.target.module
+        root = names.get(root_module)
+        size = len(g[0].idxs)
+        members: List[Member] = []
+        for item in g:
+            module = item.dep.target.module
+            name = names.get(module)
+            if name is None:  # a traced op (add, relu, flatten): no parameters to slice
+                continue
+            is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            if isinstance(module, NORM_TYPES):
+                kind = "norm"
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                kind = "out" if is_out or _is_depthwise(module) else "in"
+                if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
+                    log.debug("group %s skipped: grouped conv %s", root, name)
+                    return None
+            elif any(True for _ in module.parameters(recurse=False)):
+                log.debug("group %s skipped: %s (%s) cannot be masked", root, name, type(module).__name__)
+                return None
+            else:
+                continue
+            idx = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
+            root_idx = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
+            order = torch.argsort(root_idx, stable=True)
+            counts = torch.bincount(root_idx, minlength=size).tolist()
+            positions = list(torch.split(idx[order], counts))
+            if any(m.module == name and m.kind == kind for m in members):
+                continue
+            members.append(Member(name, kind, positions))
+        if root is None or not members or members[0].module != root:
+            return None
+        block = next((b for b in self.blocks
+                      if all(m.module.startswith(b + ".") for m in members)), None)
+        return ChannelGroup(root, members, block)
+
+    # ------------------------------------------------------------------ masks
+    def member_param_masks(self, group: ChannelGroup, channels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Masks (1 keep, 0 prune) for every parameter the given group channels touch."""
+        masks: Dict[str, torch.Tensor] = {}
+        chans = channels.tolist()
+        for m in group.members:
+            module = self.model.get_submodule(m.module)
+            pos = torch.cat([m.positions[c] for c in chans]) if chans else torch.empty(0, dtype=torch.long)
+            for pname, p in module.named_parameters(recurse=False):
+                mask = torch.ones_like(p, dtype=torch.bool)
+                if m.kind == "in":
+                    if pname != "weight":
+                        continue
+                    mask[:, pos] = False
+                else:  # out / norm: rows of weight, entries of bias
+                    mask[pos] = False
+                masks[f"{m.module}.{pname}"] = mask
+        return masks
+
+    def mask_channels(self, group: ChannelGroup, channels: torch.Tensor, masks: MaskSet) -> None:
+        for name, mask in self.member_param_masks(group, channels).items():
+            masks.restrict(name, mask)
+
+    def masked_channels(self, group: ChannelGroup, masks: MaskSet) -> torch.Tensor:
+        """Bool per group channel: removed by a mask (the root layer's rows are all zero)."""
+        root = group.members[0]
+        mask = masks.get(f"{root.module}.weight")
+        if mask is None:
+            return torch.zeros(group.size, dtype=torch.bool)
+        dead_rows = mask.reshape(mask.shape[0], -1).eq(0).all(1).cpu()
+        return torch.stack([dead_rows[p].all() for p in root.positions])
+
+    # ------------------------------------------------------------------ scores
+    def channel_scores(self, group: ChannelGroup, criterion: str,
+                       generator: Optional[torch.Generator] = None,
+                       per_element: bool = False) -> torch.Tensor:
+        """Importance of each group channel from the weights of its output members (filters):
+        the root's filter norm for a block-inner group (as ICE scores it), the coupled filters'
+        joint norm across a residual add."""
+        if criterion == "random":
+            return torch.rand(group.size, generator=generator,
+                              device=generator.device if generator else "cpu").cpu()
+        total = torch.zeros(group.size, dtype=torch.float64)
+        elems = torch.zeros(group.size, dtype=torch.float64)
+        for m in group.members:
+            if m.kind != "out":
+                continue
+            w = self.model.get_submodule(m.module).weight.detach()
+            rows = w.reshape(w.shape[0], -1).double()
+            per_row = rows.abs().sum(1) if criterion == "l1" else rows.pow(2).sum(1)
+            per_row = per_row.cpu()
+            for c, p in enumerate(m.positions):
+                total[c] += per_row[p].sum()
+                elems[c] += len(p) * rows.shape[1]
+        score = total if criterion == "l1" else total.sqrt()
+        if per_element:
+            score = score / (elems if criterion == "l1" else elems.sqrt()).clamp_min(1)
+        return score.float()
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, masks: MaskSet) -> int:
+        """Physically remove every masked channel; returns how many channels went.
+
+        The masks of the groups' parameters are dropped (what they masked is gone), so the caller
+        must `masks.rebind(model)`.
+        """
+        removed = 0
+        plans = []
+        for group in self.groups:
+            dead = torch.nonzero(self.masked_channels(group, masks)).flatten()
+            if len(dead):
+                plans.append((group, dead))
+        for group, dead in plans:
+            root = self.model.get_submodule(group.root)
+            # Indices in root space: the root member's own positions of the dead channels.
+            idxs = torch.cat([group.members[0].positions[c] for c in dead.tolist()]).tolist()
+            pruner = self.dg.get_pruner_of_module(root)
+            self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(idxs)).prune()
+            removed += len(dead)
+        if plans:
+            masks.drop([f"{m.module}.{pname}" for group, _ in plans for m in group.members
+                        for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False)])
+            masks.rebind(self.model)
+            self.refresh()
+        return removed

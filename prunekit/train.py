@@ -1,0 +1,156 @@
+"""One Trainer for every method: dense training, fine-tuning, pruning-during-training, evaluation.
+
+Every call to `fit` builds a fresh SGD optimiser and LR schedule (fine-tuning after a structural
+change, or a new phase of a method, must not inherit momentum from weights that no longer exist).
+The hot loop has no host syncs: the loss is accumulated on the device and read once per epoch, when
+it is also checked for NaN/inf. Masks are re-applied after every optimiser step.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prunekit.data import Data
+from prunekit.hardware import Hardware
+from prunekit.record import make_progress
+from prunekit.sparsity.masks import MaskSet
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Evaluation:
+    top1: float  # percent
+    top5: float  # percent
+    loss: float
+    samples: int
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    loss: float  # mean training loss of the last epoch
+
+
+class Trainer:
+    def __init__(self, data: Data, train_cfg, hw: Hardware, progress: bool = True):
+        self.data = data
+        self.cfg = train_cfg
+        self.hw = hw
+        self.progress = make_progress(progress and train_cfg.progress)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    # ------------------------------------------------------------------ training
+    def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum,
+                               nesterov=self.cfg.nesterov and self.cfg.momentum > 0,
+                               weight_decay=self.cfg.weight_decay)
+
+    def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
+            desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
+            loss_fn: Optional[LossFn] = None) -> FitResult:
+        """Train `model` for `epochs` epochs with a fresh SGD at `lr` (cosine or constant schedule).
+
+        `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
+        pruning updates its masks there. `loss_fn(logits, labels, inputs)` replaces cross-entropy
+        (distillation, ADMM penalties)."""
+        if epochs <= 0:
+            return FitResult(0, 0, float("nan"))
+        loader = self.data.train
+        total = epochs * len(loader)
+        opt = self.make_optimizer(model, lr)
+        if self.cfg.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+        scaler = torch.amp.GradScaler(self.hw.device.type,
+                                      enabled=self.hw.amp_dtype == torch.float16)
+        smoothing = self.cfg.label_smoothing
+        task = self.progress.add_task(desc, total=total, info="")
+        step, last_loss = 0, float("nan")
+        model.train()
+        try:
+            for epoch in range(epochs):
+                loss_sum = torch.zeros((), device=self.hw.device)
+                for x, y in loader:
+                    if on_step is not None:
+                        on_step(step)
+                    with self.hw.autocast():
+                        out = model(x)
+                        if loss_fn is None:
+                            loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+                        else:
+                            loss = loss_fn(out, y, x)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    if masks is not None:
+                        masks.apply()
+                    loss_sum += loss.detach().float()
+                    step += 1
+                    self.progress.advance(task)
+                last_loss = float(loss_sum) / len(loader)  # the one host sync of the epoch
+                if not math.isfinite(last_loss):
+                    raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
+                                          f"'{desc}': lower the learning rate")
+                self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
+        finally:
+            self.progress.remove_task(task)
+        log.info("%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs, step, lr,
+                 last_loss)
+        return FitResult(epochs, step, last_loss)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, split: str = "val",
+                 max_batches: Optional[int] = None) -> Evaluation:
+        loader = getattr(self.data, split)
+        was_training = model.training
+        model.eval()
+        correct1 = torch.zeros((), device=self.hw.device, dtype=torch.long)
+        correct5 = torch.zeros((), device=self.hw.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.hw.device)
+        n = 0
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            with self.hw.autocast():
+                out = model(x)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            hits = top.eq(y[:, None])
+            correct1 += hits[:, 0].sum()
+            correct5 += hits.any(1).sum()
+            n += len(y)
+        model.train(was_training)
+        if n == 0:
+            return Evaluation(float("nan"), float("nan"), float("nan"), 0)
+        return Evaluation(100.0 * float(correct1) / n, 100.0 * float(correct5) / n,
+                          float(loss_sum) / n, n)
