@@ -13,8 +13,11 @@ import sys
 from typing import List
 
 import hydra
+import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from prunekit.config import ConfigError
 
@@ -51,7 +54,40 @@ def task(cfg: DictConfig) -> None:
         FAILED.append(out_dir)
 
 
+def composition_error(ex: CompactHydraException) -> str:
+    """Hydra's multi-line composition errors, as one line naming the key and the fix."""
+    if isinstance(ex, MissingConfigException) and ex.options and ex.missing_cfg_file:
+        group, _, name = ex.missing_cfg_file.rpartition("/")
+        return f"{group}={name} is not an option: choose one of {', '.join(sorted(ex.options))}"
+    if isinstance(ex, OverrideParseException):
+        return f"cannot parse the override '{ex.override}': {ex.message.splitlines()[0]}"
+    cause = ex.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            return (f"{cause.full_key} is not a known key ({msg}): `prune-run --cfg job` lists "
+                    "the keys")
+        return f"{cause.full_key}: {msg}"
+    return next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
+
+
+def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
+    """Hydra's reporter, but composition errors (unknown option, wrong type, unknown key) end in
+    one line and exit 1, like every other bad input."""
+    def composed():
+        try:
+            return func()
+        except CompactHydraException as ex:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            error_line(composition_error(ex))
+            sys.exit(1)
+
+    return _report(composed)
+
+
 def main() -> None:
+    hydra_utils.run_and_report = _run_and_report_one_line
     task()
     if FAILED:
         sys.exit(1)

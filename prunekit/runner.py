@@ -65,14 +65,16 @@ def target_unit(method_cfg) -> str:
 def _identity(cfg: DictConfig) -> dict:
     """The keys a summary has even when the run fails before doing anything."""
     method = cfg.get("method") or {}
-    params = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
+    hparams = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
     return {
         "status": "running",
         "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),
         "dataset": (cfg.get("dataset") or {}).get("name"),
         "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
-        "granularity": method.get("granularity"), "target_sparsity": cfg.get("sparsity"),
-        "params": params, "error": None,
+        "granularity": method.get("granularity"),
+        "target_sparsity": 0.0 if method.get("name") == "dense" else cfg.get("sparsity"),
+        # the contract's "params dict" of hyperparameters: `params` itself is the parameter count
+        "hparams": hparams, "error": None,
     }
 
 

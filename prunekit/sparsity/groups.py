@@ -65,9 +65,9 @@ class ChannelGroups:
         self.blocks = sorted(blocks or [], key=len, reverse=True)  # innermost first
         was_training = model.training
         model.eval()  # tracing in eval mode: a 1-image batch must not reach BatchNorm statistics
-        with torch.no_grad():
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                            verbose=False)
+        # (torch-pruning traces through autograd: no torch.no_grad here)
+        self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                        verbose=False)
         model.train(was_training)
         self._dense_sizes: Dict[str, int] = {}
         self.groups: List[ChannelGroup] = []

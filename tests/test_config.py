@@ -1,0 +1,67 @@
+"""Config composition and validation: every bad input is one ConfigError line naming the key."""
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from prunekit.config import ConfigError, validate
+
+from conftest import make_cfg
+
+
+def test_default_config_composes_and_validates():
+    cfg = make_cfg([])
+    validate(cfg)
+    assert (cfg.model.name, cfg.dataset.name, cfg.method.name, cfg.hardware.name) == (
+        "resnet18", "digits", "gradual", "auto")
+    assert cfg.train.batch_size == cfg.dataset.batch_size
+    assert cfg.pretrain.epochs == cfg.dataset.pretrain_epochs
+
+
+def test_specialisations_apply_only_to_their_pair():
+    assert make_cfg([]).method.frequency == 10  # gradual on digits
+    assert make_cfg(["dataset=cifar10"]).method.frequency == 100  # the paper-scale default
+    assert make_cfg(["method.frequency=7"]).method.frequency == 7  # the command line wins
+    assert make_cfg(["model=lenet5"]).pretrain.epochs == 20
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["sparsity=1.0"], "sparsity"),
+    (["sparsity=-0.1"], "sparsity"),
+    (["pretrain.epochs=-1"], "pretrain.epochs"),
+    (["method=oneshot", "method.finetune_epochs=-2"], "method.finetune_epochs"),
+    (["method.epochs=-1"], "method.epochs"),
+    (["method.lr=0"], "method.lr"),
+    (["dataset.subset=0"], "dataset.subset"),
+    (["dataset.val_fraction=1.0"], "dataset.val_fraction"),
+    (["method.granularity=rows"], "method.granularity"),
+    (["method.criterion=taylor"], "method.criterion"),
+    (["method=iterative", "method.schedule=blockwise"], "method.schedule"),
+    (["method=oneshot", "method.granularity=nm", "sparsity=0.7"], "sparsity"),
+    (["method=gradual", "method.granularity=nm"], "method.granularity"),
+    (["method.end_step=5", "method.begin_step=5"], "method.end_step"),
+    (["method.initial_sparsity=0.9"], "method.initial_sparsity"),
+    (["dataset=imagefolder"], "dataset.path"),
+    (["dataset=imagefolder", "dataset.path=/no/such/dir"], "dataset.path"),
+    (["model.checkpoint=/no/such/file.pt"], "model.checkpoint"),
+    (["+method.typo=1"], "method.typo"),
+    (["+extra_key=1"], "extra_key"),
+    (["hardware.latency.batch_sizes=[]"], "hardware.latency.batch_sizes"),
+    (["hardware.device=tpu"], "hardware.device"),
+])
+def test_bad_values_fail_validation_with_one_line_naming_the_key(overrides, key):
+    cfg = make_cfg(overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("overrides", [["sparsity=abc"], ["seed=1.5"], ["method.fooo=1"],
+                                       ["method=nosuch"]])
+def test_wrong_types_and_unknown_keys_fail_at_composition(overrides):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg(overrides)
+
+
+def test_nm_with_matching_sparsity_is_valid():
+    validate(make_cfg(["method=oneshot", "method.granularity=nm", "method.nm=[1,4]",
+                       "sparsity=0.75"]))

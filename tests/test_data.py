@@ -1,0 +1,160 @@
+"""Datasets: splits, the in-memory fast path, and real on-disk formats written by the tests."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+
+from prunekit.config import ConfigError
+from prunekit.data import TensorLoader, build_data, random_crop, stratified_split
+
+TRAIN = OmegaConf.create({"batch_size": 32, "eval_batch_size": 64})
+
+
+def dataset_cfg(name="digits", **kw):
+    base = {"name": name, "root": "/nonexistent", "path": None, "download": False, "image_size": None,
+            "val_fraction": 0.1, "test_fraction": 0.2, "subset": 1.0, "split_seed": 0,
+            "augment": "crop", "in_memory": None, "num_workers": 0, "num_samples": 100,
+            "num_classes": 4}
+    base.update(kw)
+    return OmegaConf.create(base)
+
+
+def test_stratified_split_is_disjoint_complete_and_stratified():
+    labels = torch.arange(10).repeat_interleave(50)
+    rest, held = stratified_split(labels, 0.2, seed=3)
+    assert len(set(rest.tolist()) & set(held.tolist())) == 0
+    assert sorted(rest.tolist() + held.tolist()) == list(range(500))
+    assert torch.bincount(labels[held]).tolist() == [10] * 10
+    again, _ = stratified_split(labels, 0.2, seed=3)
+    other, _ = stratified_split(labels, 0.2, seed=4)
+    assert torch.equal(rest, again) and not torch.equal(rest, other)
+
+
+def test_digits_splits():
+    data = build_data(dataset_cfg(), TRAIN, channels=3)
+    n_train, n_val, n_test = (data.train.num_samples, data.val.num_samples, data.test.num_samples)
+    assert n_train + n_val + n_test == 1797
+    assert n_test == pytest.approx(0.2 * 1797, abs=10)
+    assert n_val == pytest.approx(0.1 * (1797 - n_test), abs=10)
+    assert data.num_classes == 10 and data.image_size == 8
+    x, y = next(iter(data.train))
+    assert x.shape == (32, 3, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
+    # splits depend on split_seed only: every run seed of a sweep sees the same val set
+    other = build_data(dataset_cfg(), TRAIN, channels=3, seed=7)
+    assert torch.equal(other.val.split.images, data.val.split.images)
+    # no image index is shared: val is held out of train (compare as raw bytes per image)
+    train_set = {bytes(t.numpy()) for t in data.train.split.images}
+    test_set = {bytes(t.numpy()) for t in data.test.split.images}
+    val_set = {bytes(t.numpy()) for t in data.val.split.images}
+    # digits has a few exact duplicate images; the overlap must be no more than those
+    assert len(train_set & val_set) <= 3 and len(train_set & test_set) <= 5
+
+
+def test_digits_upsampling_subset_and_channels():
+    data = build_data(dataset_cfg(image_size=16, subset=0.25), TRAIN, channels=1)
+    assert data.image_size == 16 and data.channels == 1
+    assert data.train.num_samples == pytest.approx(0.25 * 1295, abs=12)
+    x, _ = next(iter(data.test))
+    assert x.shape[1:] == (1, 16, 16)
+
+
+def test_tensor_loader_batches_and_determinism():
+    imgs = torch.randint(0, 255, (70, 1, 8, 8), dtype=torch.uint8)
+    from prunekit.data import Images
+    split = Images(imgs, torch.arange(70) % 3)
+    kw = dict(mean=torch.zeros(1), std=torch.ones(1), channels=3)
+    train = TensorLoader(split, 32, train=True, augment="crop_flip", seed=1, **kw)
+    assert len(train) == 2  # drop_last while training: BatchNorm cannot take a batch of 6
+    a = [x for x, _ in train]
+    train.reseed(1)
+    b = [x for x, _ in train]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert a[0].shape == (32, 3, 8, 8)
+    ev = TensorLoader(split, 32, **kw)
+    assert len(ev) == 3 and sum(len(y) for _, y in ev) == 70
+    first, _ = next(iter(ev))
+    assert torch.allclose(first[:, 0], imgs[:32, 0].float() / 255)  # no augmentation, in order
+
+
+def test_random_crop_takes_shifted_windows():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop(x, 1, gen)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def write_cifar10(root, n_per_batch=10):
+    """CIFAR-10's python format: pickled dicts with a (N, 3072) uint8 'data' and 'labels'."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 200, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [i % 10 for i in range(n_per_batch)]
+        if name == "test_batch":
+            data[0] = 0
+            data[0, 1] = 255  # red channel, row 0, column 1
+            data[0, 1024 + 32] = 254  # green channel, row 1, column 0
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+def test_cifar10_from_real_pickle_files(tmp_path, monkeypatch):
+    write_cifar10(tmp_path)
+    # torchvision checks the md5 of the files it knows; these are the test's own files
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    data = build_data(dataset_cfg("cifar10", root=str(tmp_path), augment="crop_flip"), TRAIN,
+                      channels=3)
+    assert data.num_classes == 10 and data.image_size == 32
+    assert data.train.num_samples + data.val.num_samples == 50
+    assert data.test.num_samples == 10
+    img = data.test.split.images[0]
+    assert img.shape == (3, 32, 32)
+    assert img[0, 0, 1] == 255 and img[1, 1, 0] == 254 and int(img.sum()) == 255 + 254
+
+
+def test_missing_download_is_a_one_line_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset.root=.*CIFAR-10 is not there") as e:
+        build_data(dataset_cfg("cifar10", root=str(tmp_path)), TRAIN, channels=3)
+    assert "\n" not in str(e.value)
+
+
+def test_fake_data():
+    data = build_data(dataset_cfg("fake", image_size=16, num_samples=80, num_classes=4,
+                                  augment="none"), TRAIN, channels=3)
+    assert data.num_classes == 4 and data.image_size == 16
+    assert data.train.num_samples + data.val.num_samples == 80 and data.test.num_samples == 16
+
+
+def write_image_folder(root, n=6, size=12):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_image_folder(tmp_path, in_memory):
+    write_image_folder(tmp_path)
+    cfg = dataset_cfg("imagefolder", path=str(tmp_path), image_size=8, in_memory=in_memory,
+                      val_fraction=0.34)
+    data = build_data(cfg, OmegaConf.create({"batch_size": 4, "eval_batch_size": 4}), channels=3)
+    assert data.fast_path == in_memory
+    assert data.num_classes == 2
+    assert data.train.num_samples + data.val.num_samples == 12 and data.test.num_samples == 12
+    x, y = next(iter(data.train))
+    assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1}

@@ -1,0 +1,195 @@
+"""Pruner, MaskSet and channel groups on real models."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from prunekit.metrics import prunable_sparsity
+from prunekit.models import build_model, prunable_layers, residual_blocks
+from prunekit.sparsity import MaskSet, Pruner, PruneSpec
+from prunekit.sparsity.units import pruned_units
+
+
+def model_of(name, size=8, in_channels=3, classes=10, seed=0):
+    torch.manual_seed(seed)
+    cfg = OmegaConf.create({"name": name, "in_channels": in_channels, "small_input": None})
+    return build_model(cfg, classes, size)
+
+
+def pruner_for(model, size=8, in_channels=3, **spec):
+    layers = prunable_layers(model)
+    x = torch.randn(1, in_channels, size, size)
+    return Pruner(model, PruneSpec(**spec), layers, x, seed=0, blocks=list(residual_blocks(model)))
+
+
+def test_prunable_layers_exclude_stem_and_classifier():
+    m = model_of("resnet18")
+    names = list(prunable_layers(m))
+    assert "conv1" not in names and "fc" not in names
+    assert "layer1.0.conv1" in names and "layer2.0.downsample.0" in names
+    assert "conv1" in prunable_layers(m, prune_first_conv=True)
+    assert "fc" in prunable_layers(m, prune_classifier=True)
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "channel", "column"])
+def test_layerwise_targets_are_exact_per_layer(granularity):
+    m = model_of("lenet5", size=8, in_channels=1)
+    p = pruner_for(m, in_channels=1, granularity=granularity)
+    p.prune_to(0.6)
+    for name in p.layer_names:
+        w = m.get_submodule(name).weight
+        units = pruned_units(p.masks[f"{name}.weight"], granularity)
+        assert int(units.sum()) == int(round(0.6 * len(units)))
+        assert float((w == 0).float().mean()) == pytest.approx(int(round(0.6 * len(units))) / len(units))
+
+
+def test_global_unstructured_is_exact_over_all_layers_and_uneven_per_layer():
+    m = model_of("resnet18")
+    p = pruner_for(m, scope="global")
+    p.prune_to(0.7)
+    total = sum(p.dense_numel.values())
+    zeros = sum(int((m.get_submodule(n).weight == 0).sum()) for n in p.layer_names)
+    assert zeros == int(round(0.7 * total))
+    per_layer = [float((m.get_submodule(n).weight == 0).float().mean()) for n in p.layer_names]
+    assert max(per_layer) - min(per_layer) > 0.1  # global scope: layers differ
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])
+def test_masks_only_grow(criterion):
+    m = model_of("lenet5", in_channels=1)
+    p = pruner_for(m, in_channels=1, criterion=criterion)
+    p.prune_to(0.3)
+    before = {n: t.clone() for n, t in p.masks.items()}
+    p.prune_to(0.6)
+    for n, old in before.items():
+        assert (p.masks[n] <= old).all(), f"{n}: a pruned weight came back"
+    assert prunable_sparsity(m, p.dense_numel) == pytest.approx(0.6, abs=0.01)
+
+
+def test_nm_granularity_on_a_model():
+    m = model_of("resnet18")
+    p = pruner_for(m, granularity="nm", nm=(2, 4))
+    p.prune_to(0.5)
+    for n in p.layer_names:
+        w = m.get_submodule(n).weight
+        rows = w.permute(0, 2, 3, 1).reshape(-1, w.shape[1] // 4, 4)
+        assert ((rows != 0).sum(-1) <= 2).all()
+    assert prunable_sparsity(m, p.dense_numel) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_masks_survive_an_sgd_step_with_momentum():
+    m = model_of("lenet5", in_channels=1)
+    p = pruner_for(m, in_channels=1)
+    p.prune_to(0.5)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        p.masks.apply()
+    for n, mask in p.masks.items():
+        assert (m.get_parameter(n)[mask == 0] == 0).all()
+    assert prunable_sparsity(m, p.dense_numel) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_maskset_rejects_wrong_shapes():
+    m = model_of("lenet5", in_channels=1)
+    masks = MaskSet(m)
+    with pytest.raises(ValueError):
+        masks.set("features.0.weight", torch.ones(3, 3))
+
+
+# ---------------------------------------------------------------- filters, groups, compaction
+REGISTRY = [("resnet18", 8), ("resnet50", 8), ("vgg16", 8), ("mobilenet_v2", 8), ("resnet56", 8),
+            ("lenet5", 8)]
+
+
+@pytest.mark.parametrize("name,size", REGISTRY)
+def test_filter_pruning_compacts_to_the_same_function(name, size):
+    channels = 1 if name == "lenet5" else 3
+    m = model_of(name, size, channels)
+    for mod in m.modules():  # non-trivial BN statistics, so masking BN bias matters
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    p = pruner_for(m, size, channels, granularity="filter")
+    assert p.groups.groups, "no prunable channel group found"
+    params_before = sum(t.numel() for t in m.parameters())
+    p.prune_to(0.5)
+    x = torch.randn(4, channels, size, size)
+    diff = p.compact(check_input=x)
+    assert diff is not None and diff < 1e-4
+    assert sum(t.numel() for t in m.parameters()) < params_before
+    assert len(p.masks) == 0
+    m.eval()
+    assert m(x).shape == (4, 10)
+
+
+def test_filter_target_is_met_in_weights_layerwise_and_global():
+    for scope in ("layerwise", "global"):
+        m = model_of("resnet18")
+        p = pruner_for(m, granularity="filter", scope=scope)
+        p.prune_to(0.5)
+        achieved = prunable_sparsity(m, p.dense_numel)
+        assert achieved == pytest.approx(0.5, abs=0.01), scope
+        p.compact()
+        assert prunable_sparsity(m, p.dense_numel) == pytest.approx(achieved, abs=1e-9)
+
+
+def test_masked_filter_zeroes_its_batchnorm_channel():
+    m = model_of("resnet18")
+    p = pruner_for(m, granularity="filter")
+    group = next(g for g in p.groups.groups if g.root == "layer1.0.conv1")
+    p.groups.mask_channels(group, torch.tensor([0, 5]), p.masks)
+    p.masks.apply()
+    bn = m.layer1[0].bn1
+    assert bn.weight[0] == 0 and bn.bias[0] == 0 and bn.bias[5] == 0
+    assert (m.layer1[0].conv2.weight[:, [0, 5]] == 0).all()  # the next conv's inputs too
+    captured = {}
+    bn.register_forward_hook(lambda mod, i, o: captured.setdefault("out", o))
+    m.eval()
+    m(torch.randn(2, 3, 8, 8))
+    assert (captured["out"][:, [0, 5]] == 0).all()
+
+
+def test_residual_stream_groups_couple_every_branch():
+    m = model_of("resnet18")
+    p = pruner_for(m, granularity="filter")
+    stream = next(g for g in p.groups.groups if "layer2.0.downsample.0" in g.member_names())
+    names = set(stream.member_names())
+    assert {"layer2.0.conv2", "layer2.1.conv2", "layer3.0.conv1"} <= names
+    assert stream.block is None  # spans blocks: not a blockwise target
+
+
+def test_blockwise_steps_and_ceil_ratio():
+    m = model_of("resnet18")
+    p = pruner_for(m, granularity="filter")
+    steps = p.steps_in_order()
+    assert [b for b, _ in steps] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    block, groups = steps[0]
+    assert [g.root for g in groups] == ["layer1.0.conv1"]
+    p.prune_groups(groups, 0.3)
+    removed = int(p.groups.masked_channels(groups[0], p.masks).sum())
+    assert removed == math.ceil(0.3 * 64)
+    p.compact()
+    assert m.layer1[0].conv1.out_channels == 64 - removed
+    assert m.layer1[0].conv2.in_channels == 64 - removed
+    # cumulative against the dense count: asking again for the same ratio removes nothing more
+    assert p.prune_groups(dict(p.steps_in_order())["layer1.0"], 0.3) == 0
+
+
+def test_bottleneck_and_vgg_step_units():
+    m = model_of("resnet50")
+    p = pruner_for(m, granularity="filter")
+    steps = p.steps_in_order()
+    assert len(steps) == 16 and all(len(g) == 2 for _, g in steps)  # conv1 and conv2 of each
+    v = model_of("vgg16")
+    pv = pruner_for(v, granularity="filter")
+    assert len(pv.steps_in_order()) == 12  # 13 convs, the stem's outputs are not prunable
+    r = model_of("resnet56")
+    pr = pruner_for(r, granularity="filter")
+    assert len(pr.steps_in_order()) == 27

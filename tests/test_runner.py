@@ -1,0 +1,140 @@
+"""The run pipeline in-process: records, the summary contract, the dense cache, checkpoints."""
+import csv
+import json
+
+import pytest
+import torch
+
+from prunekit.checkpoint import dense_cache_path
+from prunekit.config import ConfigError
+from prunekit.models import LeNet5
+from prunekit.runner import run
+from prunekit.sparsity.schedules import AGPSchedule
+
+from conftest import FAST, make_cfg
+
+CONTRACT_KEYS = (
+    "status method model dataset hardware seed granularity target_sparsity sparsity sparsity_total "
+    "params_dense params params_nonzero compression_ratio flops_dense flops theoretical_speedup "
+    "top1_dense top1 top5 delta_top1 latency_ms_dense latency_ms measured_speedup steps "
+    "finetune_count finetune_epochs time_pretrain_s time_total_s time_search_s time_prune_s "
+    "time_finetune_s time_eval_s versions error hparams").split()
+
+LENET = ["model=lenet5", "dataset.subset=0.4", *FAST]
+
+
+def steps_of(run_dir):
+    with open(run_dir / "steps.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_contract_and_files(tmp_path):
+    s = run(make_cfg(["method=oneshot", *LENET]), tmp_path, show=False)
+    assert s["status"] == "ok" and s["error"] is None
+    for key in CONTRACT_KEYS:
+        assert key in s, key
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "ok" and set(CONTRACT_KEYS) <= set(on_disk)
+    for name in ("steps.csv", "layers.csv", "model.pt", "config_resolved.yaml"):
+        assert (tmp_path / name).is_file(), name
+    assert s["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert s["compression_ratio"] == pytest.approx(s["params_dense"] / s["params_nonzero"])
+    assert s["delta_top1"] == pytest.approx(s["top1"] - s["top1_dense"])
+    assert 0 < s["top1"] <= 100 and s["top5"] >= s["top1"]
+    assert s["time_total_s"] >= s["time_prune_s"] + s["time_finetune_s"] + s["time_eval_s"] - 1e-6
+    assert s["steps"] == 1 and s["finetune_count"] == 1
+    assert s["finetune_epochs"] == s["hparams"]["finetune_epochs"]
+    assert isinstance(s["params"], int) and s["params"] == s["params_dense"]  # masks: same size
+    assert s["versions"]["torch"] == torch.__version__
+    model = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert model["format"] == "prunekit-model/1" and "state_dict" in model
+
+
+def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
+    cfg = make_cfg(["method=dense", *LENET, "seed=3"])
+    first = run(cfg, tmp_path / "a", show=False)
+    assert first["dense_source"] == "trained" and first["time_pretrain_s"] > 0
+    second = run(cfg, tmp_path / "b", show=False)
+    assert second["dense_source"].startswith("cache")
+    assert second["time_pretrain_s"] == 0.0
+    assert second["top1_dense"] == first["top1_dense"]
+    dense_cache_path(cfg).write_bytes(b"not a checkpoint")
+    third = run(cfg, tmp_path / "c", show=False)
+    assert third["dense_source"] == "trained"
+    assert "unusable" in caplog.text
+    assert third["top1_dense"] == first["top1_dense"]  # same seed, deterministic training
+
+
+def test_cached_and_uncached_runs_prune_identically(tmp_path):
+    cfg = make_cfg(["method=gradual", *LENET, "seed=4", "method.epochs=2", "method.frequency=2"])
+    a = run(cfg, tmp_path / "a", show=False)
+    b = run(cfg, tmp_path / "b", show=False)
+    assert a["dense_source"] == "trained" and b["dense_source"].startswith("cache")
+    assert a["top1"] == b["top1"] and a["sparsity"] == b["sparsity"]
+
+
+def test_user_checkpoint(tmp_path):
+    model = LeNet5(10, 1, 8)
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    s = run(make_cfg(["method=dense", *LENET, f"model.checkpoint={good}"]), tmp_path / "r",
+            show=False)
+    assert s["dense_source"].startswith("checkpoint") and s["time_pretrain_s"] == 0.0
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save(LeNet5(10, 1, 28).state_dict(), foreign)  # another input size: shapes differ
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00 not torch")
+    pickled = tmp_path / "object.pt"
+    torch.save({"state_dict": model}, pickled)  # a whole module: refused by weights_only=True
+    for path, match in ((foreign, "does not fit"), (garbage, "cannot be loaded"),
+                        (pickled, "cannot be loaded|not a state dict")):
+        with pytest.raises(ConfigError, match=match) as e:
+            run(make_cfg(["method=dense", *LENET, f"model.checkpoint={path}"]), tmp_path / "x",
+                show=False)
+        assert "\n" not in str(e.value)
+        failed = json.loads((tmp_path / "x" / "summary.json").read_text())
+        assert failed["status"] == "failed" and "model.checkpoint" in failed["error"]
+
+
+def test_gradual_follows_its_schedule(tmp_path):
+    s = run(make_cfg(["method=gradual", *LENET, "method.epochs=3", "method.frequency=3",
+                      "sparsity=0.8"]), tmp_path, show=False)
+    rows = steps_of(tmp_path)
+    updates = [r for r in rows if r["event"] == "update"]
+    total = 3 * (len(rows) and int(rows[-1]["optimizer_step"]) // 3)
+    sched = AGPSchedule(0.0, 0.8, 0, int(0.75 * total), 3)
+    assert [(int(r["optimizer_step"]), float(r["target"])) for r in updates] == [
+        (t, pytest.approx(v, abs=1e-6)) for t, v in sched.updates()]
+    for r in updates:  # each update lands on its target, layerwise-exactly
+        assert float(r["sparsity"]) == pytest.approx(float(r["target"]), abs=2e-3)
+    assert s["sparsity"] == pytest.approx(0.8, abs=1e-3) and s["steps"] == len(updates)
+
+
+def test_iterative_geometric_steps(tmp_path):
+    s = run(make_cfg(["method=iterative", *LENET, "method.steps=3", "sparsity=0.9"]), tmp_path,
+            show=False)
+    rows = steps_of(tmp_path)
+    assert [float(r["target"]) for r in rows] == pytest.approx([1 - 0.1 ** (k / 3) for k in (1, 2, 3)],
+                                                               abs=1e-5)
+    assert [float(r["sparsity"]) for r in rows] == pytest.approx([float(r["target"]) for r in rows],
+                                                                 abs=2e-3)
+    assert s["steps"] == 3 and s["finetune_count"] == 3 and s["finetune_epochs"] == 3
+
+
+def test_iterative_blockwise_on_a_residual_network(tmp_path):
+    s = run(make_cfg(["method=iterative", "model=resnet56", "dataset.subset=0.2",
+                      "pretrain.epochs=1", "method.granularity=filter", "method.schedule=blockwise",
+                      "method.finetune_epochs=0", *FAST]), tmp_path, show=False)
+    rows = steps_of(tmp_path)
+    assert len(rows) == 27 and rows[0]["block"] == "layer1.0" and rows[-1]["block"] == "layer3.8"
+    assert s["compacted"] and s["compaction_max_abs_diff"] < 1e-3
+    assert s["params"] < s["params_dense"] and s["target_unit"] == "channels per block"
+    assert s["theoretical_speedup"] > 1.2
+
+
+def test_divergence_is_a_failed_run_with_a_reason(tmp_path):
+    with pytest.raises(Exception):
+        run(make_cfg(["method=oneshot", *LENET, "method.lr=1e12"]), tmp_path, show=False)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "failed" and "DivergenceError" in s["error"]
