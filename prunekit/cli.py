@@ -19,7 +19,8 @@ from hydra.errors import CompactHydraException, MissingConfigException, Override
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from prunekit.config import ConfigError
+from prunekit.config import ConfigError, validate
+from prunekit.record import write_failed_summary
 
 FAILED: List[str] = []
 
@@ -30,10 +31,19 @@ def error_line(msg: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://prunekit.conf", config_name="config")
 def task(cfg: DictConfig) -> None:
-    from prunekit.runner import run  # torch is imported here, not for --help
-
     out_dir = HydraConfig.get().runtime.output_dir
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        validate(cfg)  # before importing torch: a typo is answered in a second
+    except ConfigError as e:
+        if full_error:
+            raise
+        write_failed_summary(out_dir, cfg, str(e))
+        error_line(str(e))
+        FAILED.append(out_dir)
+        return
+    from prunekit.runner import run  # torch is imported here, not for --help or bad input
+
     try:
         run(cfg, out_dir)
     except KeyboardInterrupt:

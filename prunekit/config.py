@@ -215,6 +215,9 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "dataset", "method", "hardware"):
         _unknown_keys(cfg[group], group + ".")
 
+    if cfg.resume:
+        raise ConfigError("resume=true is not available yet (resumable runs are planned): rerun "
+                          "without it")
     s = cfg.sparsity
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")

@@ -7,6 +7,8 @@ is downloaded.
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
 from typing import Callable, Dict
 
 import torch
@@ -197,17 +199,24 @@ def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
 
 def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
     """Load a state dict with weights_only=True; accept a bare one or prunekit's {'state_dict': ...}."""
+    fix = "save one with torch.save(model.state_dict(), path)"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle of arbitrary objects, not a torch file at all
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}={path} cannot be loaded with weights_only=True ({reason}): "
-                          "give a state dict saved with torch.save(model.state_dict(), path)")
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # e.g. a whole pickled nn.Module
+            raise ConfigError(f"{key}={path} holds pickled Python objects, which loading with "
+                              f"weights_only=True refuses: {fix}") from None
+        raise ConfigError(f"{key}={path} is not a PyTorch file: {fix}") from None
+    except Exception as e:  # truncated zip, wrong magic number, not a file torch.load knows
+        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}={path} cannot be loaded ({reason}): {fix}") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"{key}={path} is not a state dict (a dict of parameter names to "
-                          "tensors): save one with torch.save(model.state_dict(), path)")
+                          f"tensors): {fix}")
     return state
 
 

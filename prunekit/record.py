@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -171,6 +172,28 @@ class Recorder:
 
     def summary(self, data: dict) -> None:
         write_json(self.out_dir / "summary.json", data)
+
+
+def summary_identity(cfg: DictConfig) -> dict:
+    """The keys a summary has even when the run fails before doing anything."""
+    method = cfg.get("method") or {}
+    hparams = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
+    return {
+        "status": "running",
+        "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "dataset": (cfg.get("dataset") or {}).get("name"),
+        "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
+        "granularity": method.get("granularity"),
+        "target_sparsity": 0.0 if method.get("name") == "dense" else cfg.get("sparsity"),
+        # the contract's "params dict" of hyperparameters: `params` itself is the parameter count
+        "hparams": hparams, "error": None,
+    }
+
+
+def write_failed_summary(out_dir: Path, cfg: DictConfig, error: str) -> None:
+    """A run that stopped before doing anything still says so, in its own summary.json."""
+    write_json(Path(out_dir) / "summary.json", {**summary_identity(cfg), "status": "failed",
+                                                "error": error})
 
 
 # --------------------------------------------------------------------------- console view

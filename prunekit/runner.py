@@ -27,7 +27,8 @@ from prunekit.hardware import Hardware, measure_latency, seed_everything, setup_
 from prunekit.methods import METHODS, Context
 from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
 from prunekit.models import build_model, load_weights, prunable_layers, residual_blocks
-from prunekit.record import CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary
+from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
+                             summary_identity)
 from prunekit.sparsity import Pruner, PruneSpec
 from prunekit.train import Trainer
 
@@ -60,22 +61,6 @@ def target_unit(method_cfg) -> str:
     if method_cfg.get("schedule") == "blockwise":
         return "channels per block"
     return "weights"
-
-
-def _identity(cfg: DictConfig) -> dict:
-    """The keys a summary has even when the run fails before doing anything."""
-    method = cfg.get("method") or {}
-    hparams = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
-    return {
-        "status": "running",
-        "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),
-        "dataset": (cfg.get("dataset") or {}).get("name"),
-        "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
-        "granularity": method.get("granularity"),
-        "target_sparsity": 0.0 if method.get("name") == "dense" else cfg.get("sparsity"),
-        # the contract's "params dict" of hyperparameters: `params` itself is the parameter count
-        "hparams": hparams, "error": None,
-    }
 
 
 def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
@@ -195,7 +180,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     Raises what stopped the run (ConfigError for bad input) after writing `status: failed`."""
     out_dir = Path(out_dir)
     recorder = Recorder(out_dir)
-    summary = _identity(cfg)
+    summary = summary_identity(cfg)
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     try:

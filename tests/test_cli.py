@@ -1,0 +1,81 @@
+"""prune-run as users run it: a subprocess, its exit code, its stderr, its files."""
+import pickle
+
+import pytest
+
+from conftest import FAST, read_summary, run_cli
+from test_runner import CONTRACT_KEYS
+
+TINY = ["dataset.subset=0.3", "pretrain.epochs=1", "method.epochs=2", "method.frequency=2", *FAST]
+
+
+def test_default_run_on_tiny_settings(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli([f"hydra.run.dir={out}", *TINY], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = read_summary(out)
+    assert s["status"] == "ok"
+    assert (s["method"], s["model"], s["dataset"], s["hardware"]) == ("gradual", "resnet18", "digits", "auto")
+    for key in CONTRACT_KEYS:
+        assert key in s, key
+    assert s["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    for name in ("steps.csv", "layers.csv", "model.pt", ".hydra/config.yaml", "prune-run.log"):
+        assert (out / name).exists(), name
+    assert "top-1 (test, %)" in r.stdout  # the summary table
+
+
+def test_help_lists_the_groups(tmp_path):
+    r = run_cli(["--help"], cwd=tmp_path)
+    assert r.returncode == 0
+    for group in ("model", "dataset", "method", "hardware"):
+        assert group in r.stdout
+
+
+def write_pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+BAD_INPUTS = {
+    "unknown option": (["method=nosuch"], "method=nosuch"),
+    "unknown key": (["method.fooo=1"], "method.fooo"),
+    "force-added key": (["+method.fooo=1"], "method.fooo"),
+    "wrong type": (["sparsity=abc"], "sparsity"),
+    "out of range": (["sparsity=1.5"], "sparsity"),
+    "negative epochs": (["pretrain.epochs=-3"], "pretrain.epochs"),
+    "missing dataset path": (["dataset=imagefolder", "dataset.path=/no/such/folder"], "dataset.path"),
+    "missing download": (["dataset=cifar10", "dataset.download=false", "dataset.root={tmp}/none"],
+                         "dataset.root"),
+    "missing checkpoint": (["model.checkpoint={tmp}/none.pt"], "model.checkpoint"),
+    "foreign checkpoint": (["model=lenet5", "model.checkpoint={tmp}/foreign.pt"], "model.checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, case):
+    write_pickle(tmp_path / "foreign.pt", {"weights": [1, 2, 3]})  # a pickle, not a state dict
+    args, key = BAD_INPUTS[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "run"
+    r = run_cli([f"hydra.run.dir={out}", *args, *FAST], cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr + r.stdout
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, r.stderr
+    assert errors[0].startswith("prune-run: error:") and key in errors[0]
+    if (out / "summary.json").exists():  # nothing half-written passed off as a result
+        assert read_summary(out)["status"] == "failed"
+
+
+def test_multirun_runs_every_job_and_survives_a_failing_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "model=lenet5", "method=oneshot",
+                 "method.lr=0.01,1e12", "seed=0,1", "dataset.subset=0.3", *FAST], cwd=tmp_path)
+    assert r.returncode == 1  # one lr diverges: the sweep goes on, the exit code says so
+    status = {}
+    for job in sorted(sweep.iterdir()):
+        if (job / "summary.json").exists():
+            s = read_summary(job)
+            status[(s["hparams"]["lr"], s["seed"])] = s["status"]
+    assert status == {(0.01, 0): "ok", (0.01, 1): "ok", (1e12, 0): "failed", (1e12, 1): "failed"}
+    assert r.stderr.count("prune-run: error:") == 2 and "Traceback" not in r.stderr

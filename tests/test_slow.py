@@ -1,0 +1,53 @@
+"""Full-size end-to-end runs (minutes each): `make test-slow`, not CI.
+
+They are the core runner's acceptance checks: the default run, every baseline on resnet18, a
+multirun, and the dense cache across runs, at the shipped settings (no tiny overrides).
+"""
+import time
+
+import pytest
+
+from conftest import read_summary, run_cli
+from test_runner import CONTRACT_KEYS
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_run_then_cached_rerun(tmp_path):
+    started = time.perf_counter()
+    r = run_cli([f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path, timeout=600)
+    first_wall = time.perf_counter() - started
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = read_summary(tmp_path / "a")
+    assert a["status"] == "ok" and all(k in a for k in CONTRACT_KEYS)
+    assert a["top1_dense"] > 90 and a["top1"] > a["top1_dense"] - 3
+    assert a["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert first_wall < 150, f"default run took {first_wall:.0f} s"
+    r = run_cli([f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path, timeout=600)
+    b = read_summary(tmp_path / "b")
+    assert b["dense_source"].startswith("cache") and b["time_pretrain_s"] == 0.0
+    assert b["top1_dense"] == a["top1_dense"] and b["top1"] == a["top1"]
+
+
+@pytest.mark.parametrize("method", ["gradual", "iterative", "oneshot"])
+def test_baselines_on_resnet18(tmp_path, method):
+    r = run_cli([f"hydra.run.dir={tmp_path}", f"method={method}", "model=resnet18"], cwd=tmp_path,
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = read_summary(tmp_path)
+    assert s["status"] == "ok" and s["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert s["top1"] > s["top1_dense"] - 5
+
+
+def test_multirun_of_two_methods_and_two_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "method=gradual,oneshot", "seed=0,1"],
+                cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = [read_summary(job) for job in sweep.iterdir() if (job / "summary.json").exists()]
+    assert sorted((s["method"], s["seed"]) for s in runs) == [
+        ("gradual", 0), ("gradual", 1), ("oneshot", 0), ("oneshot", 1)]
+    assert all(s["status"] == "ok" for s in runs)
+    # one dense model per seed, shared by both methods
+    for seed in (0, 1):
+        assert len({s["top1_dense"] for s in runs if s["seed"] == seed}) == 1
