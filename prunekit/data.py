@@ -61,11 +61,15 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> Tuple[
     return torch.sort(torch.cat(rest)).values, torch.sort(torch.cat(held)).values
 
 
-def subsample(split: Images, fraction: float, seed: int) -> Images:
+def subset_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a stratified `fraction` of the examples (all of them when fraction >= 1)."""
     if fraction >= 1.0:
-        return split
-    _, keep = stratified_split(split.labels, fraction, seed)
-    return split.take(keep)
+        return torch.arange(len(labels))
+    return stratified_split(labels, fraction, seed)[1]
+
+
+def subsample(split: Images, fraction: float, seed: int) -> Images:
+    return split.take(subset_indices(split.labels, fraction, seed))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -325,17 +329,12 @@ def _image_folder(cfg, channels: int, train_cfg, device, seed: int, channels_las
     if not os.path.isdir(test_dir):
         raise ConfigError(f"dataset.path={cfg.path} has no val/ folder: the test split is "
                           "read from val/ (ImageNet layout)")
-    labels = torch.tensor(full.targets)
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
     test_full = folder(test_dir)
-    if cfg.subset < 1.0:
-        _, keep = stratified_split(labels[train_idx], cfg.subset, cfg.split_seed)
-        train_idx = train_idx[keep]
-        _, keep = stratified_split(labels[val_idx], cfg.subset, cfg.split_seed)
-        val_idx = val_idx[keep]
-    test_idx = torch.arange(len(test_full))
-    if cfg.subset < 1.0:
-        _, test_idx = stratified_split(torch.tensor(test_full.targets), cfg.subset, cfg.split_seed)
+    labels, test_labels = torch.tensor(full.targets), torch.tensor(test_full.targets)
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    train_idx = train_idx[subset_indices(labels[train_idx], cfg.subset, cfg.split_seed)]
+    val_idx = val_idx[subset_indices(labels[val_idx], cfg.subset, cfg.split_seed)]
+    test_idx = subset_indices(test_labels, cfg.subset, cfg.split_seed)
 
     in_memory = cfg.in_memory
     estimate = (len(full) + len(test_full)) * 3 * size * size

@@ -63,6 +63,15 @@ def test_wrong_types_and_unknown_keys_fail_at_composition(overrides):
         make_cfg(overrides)
 
 
+def test_ice_baseline_experiment_preset():
+    cfg = make_cfg(["experiment=ice_baseline"])
+    validate(cfg)
+    assert (cfg.method.name, cfg.method.schedule, cfg.method.granularity) == (
+        "iterative", "blockwise", "filter")
+    assert cfg.method.lr == 0.001 and cfg.train.lr_schedule == "constant"
+    assert make_cfg(["experiment=ice_baseline", "sparsity=0.6"]).sparsity == 0.6
+
+
 def test_nm_with_matching_sparsity_is_valid():
     validate(make_cfg(["method=oneshot", "method.granularity=nm", "method.nm=[1,4]",
                        "sparsity=0.75"]))
