@@ -203,6 +203,10 @@ def _fmt(value, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
+def _ratio(value, what: str) -> str:
+    return "–" if value is None else f"{value:.2f}× {what}"
+
+
 def _si(n) -> str:
     if n is None:
         return "–"
@@ -229,12 +233,12 @@ def summary_table(s: dict) -> Table:
     t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
     t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
     t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
-              f"{_fmt(s.get('compression_ratio'), '.2f')}× smaller")
+              _ratio(s.get("compression_ratio"), "smaller"))
     t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
-              f"{_fmt(s.get('theoretical_speedup'), '.2f')}× (theoretical)")
+              _ratio(s.get("theoretical_speedup"), "(theoretical)"))
     t.add_row(f"latency (ms, batch {s.get('latency_batch_size', 1)})",
               _fmt(s.get("latency_ms_dense"), ".3f"), _fmt(s.get("latency_ms"), ".3f"),
-              f"{_fmt(s.get('measured_speedup'), '.2f')}× (measured)")
+              _ratio(s.get("measured_speedup"), "(measured)"))
     phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
     t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
                  f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. {s.get('steps')} steps, "
