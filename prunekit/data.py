@@ -314,10 +314,18 @@ class Data:
 
 
 def _mean_std(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    x = images.float().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return mean, std
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (CIFAR-10 as float32
+    would be half a gigabyte at once)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for chunk in torch.split(images, 4096):
+        x = chunk.double().div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.pow(2).sum(dim=(0, 2, 3))
+    n = images.numel() / images.shape[1]
+    mean = total / n
+    std = (total_sq / n - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return mean.float(), std.float()
 
 
 def _image_folder(cfg, channels: int, train_cfg, device, seed: int, channels_last: bool) -> Data:
