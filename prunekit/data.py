@@ -128,8 +128,6 @@ def _torchvision_arrays(cls, name: str, cfg, channels_last_input: bool):
     try:
         train = cls(root, train=True, download=cfg.download)
         test = cls(root, train=False, download=cfg.download)
-    except ConfigError:
-        raise
     except Exception as e:  # offline, missing files, corrupt archive
         raise _download_error(name, root, e) from e
     classes = len(train.classes)

@@ -67,9 +67,9 @@ def effective_flops(model: nn.Module, example: torch.Tensor) -> Dict[str, float]
 
 
 def layer_rows(model: nn.Module, dense_shapes: Dict[str, tuple], dense_flops: Dict[str, float],
-               prunable: List[str], example: torch.Tensor) -> List[dict]:
-    """One row per conv/linear layer for layers.csv: dense vs now, size, density, FLOPs."""
-    flops = effective_flops(model, example)
+               flops: Dict[str, float], prunable: List[str]) -> List[dict]:
+    """One row per conv/linear layer for layers.csv: dense vs now, size, density, FLOPs
+    (`dense_flops` and `flops` as `effective_flops` gives them)."""
     rows = []
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -122,8 +122,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None)
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
-    dense_layer_flops = {k: v for k, v in flops_dense.items() if k != "__total__"}
-    rows = layer_rows(model, dense_shapes, dense_layer_flops, list(prunable), example)
+    rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
     return out, rows
 
 

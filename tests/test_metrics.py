@@ -60,7 +60,8 @@ def test_layer_rows():
     dense_flops = {"0": CONV_FLOPS, "3": LINEAR_FLOPS}
     with torch.no_grad():
         m[0].weight[1] = 0
-    rows = {r["layer"]: r for r in layer_rows(m, dense_shapes, dense_flops, ["0"], X)}
+    rows = {r["layer"]: r for r in layer_rows(m, dense_shapes, dense_flops,
+                                              effective_flops(m, X), ["0"])}
     assert rows["0"]["prunable"] and not rows["3"]["prunable"]
     assert rows["0"]["nonzero"] == 9 and rows["0"]["density"] == pytest.approx(0.5)
     assert rows["0"]["shape_dense"] == "2x1x3x3"

@@ -14,7 +14,7 @@ channels for real with torch-pruning.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -41,7 +41,6 @@ class ChannelGroup:
     members: List[Member]
     block: Optional[str] = None  # the residual block holding every member, if one does
     dense_size: int = 0
-    extra: Dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -188,11 +187,9 @@ class ChannelGroups:
 
     # ------------------------------------------------------------------ compaction
     def compact(self, masks: MaskSet) -> int:
-        """Physically remove every masked channel; returns how many channels went.
-
-        The masks of the groups' parameters are dropped (what they masked is gone), so the caller
-        must `masks.rebind(model)`.
-        """
+        """Physically remove every masked channel; returns how many channels went. The masks of
+        the groups' parameters are dropped (what they masked is gone) and `masks` is rebound to
+        the model's new parameters."""
         removed = 0
         plans = []
         for group in self.groups:

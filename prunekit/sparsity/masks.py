@@ -71,16 +71,3 @@ class MaskSet:
             params = [self.model.get_parameter(n) for n in self._masks]
             self._bound = ([p.data for p in params], list(self._masks.values()))
         torch._foreach_mul_(*self._bound)
-
-    def density(self) -> float:
-        kept = sum(float(m.sum()) for m in self._masks.values())
-        total = sum(m.numel() for m in self._masks.values())
-        return kept / total if total else 1.0
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {n: m.bool().cpu() for n, m in self._masks.items()}
-
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        self.clear()
-        for n, m in state.items():
-            self.set(n, m)
