@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 GRANULARITIES = ("unstructured", "filter", "channel", "column", "nm")
 CRITERIA = ("l1", "l2", "random")
+ACTIVATION_CRITERIA = ("mean_activation", "entropy")  # ice only: scored on data, not weights
 SCOPES = ("layerwise", "global")
 ITERATIVE_SCHEDULES = ("geometric", "linear", "blockwise")
 AUGMENTS = ("none", "crop", "crop_flip")
@@ -99,6 +100,49 @@ class GradualMethodConfig(MethodConfig):
 
 
 @dataclass
+class IceGrid:
+    """The auto-tuning grid of the ICE-Pruning paper (ResNet settings); each key is a method key."""
+
+    threshold: List[float] = field(default_factory=lambda: [0.5, 1.5])
+    freeze_ratio: List[float] = field(default_factory=lambda: [0.3, 0.9])
+    lr: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
+    lr_p: List[float] = field(default_factory=lambda: [0.1, 0.15, 0.2])
+    lr_beta: List[float] = field(default_factory=lambda: [40.0, 50.0, 60.0])
+    lr_delta: List[float] = field(default_factory=lambda: [6e-4, 7e-4, 8e-4])
+
+
+@dataclass
+class IceAutotuneConfig:
+    enabled: bool = True
+    trials: int = 6  # grid points tried (the paper: 6 for ResNet, 3 DenseNet, 7 WRN)
+    train_fraction: float = 0.02  # of the train split, per trial (the paper: 2% of CIFAR-10)
+    val_fraction: float = 0.04  # of the val split, per trial (the paper: 200 images)
+    accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, both min-max normalised
+    grid: IceGrid = field(default_factory=IceGrid)
+
+
+@dataclass
+class IceMethodConfig(MethodConfig):
+    granularity: str = "filter"
+    lr: float = 1e-3  # the pruning-aware LR's base (and the constant lr without it)
+    threshold: float = 1.5  # fine-tune when dense val top-1 - val top-1 >= this (points)
+    freeze_ratio: float = 0.3  # fraction of the candidate conv+BN pairs frozen
+    lr_p: float = 0.12  # the LR's knee sits at remaining fraction 1 - p
+    lr_beta: float = 50.0  # steepness of the knee
+    lr_delta: float = 7.5e-4  # the LR falls from base to base - delta
+    probe_lr: float = 1e-3  # the freezing probe's fixed fine-tuning lr
+    finetune_epochs: int = 1  # per fine-tune (the paper: one)
+    use_threshold: bool = True  # ablation: false fine-tunes after every step
+    use_freeze: bool = True  # ablation: false freezes nothing (and skips the probe)
+    use_adaptive_lr: bool = True  # ablation: false fine-tunes at the constant `lr`
+    distill: bool = False  # fine-tune with CE + KL to the dense model (the paper's ResNet runs)
+    distill_temperature: float = 2.0
+    val_fraction: float = 1.0  # of the val split used for the fine-tune decisions
+    activation_batches: int = 4  # train batches that score mean_activation / entropy
+    autotune: IceAutotuneConfig = field(default_factory=IceAutotuneConfig)
+
+
+@dataclass
 class LatencyConfig:
     enabled: bool = True
     batch_sizes: List[int] = field(default_factory=lambda: [1, 64])
@@ -157,6 +201,7 @@ METHOD_SCHEMAS = {
     "oneshot": OneshotMethodConfig,
     "iterative": IterativeMethodConfig,
     "gradual": GradualMethodConfig,
+    "ice": IceMethodConfig,
 }
 
 
@@ -262,7 +307,8 @@ def validate(cfg: DictConfig) -> None:
     # method
     m = cfg.method
     _choice(cfg, "method.granularity", GRANULARITIES)
-    _choice(cfg, "method.criterion", CRITERIA)
+    _choice(cfg, "method.criterion",
+            CRITERIA + ACTIVATION_CRITERIA if m.name == "ice" else CRITERIA)
     _choice(cfg, "method.scope", SCOPES)
     if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:
         raise ConfigError(f"method.nm={list(m.nm)} must be [N, M] with 0 < N < M, e.g. [2, 4]")
@@ -282,6 +328,8 @@ def validate(cfg: DictConfig) -> None:
         if m.schedule == "blockwise" and m.granularity != "filter":
             raise ConfigError("method.schedule=blockwise prunes filters block by block: "
                               "set method.granularity=filter")
+    if m.name == "ice":
+        _validate_ice(cfg)
     if m.name == "gradual":
         _at_least(cfg, "method.frequency", 1)
         _at_least(cfg, "method.begin_step", 0)
@@ -304,3 +352,43 @@ def validate(cfg: DictConfig) -> None:
     if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
         raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
                           "non-empty list of positive batch sizes")
+
+
+def _validate_ice(cfg: DictConfig) -> None:
+    m = cfg.method
+    if m.granularity != "filter":
+        raise ConfigError(f"method.granularity={m.granularity}: ICE-Pruning removes filters "
+                          "block by block; use method.granularity=filter")
+    for key in ("probe_lr", "lr_beta", "distill_temperature"):
+        _positive(cfg, f"method.{key}")
+    for key in ("threshold", "lr_delta"):
+        _at_least(cfg, f"method.{key}", 0)
+    _at_least(cfg, "method.finetune_epochs", 1, " (set method.use_threshold to fine-tune less)")
+    _at_least(cfg, "method.activation_batches", 1)
+    _at_least(cfg, "method.autotune.trials", 1)
+    for key in ("val_fraction", "autotune.train_fraction", "autotune.val_fraction"):
+        value = OmegaConf.select(m, key)
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"method.{key}={value} must be in (0, 1]: the fraction used")
+    if not 0.0 <= m.autotune.accuracy_weight <= 1.0:
+        raise ConfigError(f"method.autotune.accuracy_weight={m.autotune.accuracy_weight} must be "
+                          "in [0, 1]")
+    grid = m.autotune.grid
+    for key in grid:
+        if len(grid[key]) == 0:
+            raise ConfigError(f"method.autotune.grid.{key} is empty: give at least one value")
+    # every value the run can use, tuned or given
+    tuned = m.autotune.enabled
+    values = {k: list(grid[k]) if tuned else [m[k]] for k in grid}
+    if min(values["threshold"]) < 0:
+        raise ConfigError("method.threshold values must be >= 0 (points of val top-1)")
+    if not all(0.0 <= v <= 1.0 for v in values["freeze_ratio"]):
+        raise ConfigError("method.freeze_ratio values must be in [0, 1]")
+    if not all(0.0 <= v < 0.5 for v in values["lr_p"]):
+        raise ConfigError("method.lr_p values must be in [0, 0.5): the LR's knee is at remaining "
+                          "fraction 1 - p, and x / (2(1 - p) - x) needs 2(1 - p) > 1")
+    if min(values["lr_beta"]) <= 0 or min(values["lr"]) <= 0 or min(values["lr_delta"]) < 0:
+        raise ConfigError("method.lr and method.lr_beta values must be > 0, method.lr_delta >= 0")
+    if max(values["lr_delta"]) >= min(values["lr"]):
+        raise ConfigError(f"method.lr_delta={max(values['lr_delta'])} must be below method.lr="
+                          f"{min(values['lr'])}: the pruning-aware LR falls to lr - delta")

@@ -9,6 +9,8 @@ no worker processes in the hot loop. Large image folders stream through a torchv
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -237,6 +239,16 @@ class TensorLoader:
     def reseed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
 
+    def subset(self, fraction: float, seed: int) -> "TensorLoader":
+        """The same loader over a stratified `fraction` of the split."""
+        if fraction >= 1.0:
+            return self
+        out = copy.copy(self)
+        out.split = subsample(self.split, fraction, seed)
+        out.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
+        out.drop_last = self.train and len(out.split) > self.batch_size
+        return out
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         device = self.split.images.device
@@ -269,6 +281,7 @@ class StreamLoader:
             generator=self.gen, persistent_workers=num_workers > 0)
         self.device = device
         self.channels_last = channels_last
+        self.train = train
 
     @property
     def num_samples(self) -> int:
@@ -279,6 +292,18 @@ class StreamLoader:
 
     def reseed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
+
+    def subset(self, fraction: float, seed: int) -> "StreamLoader":
+        """The same loader over a random `fraction` of the dataset (no labels to stratify by
+        without decoding every image)."""
+        if fraction >= 1.0:
+            return self
+        ds, loader = self.loader.dataset, self.loader
+        n = max(1, int(round(fraction * len(ds))))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+        return StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), loader.batch_size,
+                            train=self.train, num_workers=loader.num_workers, device=self.device,
+                            seed=seed, channels_last=self.channels_last)
 
     def __iter__(self):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -309,6 +334,12 @@ class Data:
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         x, _ = next(iter(self.val))
         return x[:batch_size]
+
+    def subset(self, train: float = 1.0, val: float = 1.0, seed: int = 0) -> "Data":
+        """A view with fractions of the train and val splits (tuning trials, cheap decisions);
+        the test split is left whole and untouched."""
+        return dataclasses.replace(self, train=self.train.subset(train, seed),
+                                   val=self.val.subset(val, seed))
 
 
 def _mean_std(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -139,11 +139,13 @@ def write_csv(path: Path, rows: List[dict]) -> None:
 
 
 class Recorder:
-    """steps.csv row by row, plus layers.csv and summary.json at the end of a run."""
+    """steps.csv row by row, plus layers.csv, summary.json and the method's own tables.
+    `out_dir=None` keeps the rows in memory only (side work such as tuning trials)."""
 
-    def __init__(self, out_dir: Path):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out_dir: Optional[Path]):
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.steps: List[dict] = []
         self._fields: List[str] = []
 
@@ -154,6 +156,8 @@ class Recorder:
     def step(self, **row) -> None:
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
         self.steps.append(row)
+        if self.out_dir is None:
+            return
         new_fields = [k for k in row if k not in self._fields]
         if new_fields and self._fields:  # a new column: rewrite the file with the wider header
             self._fields += new_fields
@@ -167,11 +171,17 @@ class Recorder:
             csv.DictWriter(f, fieldnames=self._fields).writerow(row)
             f.flush()
 
+    def table(self, name: str, rows: List[dict]) -> None:
+        """Write (atomically, whole) `name`.csv: layers, tuning trials, search moves."""
+        if self.out_dir is not None:
+            write_csv(self.out_dir / f"{name}.csv", rows)
+
     def layers(self, rows: List[dict]) -> None:
-        write_csv(self.out_dir / "layers.csv", rows)
+        self.table("layers", rows)
 
     def summary(self, data: dict) -> None:
-        write_json(self.out_dir / "summary.json", data)
+        if self.out_dir is not None:
+            write_json(self.out_dir / "summary.json", data)
 
 
 def summary_identity(cfg: DictConfig) -> dict:

@@ -25,11 +25,11 @@ from prunekit.config import ConfigError, validate
 from prunekit.data import Data, build_data
 from prunekit.hardware import Hardware, measure_latency, seed_everything, setup_hardware
 from prunekit.methods import METHODS, Context
+from prunekit.methods.base import build_pruner
 from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
-from prunekit.models import build_model, load_weights, prunable_layers, residual_blocks
+from prunekit.models import build_model, load_weights
 from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
                              summary_identity)
-from prunekit.sparsity import Pruner, PruneSpec
 from prunekit.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def target_unit(method_cfg) -> str:
         return "none"
     if method_cfg.granularity == "nm":
         return f"{method_cfg.nm[0]}:{method_cfg.nm[1]}"
-    if method_cfg.get("schedule") == "blockwise":
+    if method_cfg.name == "ice" or method_cfg.get("schedule") == "blockwise":
         return "channels per block"
     return "weights"
 
@@ -148,10 +148,9 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
 
         clock = PhaseClock(sync=hw.sync)
         started = time.perf_counter()
-        layers = prunable_layers(model, cfg.method.prune_first_conv, cfg.method.prune_classifier)
         with clock.phase("prune"):
-            pruner = Pruner(model, PruneSpec.from_cfg(cfg.method), layers, data.example_input(1),
-                            seed=cfg.seed, blocks=list(residual_blocks(model)))
+            pruner = build_pruner(cfg, model, data.example_input(1))
+        layers = pruner.layer_names
         ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
                       pruner=pruner, recorder=recorder, clock=clock, hw=hw, target=cfg.sparsity,
                       dense_val_top1=dense_val, check_input=data.example_input(32))
@@ -167,7 +166,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                    finetune_count=ctx.finetune_count, finetune_epochs=ctx.finetune_epochs,
                    compacted=ctx.compacted, compaction_max_abs_diff=ctx.compaction_max_abs_diff,
                    target_unit=target_unit(cfg.method), scope=cfg.method.scope,
-                   criterion=cfg.method.criterion, prunable_layers=len(layers))
+                   criterion=cfg.method.criterion, prunable_layers=len(layers), **ctx.results)
     recorder.layers(rows)
     save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
                compacted=ctx.compacted)

@@ -7,6 +7,7 @@ it is also checked for NaN/inf. Masks are re-applied after every optimiser step.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ class Trainer:
         self.cfg = train_cfg
         self.hw = hw
         self.progress = make_progress(progress and train_cfg.progress)
+        self.log_level = logging.INFO  # of the one line each fit() logs
+
+    def with_data(self, data: Data, log_level: int = logging.INFO) -> "Trainer":
+        """The same trainer (settings, progress display) on other data, e.g. a tuning subset."""
+        other = copy.copy(self)
+        other.data, other.log_level = data, log_level
+        return other
 
     @property
     def steps_per_epoch(self) -> int:
@@ -72,8 +80,10 @@ class Trainer:
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
-            loss_fn: Optional[LossFn] = None) -> FitResult:
-        """Train `model` for `epochs` epochs with a fresh SGD at `lr` (cosine or constant schedule).
+            loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None) -> FitResult:
+        """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule is
+        `lr_schedule` or train.lr_schedule (cosine or constant). Only parameters that require
+        grad are trained (frozen layers stay as they are).
 
         `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
         pruning updates its masks there. `loss_fn(logits, labels, inputs)` replaces cross-entropy
@@ -83,7 +93,7 @@ class Trainer:
         loader = self.data.train
         total = epochs * len(loader)
         opt = self.make_optimizer(model, lr)
-        if self.cfg.lr_schedule == "cosine":
+        if (lr_schedule or self.cfg.lr_schedule) == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:
             sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
@@ -122,9 +132,23 @@ class Trainer:
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
         finally:
             self.progress.remove_task(task)
-        log.info("%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs, step, lr,
-                 last_loss)
+        log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
+                step, lr, last_loss)
         return FitResult(epochs, step, last_loss)
+
+    def distillation_loss(self, teacher: nn.Module, temperature: float) -> LossFn:
+        """Cross-entropy plus KL(student || teacher) at `temperature`, averaged over the batch
+        (the ICE-Pruning reference's form: no T^2 factor). The teacher runs in eval mode."""
+        smoothing = self.cfg.label_smoothing
+
+        def loss(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = F.softmax(teacher(x).float() / temperature, dim=1)
+            kd = F.kl_div(F.log_softmax(out.float() / temperature, dim=1), target,
+                          reduction="batchmean")
+            return F.cross_entropy(out, y, label_smoothing=smoothing) + kd
+
+        return loss
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()

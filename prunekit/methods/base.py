@@ -2,13 +2,17 @@
 
 A method owns its loop and spends everything through the context, which times it by phase:
 `ctx.prune_to` / `ctx.prune_groups` / `ctx.compact` (prune), `ctx.finetune` (finetune),
-`ctx.validate` (eval, on the held-out validation split, never the test set).
+`ctx.validate` (eval, on the held-out validation split, never the test set). Side work on a copy
+of the model (tuning trials, probes) runs in `ctx.fork()`, with its own counters and clock.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Type
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -17,11 +21,19 @@ from omegaconf import DictConfig
 from prunekit.data import Data
 from prunekit.hardware import Hardware
 from prunekit.metrics import prunable_sparsity
+from prunekit.models import prunable_layers, residual_blocks
 from prunekit.record import PhaseClock, Recorder
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
-from prunekit.sparsity.pruner import Pruner
+from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.train import FitResult, Trainer
+
+
+def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor) -> Pruner:
+    """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec."""
+    layers = prunable_layers(model, cfg.method.prune_first_conv, cfg.method.prune_classifier)
+    return Pruner(model, PruneSpec.from_cfg(cfg.method), layers, example_input, seed=cfg.seed,
+                  blocks=list(residual_blocks(model)))
 
 
 @dataclass
@@ -43,10 +55,51 @@ class Context:
     finetune_epochs: int = 0
     compaction_max_abs_diff: Optional[float] = None
     compacted: bool = False
+    frozen: List[str] = field(default_factory=list)  # modules whose parameters are not trained
+    results: Dict[str, Any] = field(default_factory=dict)  # extra summary.json keys of the method
 
     @property
     def masks(self) -> MaskSet:
         return self.pruner.masks
+
+    # ------------------------------------------------------------------ variants
+    def use_data(self, data: Data, log_level: int = logging.INFO) -> None:
+        """Train and decide on `data` from now on (e.g. a subset of val for cheap decisions)."""
+        self.data = data
+        self.trainer = self.trainer.with_data(data, log_level)
+
+    def fork(self, data: Optional[Data] = None, quiet: bool = False,
+             clock: Optional[PhaseClock] = None) -> "Context":
+        """A context for side work on a copy of the current model: its own pruner, masks,
+        counters, an in-memory recorder and its own clock (unless `clock` is shared), so the run
+        itself is untouched. Fork before pruning or right after a compaction (masks are not
+        copied). `quiet`: fit() logs at DEBUG."""
+        model = copy.deepcopy(self.model)
+        fork = dataclasses.replace(
+            self, model=model, pruner=build_pruner(self.cfg, model, self.check_input[:1]),
+            check_input=self.check_input[:4],  # side work: a cheaper compaction check
+            recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), steps=0,
+            finetune_count=0, finetune_epochs=0, compaction_max_abs_diff=None, compacted=False,
+            frozen=[], results={})
+        fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
+        return fork
+
+    def freeze(self, modules: Sequence[str]) -> None:
+        """Stop training the parameters of `modules` (kept across compactions, which replace
+        parameter objects); their BatchNorm running statistics still update."""
+        self.frozen = list(modules)
+        self._apply_freeze()
+
+    def unfreeze(self) -> None:
+        for name in self.frozen:
+            for p in self.model.get_submodule(name).parameters(recurse=False):
+                p.requires_grad_(True)
+        self.frozen = []
+
+    def _apply_freeze(self) -> None:
+        for name in self.frozen:
+            for p in self.model.get_submodule(name).parameters(recurse=False):
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ spending
     def prune_to(self, target: float) -> None:
@@ -66,6 +119,7 @@ class Context:
         with self.clock.phase("prune"):
             diff = self.pruner.compact(check_input=self.check_input)
         self.compacted = True
+        self._apply_freeze()
         if diff is not None:
             prev = self.compaction_max_abs_diff or 0.0
             self.compaction_max_abs_diff = max(prev, diff)
@@ -78,9 +132,11 @@ class Context:
             self.finetune_epochs += epochs
         return result
 
-    def validate(self) -> float:
+    def validate(self, model: Optional[nn.Module] = None) -> float:
+        """Val top-1 of the model being pruned (or of `model`, e.g. the dense one)."""
         with self.clock.phase("eval"):
-            return self.trainer.evaluate(self.model, "val", self.cfg.train.val_max_batches).top1
+            return self.trainer.evaluate(model or self.model, "val",
+                                         self.cfg.train.val_max_batches).top1
 
     # ------------------------------------------------------------------ reading
     def sparsity(self) -> float:
@@ -110,17 +166,35 @@ def register(cls: Type[Method]) -> Type[Method]:
     return cls
 
 
-def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object], epochs: int,
-                       lr: float, **row) -> None:
-    """One step of the standard pipeline: prune, compact (filters), validate, fine-tune, validate,
-    and record the step."""
+@dataclass
+class FinetunePlan:
+    """What to do after a pruning step, decided from the pruned model's val top-1."""
+
+    epochs: int
+    lr: float
+    row: Dict[str, Any] = field(default_factory=dict)  # extra steps.csv columns
+
+
+def fixed_plan(epochs: int, lr: float) -> Callable[[float], FinetunePlan]:
+    return lambda _val: FinetunePlan(epochs, lr)
+
+
+def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],
+                       plan: Callable[[float], FinetunePlan], *, fit: Optional[dict] = None,
+                       **row) -> float:
+    """One step of a prune-finetune pipeline: prune, compact (filters), validate, fine-tune as
+    `plan(val top-1 after pruning)` says (`fit`: extra Trainer.fit arguments), validate, and
+    record the step. Returns the val top-1."""
     started = time.perf_counter()
     prune()
     ctx.compact()
     val_pruned = ctx.validate()
-    ctx.finetune(epochs, lr, desc=f"step {step} fine-tune")
-    val = ctx.validate() if epochs > 0 else val_pruned
+    p = plan(val_pruned)
+    ctx.finetune(p.epochs, p.lr, desc=f"step {step} fine-tune", **(fit or {}))
+    val = ctx.validate() if p.epochs > 0 else val_pruned
     ctx.steps += 1
     ctx.record_step(step=step, **row, sparsity=ctx.sparsity(), val_top1_pruned=val_pruned,
-                    val_top1=val, finetuned=epochs > 0, epochs=epochs, lr=lr,
+                    val_top1=val, finetuned=p.epochs > 0, epochs=p.epochs,
+                    lr=p.lr if p.epochs > 0 else None, **p.row,
                     time_s=time.perf_counter() - started)
+    return val

@@ -12,7 +12,7 @@ the paper; the summary reports the weight sparsity it achieves.
 """
 from __future__ import annotations
 
-from prunekit.methods.base import Context, Method, prune_and_finetune, register
+from prunekit.methods.base import Context, Method, fixed_plan, prune_and_finetune, register
 from prunekit.sparsity.schedules import iterative_targets
 
 
@@ -22,14 +22,14 @@ class Iterative(Method):
 
     def run(self, ctx: Context) -> None:
         c = self.cfg
+        plan = fixed_plan(c.finetune_epochs, c.lr)
         if c.schedule == "blockwise":
             blocks = [name for name, _ in ctx.pruner.steps_in_order()]
             for k, block in enumerate(blocks, 1):
                 # re-read the block's groups: compaction in earlier steps rebuilt them
                 groups = dict(ctx.pruner.steps_in_order())[block]
-                prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.target),
-                                   c.finetune_epochs, c.lr, block=block, target=ctx.target)
+                prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.target), plan,
+                                   block=block, target=ctx.target)
             return
         for k, target in enumerate(iterative_targets(ctx.target, c.steps, c.schedule), 1):
-            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), c.finetune_epochs, c.lr,
-                               target=target)
+            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, target=target)

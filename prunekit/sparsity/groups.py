@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,27 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 class Member:
     module: str
     kind: str  # "out": a layer's output channels (or a depthwise conv's own); "in": input; "norm"
-    positions: List[torch.Tensor]  # positions[c]: indices in this module's channel dim
+    # positions[c]: indices of group channel c in this module's channel dim; a (channels, k)
+    # tensor when every channel has k of them (nearly always), else a list of tensors
+    positions: Union[torch.Tensor, List[torch.Tensor]]
+
+    def take(self, channels: Sequence[int]) -> torch.Tensor:
+        """The module's channel indices of these group channels, flattened."""
+        if isinstance(self.positions, torch.Tensor):
+            return self.positions[torch.as_tensor(channels, dtype=torch.long)].flatten()
+        if len(channels) == 0:
+            return torch.empty(0, dtype=torch.long)
+        return torch.cat([self.positions[int(c)] for c in channels])
+
+    def reduce(self, values: torch.Tensor, op: str, dim: int = 0) -> torch.Tensor:
+        """`values` indexed by this module's channels along `dim` -> one value per group channel
+        (op: sum, mean or all over each channel's positions)."""
+        if isinstance(self.positions, torch.Tensor):
+            pos = self.positions.to(values.device)
+            picked = values.index_select(dim, pos.flatten()).unflatten(dim, tuple(pos.shape))
+            return getattr(picked, op)(dim + 1)
+        return torch.stack([getattr(values.index_select(dim, p.to(values.device)), op)(dim)
+                            for p in self.positions], dim)
 
 
 @dataclass
@@ -116,7 +136,10 @@ class ChannelGroups:
             root_idx = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
             order = torch.argsort(root_idx, stable=True)
             counts = torch.bincount(root_idx, minlength=size).tolist()
-            positions = list(torch.split(idx[order], counts))
+            if counts and min(counts) == max(counts):
+                positions = idx[order].view(size, counts[0])
+            else:
+                positions = list(torch.split(idx[order], counts))
             if any(m.module == name and m.kind == kind for m in members):
                 continue
             members.append(Member(name, kind, positions))
@@ -126,6 +149,16 @@ class ChannelGroups:
                       if all(m.module.startswith(b + ".") for m in members)), None)
         return ChannelGroup(root, members, block)
 
+    def norm_after(self, conv: str) -> Optional[str]:
+        """The BatchNorm that reads `conv`'s output directly (its conv+BN pair), from the traced
+        graph rather than from names."""
+        node = self.dg.module2node.get(self.model.get_submodule(conv))
+        if node is None:
+            return None
+        names = self._names()
+        return next((names[o.module] for o in node.outputs
+                     if isinstance(o.module, NORM_TYPES) and o.module in names), None)
+
     # ------------------------------------------------------------------ masks
     def member_param_masks(self, group: ChannelGroup, channels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Masks (1 keep, 0 prune) for every parameter the given group channels touch."""
@@ -133,7 +166,7 @@ class ChannelGroups:
         chans = channels.tolist()
         for m in group.members:
             module = self.model.get_submodule(m.module)
-            pos = torch.cat([m.positions[c] for c in chans]) if chans else torch.empty(0, dtype=torch.long)
+            pos = m.take(chans)
             for pname, p in module.named_parameters(recurse=False):
                 mask = torch.ones_like(p, dtype=torch.bool)
                 if m.kind == "in":
@@ -156,7 +189,7 @@ class ChannelGroups:
         if mask is None:
             return torch.zeros(group.size, dtype=torch.bool)
         dead_rows = mask.reshape(mask.shape[0], -1).eq(0).all(1).cpu()
-        return torch.stack([dead_rows[p].all() for p in root.positions])
+        return root.reduce(dead_rows, "all")
 
     # ------------------------------------------------------------------ scores
     def channel_scores(self, group: ChannelGroup, criterion: str,
@@ -177,9 +210,8 @@ class ChannelGroups:
             rows = w.reshape(w.shape[0], -1).double()
             per_row = rows.abs().sum(1) if criterion == "l1" else rows.pow(2).sum(1)
             per_row = per_row.cpu()
-            for c, p in enumerate(m.positions):
-                total[c] += per_row[p].sum()
-                elems[c] += len(p) * rows.shape[1]
+            total += m.reduce(per_row, "sum")
+            elems += m.reduce(torch.full_like(per_row, rows.shape[1]), "sum")
         score = total if criterion == "l1" else total.sqrt()
         if per_element:
             score = score / (elems if criterion == "l1" else elems.sqrt()).clamp_min(1)
@@ -199,7 +231,7 @@ class ChannelGroups:
         for group, dead in plans:
             root = self.model.get_submodule(group.root)
             # Indices in root space: the root member's own positions of the dead channels.
-            idxs = torch.cat([group.members[0].positions[c] for c in dead.tolist()]).tolist()
+            idxs = group.members[0].take(dead.tolist()).tolist()
             pruner = self.dg.get_pruner_of_module(root)
             self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(idxs)).prune()
             removed += len(dead)

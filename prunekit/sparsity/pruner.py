@@ -198,7 +198,7 @@ class Pruner:
             for m in groups[gi].members:
                 if m.module not in state or m.kind == "norm":
                     continue
-                pos = torch.cat([m.positions[c] for c in chans.tolist()])
+                pos = m.take(chans.tolist())
                 state[m.module][0 if m.kind == "out" else 1][pos] = False
         remaining = 0
         for n, (o, i) in state.items():
