@@ -377,9 +377,8 @@ def _validate_ice(cfg: DictConfig) -> None:
     for key in grid:
         if len(grid[key]) == 0:
             raise ConfigError(f"method.autotune.grid.{key} is empty: give at least one value")
-    # every value the run can use, tuned or given
-    tuned = m.autotune.enabled
-    values = {k: list(grid[k]) if tuned else [m[k]] for k in grid}
+    # every value the run can use: the given ones, and the grid's when tuning
+    values = {k: [m[k]] + (list(grid[k]) if m.autotune.enabled else []) for k in grid}
     if min(values["threshold"]) < 0:
         raise ConfigError("method.threshold values must be >= 0 (points of val top-1)")
     if not all(0.0 <= v <= 1.0 for v in values["freeze_ratio"]):
