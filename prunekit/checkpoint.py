@@ -51,9 +51,8 @@ def dense_key(cfg) -> dict:
             "augment": d.augment, "num_samples": d.num_samples, "num_classes": d.num_classes,
             "path": os.path.abspath(os.path.expanduser(d.path)) if d.path else None,
         },
-        "pretrain": {"epochs": cfg.pretrain.epochs, "lr": cfg.pretrain.lr},
-        "train": {k: t[k] for k in ("batch_size", "momentum", "nesterov", "weight_decay",
-                                    "label_smoothing", "lr_schedule")},
+        "pretrain": {k: cfg.pretrain[k] for k in ("epochs", "lr", "lr_schedule", "weight_decay")},
+        "train": {k: t[k] for k in ("batch_size", "momentum", "nesterov", "label_smoothing")},
         "seed": cfg.seed,
     }
 

@@ -176,8 +176,13 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
+    """The dense model's own recipe, independent of train.* (the fine-tuning settings), so every
+    method and preset of a sweep starts from the same dense model."""
+
     epochs: int = "${dataset.pretrain_epochs}"  # type: ignore[assignment]
     lr: float = 0.05
+    lr_schedule: str = "cosine"
+    weight_decay: float = 5e-4
     cache: bool = True
 
 
@@ -273,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train.weight_decay", "train.momentum", "train.label_smoothing"):
         _at_least(cfg, key, 0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _choice(cfg, "pretrain.lr_schedule", LR_SCHEDULES)
+    _at_least(cfg, "pretrain.weight_decay", 0)
     _at_least(cfg, "train.val_max_batches", 1)
     _at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
 

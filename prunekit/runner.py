@@ -76,7 +76,8 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
             log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
             return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0}
     started = time.perf_counter()
-    trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training")
+    trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
+                lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
     trainer.hw.sync()
     seconds = time.perf_counter() - started
     if cfg.pretrain.cache:

@@ -72,18 +72,21 @@ class Trainer:
         self.progress.stop()
 
     # ------------------------------------------------------------------ training
-    def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: nn.Module, lr: float,
+                       weight_decay: Optional[float] = None) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
+        wd = self.cfg.weight_decay if weight_decay is None else weight_decay
         return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum,
                                nesterov=self.cfg.nesterov and self.cfg.momentum > 0,
-                               weight_decay=self.cfg.weight_decay)
+                               weight_decay=wd)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
-            loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None) -> FitResult:
-        """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule is
-        `lr_schedule` or train.lr_schedule (cosine or constant). Only parameters that require
-        grad are trained (frozen layers stay as they are).
+            loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None,
+            weight_decay: Optional[float] = None) -> FitResult:
+        """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
+        decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
+        are trained (frozen layers stay as they are).
 
         `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
         pruning updates its masks there. `loss_fn(logits, labels, inputs)` replaces cross-entropy
@@ -92,7 +95,7 @@ class Trainer:
             return FitResult(0, 0, float("nan"))
         loader = self.data.train
         total = epochs * len(loader)
-        opt = self.make_optimizer(model, lr)
+        opt = self.make_optimizer(model, lr, weight_decay)
         if (lr_schedule or self.cfg.lr_schedule) == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:

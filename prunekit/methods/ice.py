@@ -104,8 +104,8 @@ def weight_change_scores(orig: Dict[str, torch.Tensor], pre: Dict[str, torch.Ten
 def least_changed(scores: Dict[str, float], ratio: float) -> List[str]:
     """Rule ii: the ceil(ratio · N) layers whose weights changed least (ties in network order)."""
     k = min(len(scores), math.ceil(ratio * len(scores) - 1e-9))
-    ranked = sorted(range(len(scores)), key=lambda i: (list(scores.values())[i], i))
-    names = list(scores)
+    names, values = list(scores), list(scores.values())
+    ranked = sorted(range(len(names)), key=lambda i: (values[i], i))
     return [names[i] for i in ranked[:k]]
 
 
