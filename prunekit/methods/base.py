@@ -88,18 +88,16 @@ class Context:
         """Stop training the parameters of `modules` (kept across compactions, which replace
         parameter objects); their BatchNorm running statistics still update."""
         self.frozen = list(modules)
-        self._apply_freeze()
+        self._train_frozen(False)
 
     def unfreeze(self) -> None:
-        for name in self.frozen:
-            for p in self.model.get_submodule(name).parameters(recurse=False):
-                p.requires_grad_(True)
+        self._train_frozen(True)
         self.frozen = []
 
-    def _apply_freeze(self) -> None:
+    def _train_frozen(self, trainable: bool) -> None:
         for name in self.frozen:
             for p in self.model.get_submodule(name).parameters(recurse=False):
-                p.requires_grad_(False)
+                p.requires_grad_(trainable)
 
     # ------------------------------------------------------------------ spending
     def prune_to(self, target: float) -> None:
@@ -119,7 +117,7 @@ class Context:
         with self.clock.phase("prune"):
             diff = self.pruner.compact(check_input=self.check_input)
         self.compacted = True
-        self._apply_freeze()
+        self._train_frozen(False)  # compaction replaced the parameter objects
         if diff is not None:
             prev = self.compaction_max_abs_diff or 0.0
             self.compaction_max_abs_diff = max(prev, diff)
