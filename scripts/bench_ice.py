@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="prune-run overrides for every run (after --)")
     args = ap.parse_args(argv)
 
-    console = Console()
+    console = Console(width=max(150, Console().width))  # the table is wide; keep it whole in logs
     common = [f"model={args.model}", f"dataset={args.dataset}", f"seed={args.seed}",
               "train.progress=false", *args.overrides]
     settings = list(SETTINGS) if args.setting == "both" else [args.setting]

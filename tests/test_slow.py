@@ -51,3 +51,20 @@ def test_multirun_of_two_methods_and_two_seeds(tmp_path):
     # one dense model per seed, shared by both methods
     for seed in (0, 1):
         assert len({s["top1_dense"] for s in runs if s["seed"] == seed}) == 1
+
+
+def test_ice_against_iterative_sweep(tmp_path):
+    """Issue 3's sweep at the shipped settings. What holds on digits is asserted; the time ratio
+    is measured and reported (docs/benchmarks.md), not asserted: on this 8-block network every
+    block costs more than the threshold, so ICE cannot skip fine-tunes (see the README)."""
+    r = run_cli(["-m", "method=ice,iterative", "model=resnet18", "dataset=digits", "sparsity=0.5",
+                 f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ice, it = read_summary(tmp_path / "0"), read_summary(tmp_path / "1")
+    assert ice["method"] == "ice" and it["method"] == "iterative"
+    assert it["dense_source"].startswith("cache")  # the same dense model
+    assert ice["top1_dense"] == it["top1_dense"]
+    assert ice["compacted"] and ice["params"] < 0.6 * ice["params_dense"]
+    assert ice["compaction_max_abs_diff"] < 1e-3
+    assert ice["autotune_trials"] == 6 and ice["time_search_s"] > 0
+    assert abs(ice["top1"] - it["top1"]) <= 1.5
