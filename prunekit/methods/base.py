@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -175,6 +175,14 @@ class FinetunePlan:
 
 def fixed_plan(epochs: int, lr: float) -> Callable[[float], FinetunePlan]:
     return lambda _val: FinetunePlan(epochs, lr)
+
+
+def blockwise_steps(ctx: Context) -> Iterator[Tuple[int, str, List[ChannelGroup]]]:
+    """(k, block, its channel groups) for each step of block-by-block pruning, in network order.
+    The groups are read when the step comes: compaction in earlier steps rebuilt them."""
+    blocks = [name for name, _ in ctx.pruner.steps_in_order()]
+    for k, block in enumerate(blocks, 1):
+        yield k, block, dict(ctx.pruner.steps_in_order())[block]
 
 
 def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],

@@ -44,7 +44,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from prunekit.config import ACTIVATION_CRITERIA
-from prunekit.methods.base import Context, FinetunePlan, Method, prune_and_finetune, register
+from prunekit.methods.base import (Context, FinetunePlan, Method, blockwise_steps,
+                                   prune_and_finetune, register)
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers
 from prunekit.sparsity.activations import activation_scores
@@ -79,6 +80,9 @@ class IceKnobs:
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v:g}" for k, v in self.as_dict().items())
 
 
 # --------------------------------------------------------------------------- the three rules
@@ -170,10 +174,9 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
     convs = {n: k for n, k in ctx.pruner.dense_numel.items()
              if isinstance(ctx.model.get_submodule(n), nn.Conv2d)}
     fit = dict(loss_fn=distillation(ctx, cfg), lr_schedule="constant")
-    blocks = [name for name, _ in ctx.pruner.steps_in_order()]
+    n_blocks = len(ctx.pruner.steps_in_order())
     val = ctx.dense_val_top1
-    for k, block in enumerate(blocks, 1):
-        groups = dict(ctx.pruner.steps_in_order())[block]  # compaction rebuilt them
+    for k, block, groups in blockwise_steps(ctx):
 
         def plan(val_pruned: float) -> FinetunePlan:
             x = 1.0 - prunable_sparsity(ctx.model, convs)
@@ -182,7 +185,7 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
             lr = (pruning_aware_lr(x, knobs.lr, knobs.lr_p, knobs.lr_beta, knobs.lr_delta)
                   if cfg.use_adaptive_lr else knobs.lr)
             log.log(log_level, "ICE step %d/%d %s: val top-1 %.2f%% (dense %.2f%%) -> %s",
-                    k, len(blocks), block, val_pruned, ctx.dense_val_top1,
+                    k, n_blocks, block, val_pruned, ctx.dense_val_top1,
                     f"fine-tune at lr {lr:.3g}" if tune else "no fine-tune")
             return FinetunePlan(cfg.finetune_epochs if tune else 0, lr,
                                 {"remaining_conv": x, "frozen": len(frozen_convs)})

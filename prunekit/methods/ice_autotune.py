@@ -18,6 +18,7 @@ data and every trial freezes its own `freeze_ratio` of that ranking.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Dict, List, Sequence
 
@@ -50,9 +51,7 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
     """Run the trials; return the chosen knobs (the given ones if every trial diverged)."""
     a = cfg.autotune
     grid = grid_of(cfg)
-    size = 1
-    for values in grid.values():
-        size *= len(values)
+    size = math.prod(len(values) for values in grid.values())
     n_trials = min(a.trials, size)
     data = ctx.data.subset(train=a.train_fraction, val=a.val_fraction, seed=ctx.cfg.seed)
     log.info("ICE autotune: %d of %d grid points, trials on %d train / %d val images", n_trials,
@@ -71,27 +70,26 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
         trial_ctx = ctx.fork(data, quiet=True)
         trial_ctx.dense_val_top1 = dense_top1
         frozen = least_changed(changes, knobs.freeze_ratio) if cfg.use_freeze else []
-        started = time.perf_counter()
         row = {"trial": trial.number + 1, **knobs.as_dict()}
+        started = time.perf_counter()
         try:
             top1 = ice_prune(trial_ctx, cfg, knobs, frozen, log_level=logging.DEBUG)
+            trial_ctx.hw.sync()
+            seconds = time.perf_counter() - started
+            drop = dense_top1 - top1
+            row.update(status="ok", val_top1=top1, drop=drop, time_s=seconds,
+                       finetunes=trial_ctx.finetune_count, steps=trial_ctx.steps)
+            log.info("ICE autotune trial %d/%d: %s -> drop %.2f points, %.1f s, %d/%d fine-tunes",
+                     trial.number + 1, n_trials, knobs, drop, seconds, trial_ctx.finetune_count,
+                     trial_ctx.steps)
+            return drop, seconds
         except DivergenceError as e:
-            rows.append({**row, "status": "diverged", "error": str(e)})
+            row.update(status="diverged", error=str(e))
+            raise optuna.TrialPruned(str(e)) from e
+        finally:
+            rows.append(row)
             ctx.recorder.table("trials", rows)
             progress.advance(task)
-            raise optuna.TrialPruned(str(e))
-        trial_ctx.hw.sync()
-        seconds = time.perf_counter() - started
-        drop = dense_top1 - top1
-        rows.append({**row, "status": "ok", "val_top1": top1, "drop": drop, "time_s": seconds,
-                     "finetunes": trial_ctx.finetune_count, "steps": trial_ctx.steps})
-        ctx.recorder.table("trials", rows)
-        log.info("ICE autotune trial %d/%d: %s -> drop %.2f points, %.1f s, %d/%d fine-tunes",
-                 trial.number + 1, n_trials,
-                 " ".join(f"{k}={v:g}" for k, v in knobs.as_dict().items()), drop, seconds,
-                 trial_ctx.finetune_count, trial_ctx.steps)
-        progress.advance(task)
-        return drop, seconds
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize", "minimize"],
@@ -111,8 +109,7 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
         for i, r in enumerate(ok):
             r["chosen"] = i == best
         ctx.recorder.table("trials", rows)
-        log.info("ICE autotune chose trial %d: %s", ok[best]["trial"],
-                 " ".join(f"{k}={v:g}" for k, v in chosen.as_dict().items()))
+        log.info("ICE autotune chose trial %d: %s", ok[best]["trial"], chosen)
     ctx.results.update(autotune_trials=len(rows), autotune_dense_val_top1=dense_top1,
                        autotune_train_images=data.train.num_samples,
                        autotune_val_images=data.val.num_samples)

@@ -12,7 +12,8 @@ the paper; the summary reports the weight sparsity it achieves.
 """
 from __future__ import annotations
 
-from prunekit.methods.base import Context, Method, fixed_plan, prune_and_finetune, register
+from prunekit.methods.base import (Context, Method, blockwise_steps, fixed_plan,
+                                   prune_and_finetune, register)
 from prunekit.sparsity.schedules import iterative_targets
 
 
@@ -24,10 +25,7 @@ class Iterative(Method):
         c = self.cfg
         plan = fixed_plan(c.finetune_epochs, c.lr)
         if c.schedule == "blockwise":
-            blocks = [name for name, _ in ctx.pruner.steps_in_order()]
-            for k, block in enumerate(blocks, 1):
-                # re-read the block's groups: compaction in earlier steps rebuilt them
-                groups = dict(ctx.pruner.steps_in_order())[block]
+            for k, block, groups in blockwise_steps(ctx):
                 prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.target), plan,
                                    block=block, target=ctx.target)
             return
