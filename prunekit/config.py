@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 GRANULARITIES = ("unstructured", "filter", "channel", "column", "nm")
+AUTOCOMPRESS_SCHEMES = ("filter+column", "filter", "column")  # what its search may choose
 CRITERIA = ("l1", "l2", "random")
 ACTIVATION_CRITERIA = ("mean_activation", "entropy")  # ice only: scored on data, not weights
 SCOPES = ("layerwise", "global")
@@ -143,6 +144,54 @@ class IceMethodConfig(MethodConfig):
 
 
 @dataclass
+class AdmmSolverConfig(MethodConfig):
+    """The ADMM solver's keys, shared by admm and autocompress (which runs it every round)."""
+
+    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
+    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + U‖²
+    rho_growth: float = 1.0  # ρ ← min(ρ · growth, rho_max) after every ADMM iteration
+    rho_max: float = 1.0
+    iterations: int = 10  # ADMM iterations (Z/U updates)
+    epochs_per_iteration: int = 1  # W-step epochs between Z/U updates
+
+
+@dataclass
+class AdmmMethodConfig(AdmmSolverConfig):
+    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
+    retrain_lr: Optional[float] = None  # None: lr
+    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
+
+
+@dataclass
+class AutocompressSearchConfig:
+    evaluations: int = 40  # quick evaluations per round, the initial action included
+    temperature: float = 2.0  # T0, in points of val top-1 (the energy's unit)
+    final_temperature: float = 0.1
+    cooling: float = 0.9  # T <- T * cooling per accepted move
+    perturbation: float = 0.35  # rates move by U(-m, m), m = perturbation * T / T0
+    scheme_flip: float = 0.2  # a unit flips its scheme with probability scheme_flip * T / T0
+    max_rate: float = 0.99  # no unit loses more of its weights
+    val_fraction: float = 0.2  # of the val split, for the quick evaluations
+
+
+@dataclass
+class PurifyConfig:
+    enabled: bool = True
+    thresholds: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3])
+    tolerance: float = 0.5  # points of val top-1 a threshold may cost
+
+
+@dataclass
+class AutocompressMethodConfig(AdmmSolverConfig):
+    granularity: str = "filter+column"
+    rounds: int = 3  # cumulative targets 1 - (1 - S)^(i / rounds)
+    iterations: int = 3  # ADMM iterations per round
+    finetune_epochs: int = 2  # after every round
+    search: AutocompressSearchConfig = field(default_factory=AutocompressSearchConfig)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
+
+
+@dataclass
 class LatencyConfig:
     enabled: bool = True
     batch_sizes: List[int] = field(default_factory=lambda: [1, 64])
@@ -207,6 +256,8 @@ METHOD_SCHEMAS = {
     "iterative": IterativeMethodConfig,
     "gradual": GradualMethodConfig,
     "ice": IceMethodConfig,
+    "admm": AdmmMethodConfig,
+    "autocompress": AutocompressMethodConfig,
 }
 
 
@@ -313,7 +364,8 @@ def validate(cfg: DictConfig) -> None:
 
     # method
     m = cfg.method
-    _choice(cfg, "method.granularity", GRANULARITIES)
+    _choice(cfg, "method.granularity",
+            AUTOCOMPRESS_SCHEMES if m.name == "autocompress" else GRANULARITIES)
     _choice(cfg, "method.criterion",
             CRITERIA + ACTIVATION_CRITERIA if m.name == "ice" else CRITERIA)
     _choice(cfg, "method.scope", SCOPES)
@@ -324,9 +376,9 @@ def validate(cfg: DictConfig) -> None:
         if abs(implied - s) > 1e-9:
             raise ConfigError(f"sparsity={s} does not match method.nm={list(m.nm)}, which removes "
                               f"{implied:g}: set sparsity={implied:g}")
-        if m.name not in ("oneshot",):
-            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot, "
-                              f"not method={m.name}")
+        if m.name not in ("oneshot", "admm"):
+            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot "
+                              f"or admm, not method={m.name}")
     for key in ("epochs", "finetune_epochs"):
         _at_least(cfg, f"method.{key}", 0, " (epochs cannot be negative)")
     if m.name == "iterative":
@@ -337,6 +389,8 @@ def validate(cfg: DictConfig) -> None:
                               "set method.granularity=filter")
     if m.name == "ice":
         _validate_ice(cfg)
+    if m.name in ("admm", "autocompress"):
+        _validate_admm(cfg)
     if m.name == "gradual":
         _at_least(cfg, "method.frequency", 1)
         _at_least(cfg, "method.begin_step", 0)
@@ -359,6 +413,72 @@ def validate(cfg: DictConfig) -> None:
     if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
         raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
                           "non-empty list of positive batch sizes")
+
+
+def _fraction(cfg: DictConfig, key: str, low_open: bool = True) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not ((0.0 < value) if low_open else (0.0 <= value)) or not value <= 1.0:
+        raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}0, 1]")
+
+
+def parse_layer_rates(items) -> Dict[str, float]:
+    """["pattern:rate", ...] -> {pattern: rate}, or a ConfigError naming the bad item."""
+    out: Dict[str, float] = {}
+    for item in items:
+        pattern, _, rate = str(item).rpartition(":")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = None
+        if not pattern or value is None or not 0.0 <= value < 1.0:
+            raise ConfigError(f"method.layer_rates: '{item}' is not 'layer:rate' with a rate in "
+                              "[0, 1) (the fraction removed), e.g. method.layer_rates=[layer4.*:0.95]")
+        out[pattern] = value
+    return out
+
+
+def _validate_admm(cfg: DictConfig) -> None:
+    m = cfg.method
+    if m.criterion != "l2":
+        raise ConfigError(f"method.criterion={m.criterion}: {m.name} projects onto the sparse set by "
+                          "keeping the largest-L2 structures (the exact Euclidean projection); "
+                          "use method.criterion=l2")
+    if m.scope != "layerwise":
+        raise ConfigError(f"method.scope={m.scope}: {m.name} constrains every layer (or channel "
+                          "group) at its own rate; use method.scope=layerwise")
+    for key in ("rho", "rho_max"):
+        _positive(cfg, f"method.{key}")
+    _at_least(cfg, "method.rho_growth", 1.0, " (ρ may only grow)")
+    if m.rho_max < m.rho:
+        raise ConfigError(f"method.rho_max={m.rho_max} must be >= method.rho={m.rho}")
+    _at_least(cfg, "method.iterations", 1)
+    _at_least(cfg, "method.epochs_per_iteration", 1)
+    if m.name == "admm":
+        _at_least(cfg, "method.retrain_epochs", 0, " (epochs cannot be negative)")
+        _positive(cfg, "method.retrain_lr")
+        parse_layer_rates(m.layer_rates)
+        return
+    s = m.search
+    _at_least(cfg, "method.rounds", 1)
+    _at_least(cfg, "method.finetune_epochs", 0, " (epochs cannot be negative)")
+    _at_least(cfg, "method.search.evaluations", 1)
+    for key in ("temperature", "final_temperature"):
+        _positive(cfg, f"method.search.{key}")
+    if s.final_temperature > s.temperature:
+        raise ConfigError(f"method.search.final_temperature={s.final_temperature} must not exceed "
+                          f"method.search.temperature={s.temperature}")
+    if not 0.0 < s.cooling < 1.0:
+        raise ConfigError(f"method.search.cooling={s.cooling} must be in (0, 1)")
+    _at_least(cfg, "method.search.perturbation", 0)
+    _fraction(cfg, "method.search.scheme_flip", low_open=False)
+    _fraction(cfg, "method.search.val_fraction")
+    if not cfg.sparsity < s.max_rate < 1.0:
+        raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity={cfg.sparsity}"
+                          ", 1): no layer may lose more, and the target must be reachable")
+    t = list(m.purify.thresholds)
+    if any(v < 0 for v in t) or t != sorted(t):
+        raise ConfigError(f"method.purify.thresholds={t} must be non-negative and ascending")
+    _at_least(cfg, "method.purify.tolerance", 0)
 
 
 def _validate_ice(cfg: DictConfig) -> None:

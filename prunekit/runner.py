@@ -168,7 +168,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                    compacted=ctx.compacted, compaction_max_abs_diff=ctx.compaction_max_abs_diff,
                    target_unit=target_unit(cfg.method), scope=cfg.method.scope,
                    criterion=cfg.method.criterion, prunable_layers=len(layers), **ctx.results)
-    recorder.layers(rows)
+    recorder.layers([{**row, **ctx.layer_info.get(row["layer"], {})} for row in rows])
     save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
                compacted=ctx.compacted)
 

@@ -83,13 +83,15 @@ class Trainer:
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
             loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None,
-            weight_decay: Optional[float] = None) -> FitResult:
+            weight_decay: Optional[float] = None,
+            on_epoch_end: Optional[Callable[[int, float], None]] = None) -> FitResult:
         """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
         decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
         are trained (frozen layers stay as they are).
 
         `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
-        pruning updates its masks there. `loss_fn(logits, labels, inputs)` replaces cross-entropy
+        pruning updates its masks there. `on_epoch_end(epoch, mean loss)` runs after each epoch
+        (0-based): ADMM's Z/U updates. `loss_fn(logits, labels, inputs)` replaces cross-entropy
         (distillation, ADMM penalties)."""
         if epochs <= 0:
             return FitResult(0, 0, float("nan"))
@@ -133,6 +135,8 @@ class Trainer:
                     raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
                                           f"'{desc}': lower the learning rate")
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, last_loss)
         finally:
             self.progress.remove_task(task)
         log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
@@ -150,6 +154,15 @@ class Trainer:
             kd = F.kl_div(F.log_softmax(out.float() / temperature, dim=1), target,
                           reduction="batchmean")
             return F.cross_entropy(out, y, label_smoothing=smoothing) + kd
+
+        return loss
+
+    def penalised_loss(self, penalty: Callable[[], torch.Tensor]) -> LossFn:
+        """Cross-entropy plus `penalty()` (ADMM's ρ/2 Σ‖W − Z + U‖², a function of the weights)."""
+        smoothing = self.cfg.label_smoothing
+
+        def loss(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out, y, label_smoothing=smoothing) + penalty()
 
         return loss
 

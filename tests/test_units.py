@@ -1,11 +1,9 @@
 """Units, scores, exact selection and projections of one weight tensor."""
-import itertools
-
 import pytest
 import torch
 
 from prunekit.sparsity.units import (expand_units, keep_vector, lowest, nm_mask, num_units,
-                                     project, pruned_units, ranking, unit_scores)
+                                     pruned_units, ranking, unit_scores)
 
 
 def conv_weight(seed=0, shape=(6, 4, 3, 3)):
@@ -89,29 +87,3 @@ def test_nm_mask_partial_group_never_breaks_the_bound():
     assert (mask[:, :4].sum(1) == 1).all()
     assert (mask[:, 4:].sum(1) == 1).all()
 
-
-@pytest.mark.parametrize("granularity", ["unstructured", "filter", "channel", "column"])
-def test_project_is_the_euclidean_projection(granularity):
-    """Brute force: among every way of zeroing exactly k units, project() is nearest to w."""
-    w = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(1))
-    n_units = num_units(w.shape, granularity)
-    if n_units > 12:  # keep the brute force small
-        w = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
-        n_units = num_units(w.shape, granularity)
-    s = 0.5
-    k = int(round(s * n_units))
-    p = project(w, s, granularity)
-    best = min(
-        float((w - w * expand_units(torch.tensor([u not in drop for u in range(n_units)]),
-                                    w.shape, granularity)).pow(2).sum())
-        for drop in itertools.combinations(range(n_units), k))
-    assert float((w - p).pow(2).sum()) == pytest.approx(best, rel=1e-6)
-
-
-def test_project_nm_is_the_euclidean_projection():
-    w = torch.randn(2, 4, 1, 1, generator=torch.Generator().manual_seed(2))
-    p = project(w, 0.5, "nm", nm=(2, 4))
-    for row_w, row_p in zip(w.reshape(2, 4), p.reshape(2, 4)):
-        best = min(float(sum(row_w[i] ** 2 for i in drop))
-                   for drop in itertools.combinations(range(4), 2))
-        assert float((row_w - row_p).pow(2).sum()) == pytest.approx(best, rel=1e-6)

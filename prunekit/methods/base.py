@@ -57,6 +57,7 @@ class Context:
     compacted: bool = False
     frozen: List[str] = field(default_factory=list)  # modules whose parameters are not trained
     results: Dict[str, Any] = field(default_factory=dict)  # extra summary.json keys of the method
+    layer_info: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # extra layers.csv columns
 
     @property
     def masks(self) -> MaskSet:
@@ -80,7 +81,7 @@ class Context:
             check_input=self.check_input[:4],  # side work: a cheaper compaction check
             recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), steps=0,
             finetune_count=0, finetune_epochs=0, compaction_max_abs_diff=None, compacted=False,
-            frozen=[], results={})
+            frozen=[], results={}, layer_info={})
         fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
         return fork
 
@@ -135,6 +136,12 @@ class Context:
         with self.clock.phase("eval"):
             return self.trainer.evaluate(model or self.model, "val",
                                          self.cfg.train.val_max_batches).top1
+
+    def test_top1(self) -> float:
+        """Test top-1 of the model now, for reporting only (e.g. ADMM's `top1_hard`); no method
+        decides anything on it."""
+        with self.clock.phase("eval"):
+            return self.trainer.evaluate(self.model, "test").top1
 
     # ------------------------------------------------------------------ reading
     def sparsity(self) -> float:

@@ -220,24 +220,47 @@ class ChannelGroups:
     # ------------------------------------------------------------------ compaction
     def compact(self, masks: MaskSet) -> int:
         """Physically remove every masked channel; returns how many channels went. The masks of
-        the groups' parameters are dropped (what they masked is gone) and `masks` is rebound to
-        the model's new parameters."""
-        removed = 0
+        the touched parameters are sliced as the parameters are, so what they mask in the
+        channels that stay (e.g. a reader's pruned columns) stays masked; masks left all ones are
+        dropped, and `masks` is rebound to the model's new parameters."""
         plans = []
         for group in self.groups:
             dead = torch.nonzero(self.masked_channels(group, masks)).flatten()
             if len(dead):
                 plans.append((group, dead))
+        if not plans:
+            return 0
+        # (parameter, dim) -> indices removed, in the parameter's index space before compaction
+        # (each dim of a parameter belongs to one group, so the groups' removals never overlap).
+        removals: Dict[str, List] = {}
+        for group, dead in plans:
+            for m in group.members:
+                pos = m.take(dead.tolist())
+                for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False):
+                    if m.kind == "in" and pname != "weight":
+                        continue
+                    removals.setdefault(f"{m.module}.{pname}", []).append(
+                        (1 if m.kind == "in" else 0, pos))
+        sliced = {}
+        for key, cuts in removals.items():
+            mask = masks.get(key)
+            if mask is None:
+                continue
+            for dim, pos in cuts:
+                keep = torch.ones(mask.shape[dim], dtype=torch.bool)
+                keep[pos] = False
+                mask = mask.index_select(dim, torch.nonzero(keep).flatten().to(mask.device))
+            if not bool(mask.all()):
+                sliced[key] = mask
         for group, dead in plans:
             root = self.model.get_submodule(group.root)
             # Indices in root space: the root member's own positions of the dead channels.
             idxs = group.members[0].take(dead.tolist()).tolist()
             pruner = self.dg.get_pruner_of_module(root)
             self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(idxs)).prune()
-            removed += len(dead)
-        if plans:
-            masks.drop([f"{m.module}.{pname}" for group, _ in plans for m in group.members
-                        for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False)])
-            masks.rebind(self.model)
-            self.refresh()
-        return removed
+        masks.rebind(self.model)
+        masks.drop(list(removals))
+        for key, mask in sliced.items():
+            masks.set(key, mask)
+        self.refresh()
+        return sum(len(dead) for _, dead in plans)

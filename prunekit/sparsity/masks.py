@@ -57,6 +57,14 @@ class MaskSet:
         self._masks.clear()
         self._bound = None
 
+    def state(self) -> Dict[str, torch.Tensor]:
+        """A snapshot to `restore` (masks are replaced, never modified in place)."""
+        return dict(self._masks)
+
+    def restore(self, state: Dict[str, torch.Tensor]) -> None:
+        self._masks = dict(state)
+        self._bound = None
+
     def rebind(self, model: nn.Module) -> None:
         """After a structural change (compaction replaces parameters), drop stale bindings."""
         self.model = model

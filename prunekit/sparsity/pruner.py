@@ -73,7 +73,7 @@ class Pruner:
         self.masks = MaskSet(model)
         self.generator = torch.Generator().manual_seed(seed)
         self.groups: Optional[ChannelGroups] = None
-        if spec.granularity == "filter":
+        if "filter" in spec.granularity.split("+"):  # e.g. AutoCompress's filter+column
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
     def weight(self, name: str) -> torch.Tensor:
@@ -113,16 +113,16 @@ class Pruner:
         return out
 
     # ------------------------------------------------------------------ unstructured / channel / column
-    def _unit_layers(self) -> List[str]:
-        g = self.spec.granularity
+    def unit_layers(self, granularity: str) -> List[str]:
+        """The layers a per-layer granularity applies to."""
         names = self.layer_names
-        if g == "channel":  # a depthwise conv's only input channel is its own output: skip it
+        if granularity == "channel":  # a depthwise conv's only input channel is its own output
             names = [n for n in names if self.weight(n).shape[1] > 1]
         return names
 
     def _prune_units(self, target: float) -> None:
         g, crit = self.spec.granularity, self.spec.criterion
-        names = self._unit_layers()
+        names = self.unit_layers(g)
         forced = {}
         for n in names:
             mask = self.masks.get(f"{n}.weight")
@@ -219,6 +219,13 @@ class Pruner:
         return out
 
     def _prune_filters(self, target: float) -> None:
+        for gi, chans in self.filter_plan(target).items():
+            if len(chans):
+                self.groups.mask_channels(self.groups.groups[gi], chans, self.masks)
+
+    def filter_plan(self, target: float) -> Dict[int, torch.Tensor]:
+        """Which channels of each group (by index) to remove to reach `target`, as `prune_to`
+        would remove them (ADMM takes the per-group counts of this plan as its constraints)."""
         groups = self.groups.groups
         base = self._keep_state()
         orders = self._group_orders(per_element=self.spec.scope == "global")
@@ -261,9 +268,7 @@ class Pruner:
             k = _bisect_closest(lambda k: self._removal_sparsity(base, removal_k(k)), target,
                                 n_masked, len(eligible), integer=True)
             plan = removal_k(int(k))
-        for gi, chans in plan.items():
-            if len(chans):
-                self.groups.mask_channels(groups[gi], chans, self.masks)
+        return plan
 
     # ------------------------------------------------------------------ blockwise (ICE, baseline)
     def steps_in_order(self) -> List[Tuple[str, List[ChannelGroup]]]:

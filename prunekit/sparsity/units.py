@@ -13,8 +13,8 @@ N:M keeps the N largest of every M consecutive input-channel weights (channels-l
 layout sparse kernels use) and is handled by `nm_mask`.
 
 Keeping the k units of largest L2 norm is the exact Euclidean projection onto "at most k units
-non-zero", so `project` is the Π that ADMM and SLR need; pruning with criterion l2 uses the same
-code. Selection is by a stable sort, so ties are broken by index and counts are exact.
+non-zero": `sparsity.projection` builds ADMM's and SLR's Π on these functions, and pruning with
+criterion l2 uses the same code. Selection breaks ties by index, so counts are exact.
 """
 from __future__ import annotations
 
@@ -151,11 +151,3 @@ def nm_mask(w: torch.Tensor, n: int, m: int, criterion: str = "l1",
     keep = keep.reshape(o, kh, kw, i).permute(0, 3, 1, 2)
     return keep.reshape(w.shape)
 
-
-def project(w: torch.Tensor, sparsity: float, granularity: str, nm=(2, 4)) -> torch.Tensor:
-    """Euclidean projection of w onto the set of tensors with `sparsity` of their units zero."""
-    if granularity == "nm":
-        return w * nm_mask(w, nm[0], nm[1])
-    scores = unit_scores(w, granularity, "l2")
-    n_prune = int(round(sparsity * scores.numel()))
-    return w * expand_units(keep_vector(scores, n_prune), w.shape, granularity)

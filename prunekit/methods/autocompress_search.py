@@ -1,0 +1,149 @@
+"""AutoCompress's action sampling: simulated annealing over per-unit (rate, scheme), guided by the
+experience rule. Pure functions of lists, so every rule is testable without a model.
+
+A *unit* is what one rate applies to: a channel group's coupled filters (which can take the
+`filter` or the `column` scheme) or a prunable layer outside every group (`column` only). Rates are
+cumulative fractions of the unit's dense weights.
+
+- Experience rule: the sorted rates go to the units sorted by dense size, so a larger unit never
+  gets a lower rate than a smaller one (ties in size keep index order).
+- Exact target: the rates are scaled (bisection on one factor, each rate clipped to
+  [its lower bound, `max_rate`], kept monotone in size) until Σ size·rate (plus what lies outside
+  the units) over the total is the round's target, to within 1e-9 where the bounds allow it. A
+  unit's lower bound is what it has already lost in earlier rounds: pruning never revives.
+- Perturbation: each rate moves by U(−m, m), m = `perturbation`·T/T₀, and each unit that has a
+  choice flips its scheme with probability `scheme_flip`·T/T₀; both shrink as the search cools.
+- Acceptance: a better action always; a worse one with probability exp(ΔE/T), where E is val top-1
+  in percent and T is in the same points. NNI's defaults (T from 100 to 20 with E in [0, 1])
+  accept almost every worse move (exp(−0.05/100) ≈ 0.9995), which makes the search a random walk;
+  here T₀ = 2 points rejects a move 5 points worse 92% of the time.
+- T cools by `cooling` per accepted move (rejected moves are redrawn at the same T, as in NNI);
+  the search stops at `final_temperature` or after `evaluations` evaluations, whichever is first.
+  The decision is the best action evaluated, not the last accepted one.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class SearchUnit:
+    name: str  # the group's root layer, or the layer
+    layers: Tuple[str, ...]  # the prunable layers whose weights the rate counts
+    size: int  # their dense weight count
+    schemes: Tuple[str, ...]  # the schemes it can take, preferred first
+    lower: float = 0.0  # the fraction of its dense weights already removed
+
+
+@dataclass(frozen=True)
+class Action:
+    rates: Tuple[float, ...]
+    schemes: Tuple[str, ...]
+
+    def describe(self, units: Sequence[SearchUnit]) -> str:
+        return ", ".join(f"{u.name}:{s[0]}{r:.2f}" for u, r, s in zip(units, self.rates,
+                                                                      self.schemes))
+
+
+def nominal_sparsity(rates: Sequence[float], units: Sequence[SearchUnit], outside: float,
+                     total: float) -> float:
+    """Fraction of all prunable weights removed if each unit loses `rate` of its weights;
+    `outside`: weights removed in layers that are not units."""
+    return (outside + sum(u.size * r for u, r in zip(units, rates))) / total
+
+
+def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: float,
+                  max_rate: float, outside: float = 0.0, total: Optional[float] = None) -> List[float]:
+    """Rates from `base` under the experience rule, scaled so the nominal sparsity is `target`."""
+    n = len(units)
+    total = float(total if total is not None else sum(u.size for u in units))
+    order = sorted(range(n), key=lambda i: (units[i].size, i))
+    b = sorted(max(0.0, float(x)) for x in base)
+    if not any(b):
+        b = [1.0] * n
+
+    def rates_at(scale: float) -> List[float]:
+        out = [0.0] * n
+        running = 0.0
+        for rank, i in enumerate(order):
+            lo = units[i].lower
+            r = min(max(lo, scale * b[rank]), max(max_rate, lo))
+            running = max(running, r)  # monotone in size
+            out[i] = running
+        return out
+
+    def f(scale: float) -> float:
+        return nominal_sparsity(rates_at(scale), units, outside, total)
+
+    lo, hi = 0.0, max_rate / min(x for x in b if x > 0)
+    if f(lo) >= target:
+        return rates_at(lo)
+    if f(hi) <= target:
+        return rates_at(hi)
+    for _ in range(200):  # f is continuous and non-decreasing in the scale
+        mid = 0.5 * (lo + hi)
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15 * max(hi, 1.0):
+            break
+    return rates_at(hi if abs(f(hi) - target) <= abs(f(lo) - target) else lo)
+
+
+def initial_action(units: Sequence[SearchUnit], target: float, max_rate: float, outside: float,
+                   total: float) -> Action:
+    """The uniform start: every unit at the same rate (as far as lower bounds allow), each with
+    its preferred scheme."""
+    rates = fit_to_target([target] * len(units), units, target, max_rate, outside, total)
+    return Action(tuple(rates), tuple(u.schemes[0] for u in units))
+
+
+def neighbour(action: Action, units: Sequence[SearchUnit], target: float, max_rate: float,
+              outside: float, total: float, step: float, flip: float,
+              rng: random.Random) -> Action:
+    """A random move of size `step` (rates) and `flip` (scheme probability), re-fitted to the
+    target under the experience rule."""
+    base = [r + rng.uniform(-step, step) for r in action.rates]
+    schemes = tuple(rng.choice([s for s in u.schemes if s != cur]) if len(u.schemes) > 1
+                    and rng.random() < flip else cur for u, cur in zip(units, action.schemes))
+    return Action(tuple(fit_to_target(base, units, target, max_rate, outside, total)), schemes)
+
+
+@dataclass
+class Trial:
+    number: int
+    temperature: float
+    value: float
+    accepted: bool
+    best: float
+    action: Action
+
+
+def anneal(evaluate: Callable[[Action], float], start: Action,
+           propose: Callable[[Action, float], Action], *, temperature: float,
+           final_temperature: float, cooling: float, evaluations: int, rng: random.Random,
+           on_trial: Callable[[Trial], None] = lambda t: None) -> Tuple[Action, float, int]:
+    """Simulated annealing that maximises `evaluate`; `propose(action, T/T0)` makes a move.
+    Returns the best action evaluated, its value and the number of evaluations (at most
+    `evaluations`)."""
+    current, e_cur = start, evaluate(start)
+    best, e_best = current, e_cur
+    t = temperature
+    on_trial(Trial(1, t, e_cur, True, e_best, current))
+    number = 1
+    while number < evaluations and t >= final_temperature:
+        number += 1
+        candidate = propose(current, t / temperature)
+        e = evaluate(candidate)
+        accepted = e >= e_cur or rng.random() < math.exp((e - e_cur) / t)
+        if e > e_best:
+            best, e_best = candidate, e
+        on_trial(Trial(number, t, e, accepted, e_best, candidate))
+        if accepted:
+            current, e_cur = candidate, e
+            t *= cooling
+    return best, e_best, number
