@@ -4,7 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke clean
+.PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
+        reproduce-autocompress-smoke bench-admm clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -28,6 +29,19 @@ reproduce-ice:  ## ICE-Pruning vs the standard pipeline as in the paper: resnet5
 reproduce-ice-smoke:  ## the same comparison on digits with resnet18 at ratio 0.5, on CPU in minutes
 	$(BIN)/python scripts/bench_ice.py --setting both --ratios 0.5 --out outputs/reproduce-ice-smoke \
 		--json outputs/reproduce-ice-smoke/results.json
+
+reproduce-autocompress:  ## AutoCompress as the paper: VGG-16 and ResNet-18 on CIFAR-10 at ~52x (a GPU; downloads CIFAR-10)
+	$(BIN)/prune-run -m experiment=autocompress_vgg16_cifar10,autocompress_resnet18_cifar10 \
+		hydra.sweep.dir=outputs/reproduce-autocompress
+
+reproduce-autocompress-smoke:  ## AutoCompress (0.8) and ADMM (0.9) on digits with resnet18, on CPU in minutes
+	$(BIN)/prune-run method=autocompress model=resnet18 dataset=digits sparsity=0.8 \
+		hydra.run.dir=outputs/reproduce-autocompress-smoke/autocompress
+	$(BIN)/prune-run method=admm model=resnet18 dataset=digits sparsity=0.9 \
+		hydra.run.dir=outputs/reproduce-autocompress-smoke/admm
+
+bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation
+	$(BIN)/python scripts/bench_admm.py
 
 clean:  ## run outputs and caches of this checkout (not the dense-model cache)
 	rm -rf outputs/20* outputs/multirun multirun .pytest_cache build *.egg-info

@@ -68,3 +68,26 @@ def test_ice_against_iterative_sweep(tmp_path):
     assert ice["compaction_max_abs_diff"] < 1e-3
     assert ice["autotune_trials"] == 6 and ice["time_search_s"] > 0
     assert abs(ice["top1"] - it["top1"]) <= 1.5
+
+
+def test_autocompress_on_resnet18_digits(tmp_path):
+    """Issue 4's done-when: at least 4x fewer parameters, physically smaller, test top-1 within
+    3 points of dense."""
+    r = run_cli([f"hydra.run.dir={tmp_path}", "method=autocompress", "model=resnet18",
+                 "dataset=digits", "sparsity=0.8"], cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = read_summary(tmp_path)
+    assert s["compression_ratio"] >= 4.0
+    assert s["compacted"] and s["params"] < s["params_dense"] / 2
+    assert s["compaction_max_abs_diff"] < 1e-3
+    assert s["top1"] >= s["top1_dense"] - 3
+    assert s["sparsity"] >= 0.8 - 1e-3 and s["time_search_s"] > 0
+
+
+def test_admm_lands_exactly_on_the_target(tmp_path):
+    r = run_cli([f"hydra.run.dir={tmp_path}", "method=admm", "model=resnet18", "dataset=digits",
+                 "sparsity=0.9"], cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = read_summary(tmp_path)
+    assert s["sparsity"] == pytest.approx(0.9, abs=1e-6)
+    assert 0 <= s["top1_hard"] <= 100
