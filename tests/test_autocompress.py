@@ -230,8 +230,10 @@ def test_compaction_keeps_the_column_masks_of_the_layers_that_stay():
 
 
 # --------------------------------------------------------------------------- the method
-def test_autocompress_run_records_search_rounds_and_layers(tmp_path):
+@pytest.mark.parametrize("schemes", ["filter+column", "column"])
+def test_autocompress_run_records_search_rounds_and_layers(tmp_path, schemes):
     s = run(make_cfg(["method=autocompress", "model=lenet5", "dataset.subset=0.4", "sparsity=0.7",
+                      f"method.granularity={schemes}",
                       "method.rounds=2", "method.search.evaluations=5", "method.iterations=1",
                       "method.finetune_epochs=1", *FAST]), tmp_path, show=False)
     assert s["status"] == "ok"
@@ -253,7 +255,7 @@ def test_autocompress_run_records_search_rounds_and_layers(tmp_path):
     assert sum(1 for r in rows if r["event"] == "admm") == 2
     with open(tmp_path / "layers.csv") as f:
         layers = [r for r in csv.DictReader(f) if r["prunable"] == "True"]
-    assert all(r["scheme"] in ("filter", "column") and 0 <= float(r["rate"]) < 1 for r in layers)
+    assert all(r["scheme"] in schemes.split("+") and 0 <= float(r["rate"]) < 1 for r in layers)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -49,6 +49,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 
+from prunekit.config import ConfigError
 from prunekit.methods.admm import admm_train, constraint_rows
 from prunekit.methods.autocompress_search import (Action, SearchUnit, Trial, anneal,
                                                   initial_action, neighbour, nominal_sparsity)
@@ -160,6 +161,9 @@ class Autocompress(Method):
         for i, target in enumerate(round_targets(ctx.target, c.rounds), 1):
             started = time.perf_counter()
             units, outside, total = search_units(ctx.pruner, schemes)
+            if not units:
+                raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
+                                  "no layer or channel group that scheme can prune")
 
             def quick_evaluation(action: Action) -> float:
                 with undone(ctx.pruner):

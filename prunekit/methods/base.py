@@ -32,8 +32,11 @@ from prunekit.train import FitResult, Trainer
 def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor) -> Pruner:
     """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec."""
     layers = prunable_layers(model, cfg.method.prune_first_conv, cfg.method.prune_classifier)
-    return Pruner(model, PruneSpec.from_cfg(cfg.method), layers, example_input, seed=cfg.seed,
-                  blocks=list(residual_blocks(model)))
+    spec = PruneSpec.from_cfg(cfg.method)
+    # AutoCompress's purification removes stranded channels whatever its schemes: it needs groups
+    groups = "filter" in spec.granularity.split("+") or cfg.method.name == "autocompress"
+    return Pruner(model, spec, layers, example_input, seed=cfg.seed,
+                  blocks=list(residual_blocks(model)), channel_groups=groups)
 
 
 @dataclass

@@ -65,7 +65,8 @@ def _bisect_closest(f: Callable[[float], float], target: float, lo: float, hi: f
 
 class Pruner:
     def __init__(self, model: nn.Module, spec: PruneSpec, layers: Dict[str, nn.Module],
-                 example_input: torch.Tensor, seed: int = 0, blocks: Sequence[str] = ()):
+                 example_input: torch.Tensor, seed: int = 0, blocks: Sequence[str] = (),
+                 channel_groups: Optional[bool] = None):
         self.model = model
         self.spec = spec
         self.layer_names: List[str] = list(layers)
@@ -73,7 +74,9 @@ class Pruner:
         self.masks = MaskSet(model)
         self.generator = torch.Generator().manual_seed(seed)
         self.groups: Optional[ChannelGroups] = None
-        if "filter" in spec.granularity.split("+"):  # e.g. AutoCompress's filter+column
+        if channel_groups is None:  # filters need them; e.g. AutoCompress's filter+column too
+            channel_groups = "filter" in spec.granularity.split("+")
+        if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
     def weight(self, name: str) -> torch.Tensor:
