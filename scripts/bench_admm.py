@@ -52,7 +52,8 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
     y = torch.randint(0, args.classes, (args.batch,))
     layers = prunable_layers(model)
-    pruner = Pruner(model, PruneSpec("filter+column"), layers, x[:1], blocks=list(residual_blocks(model)))
+    pruner = Pruner(model, PruneSpec("filter+column"), layers, x[:1],
+                    blocks=list(residual_blocks(model)))
     cons = [LayerConstraint.for_rate(pruner.weight(n), n, "unstructured", args.sparsity,
                                      pruner.dense_numel[n]) for n in pruner.layer_names]
     state = AdmmState(model, cons, rho=1.0)

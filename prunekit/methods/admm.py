@@ -53,7 +53,8 @@ class AdmmState:
 
     def __init__(self, model: nn.Module, constraints: Sequence, rho: float):
         self.constraints = list(constraints)
-        self.weights = {n: model.get_submodule(n).weight for c in self.constraints for n in c.layers}
+        self.weights = {n: model.get_submodule(n).weight
+                        for c in self.constraints for n in c.layers}
         with torch.no_grad():
             self.Z: Tensors = project_all(self.constraints, self._w())
         self.U: Tensors = {n: torch.zeros_like(z) for n, z in self.Z.items()}
@@ -136,7 +137,8 @@ def admm_constraints(ctx: Context, cfg: DictConfig) -> List:
     pruner, g = ctx.pruner, cfg.granularity
     if g == "filter":
         groups = pruner.groups.groups
-        rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates), [grp.root for grp in groups])
+        rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates),
+                                    [grp.root for grp in groups])
         plan = pruner.filter_plan(ctx.target)
         return [FilterConstraint(grp, min(round(rates[grp.root] * grp.dense_size), grp.size - 1)
                                  if grp.root in rates else len(plan[gi]))
@@ -166,8 +168,8 @@ class Admm(Method):
     def run(self, ctx: Context) -> None:
         c = self.cfg
         constraints = admm_constraints(ctx, c)
-        log.info("ADMM: %d constraint sets (%s), %d iterations x %d epochs, rho %g", len(constraints),
-                 c.granularity, c.iterations, c.epochs_per_iteration, c.rho)
+        log.info("ADMM: %d constraint sets (%s), %d iterations x %d epochs, rho %g",
+                 len(constraints), c.granularity, c.iterations, c.epochs_per_iteration, c.rho)
         admm_train(ctx, constraints, c)
         started = time.perf_counter()
         with ctx.clock.phase("prune"):

@@ -102,8 +102,8 @@ def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List
             weights = {n: pruner.weight(n) for n in u.layers}
             out.append(FilterConstraint.for_rate(roots[u.name], weights, rate, u.size))
         else:
-            out += [LayerConstraint.for_rate(pruner.weight(n), n, scheme, rate, pruner.dense_numel[n])
-                    for n in u.layers]
+            out += [LayerConstraint.for_rate(pruner.weight(n), n, scheme, rate,
+                                             pruner.dense_numel[n]) for n in u.layers]
     return out
 
 
@@ -121,7 +121,8 @@ def undone(pruner):
                 p.copy_(s)
 
 
-def purify(ctx: Context, cfg: DictConfig, val_ref: float, **row) -> Tuple[Purified, Optional[float]]:
+def purify(ctx: Context, cfg: DictConfig, val_ref: float,
+           **row) -> Tuple[Purified, Optional[float]]:
     """Exact removal of unread channels, then the largest threshold val accuracy allows."""
     pruner = ctx.pruner
     with ctx.clock.phase("prune"):
@@ -144,17 +145,46 @@ def purify(ctx: Context, cfg: DictConfig, val_ref: float, **row) -> Tuple[Purifi
     return done, chosen
 
 
+def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: List[SearchUnit],
+                 outside: float, total: float, search,
+                 rng: random.Random) -> Tuple[Action, float, int]:
+    """Steps 1-3 of round i: anneal over actions scored by quick evaluation (one-shot hard prune,
+    val top-1 with the `search` trainer, undone); every evaluation is a steps.csv row."""
+    s = cfg.search
+
+    def quick_evaluation(action: Action) -> float:
+        with undone(ctx.pruner):
+            hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
+            return search.evaluate(ctx.model, "val").top1
+
+    def propose(action: Action, heat: float) -> Action:
+        return neighbour(action, units, target, s.max_rate, outside, total,
+                         s.perturbation * heat, s.scheme_flip * heat, rng)
+
+    def on_trial(t: Trial) -> None:
+        ctx.record_step(event="trial", round=i, trial=t.number, temperature=t.temperature,
+                        val_top1=t.value, accepted=t.accepted, best_val_top1=t.best,
+                        nominal_sparsity=nominal_sparsity(t.action.rates, units, outside, total),
+                        filter_units=sum(x == "filter" for x in t.action.schemes),
+                        action=t.action.describe(units))
+
+    with ctx.clock.phase("search"):
+        start = initial_action(units, target, s.max_rate, outside, total)
+        return anneal(quick_evaluation, start, propose, temperature=s.temperature,
+                      final_temperature=s.final_temperature, cooling=s.cooling,
+                      evaluations=s.evaluations, rng=rng, on_trial=on_trial)
+
+
 @register
 class Autocompress(Method):
     name = "autocompress"
 
     def run(self, ctx: Context) -> None:
         c = self.cfg
-        s = c.search
         schemes = tuple(c.granularity.split("+"))
         rng = random.Random(ctx.cfg.seed)
-        search_data = ctx.data.subset(val=s.val_fraction, seed=ctx.cfg.seed) \
-            if s.val_fraction < 1.0 else ctx.data
+        search_data = (ctx.data.subset(val=c.search.val_fraction, seed=ctx.cfg.seed)
+                       if c.search.val_fraction < 1.0 else ctx.data)
         search = ctx.trainer.with_data(search_data, logging.DEBUG)
         evaluations = 0
         purified = Purified()
@@ -164,29 +194,8 @@ class Autocompress(Method):
             if not units:
                 raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
                                   "no layer or channel group that scheme can prune")
-
-            def quick_evaluation(action: Action) -> float:
-                with undone(ctx.pruner):
-                    hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
-                    return search.evaluate(ctx.model, "val").top1
-
-            def propose(action: Action, heat: float) -> Action:
-                return neighbour(action, units, target, s.max_rate, outside, total,
-                                 s.perturbation * heat, s.scheme_flip * heat, rng)
-
-            def on_trial(t: Trial) -> None:
-                ctx.record_step(event="trial", round=i, trial=t.number, temperature=t.temperature,
-                                val_top1=t.value, accepted=t.accepted, best_val_top1=t.best,
-                                nominal_sparsity=nominal_sparsity(t.action.rates, units, outside,
-                                                                  total),
-                                filter_units=sum(x == "filter" for x in t.action.schemes),
-                                action=t.action.describe(units))
-
-            with ctx.clock.phase("search"):
-                start = initial_action(units, target, s.max_rate, outside, total)
-                action, value, n_trials = anneal(quick_evaluation, start, propose, temperature=s.temperature,
-                                       final_temperature=s.final_temperature, cooling=s.cooling,
-                                       evaluations=s.evaluations, rng=rng, on_trial=on_trial)
+            action, value, n_trials = search_round(ctx, c, i, target, units, outside, total,
+                                                   search, rng)
             evaluations += n_trials
             log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
                      "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,

@@ -56,7 +56,8 @@ def nominal_sparsity(rates: Sequence[float], units: Sequence[SearchUnit], outsid
 
 
 def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: float,
-                  max_rate: float, outside: float = 0.0, total: Optional[float] = None) -> List[float]:
+                  max_rate: float, outside: float = 0.0,
+                  total: Optional[float] = None) -> List[float]:
     """Rates from `base` under the experience rule, scaled so the nominal sparsity is `target`."""
     n = len(units)
     total = float(total if total is not None else sum(u.size for u in units))

@@ -85,7 +85,8 @@ class LayerConstraint:
         if scheme == "nm":
             return cls(layer, scheme, 0, nm)
         m = unit_matrix(weight.detach(), scheme)
-        return cls(layer, scheme, zero_count(m.float().pow(2).sum(1), m.ne(0).sum(1), n_dense, rate))
+        n_zero = zero_count(m.float().pow(2).sum(1), m.ne(0).sum(1), n_dense, rate)
+        return cls(layer, scheme, n_zero)
 
 
 @dataclass
