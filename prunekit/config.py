@@ -23,7 +23,7 @@ ACTIVATION_CRITERIA = ("mean_activation", "entropy")  # ice only: scored on data
 SCOPES = ("layerwise", "global")
 ITERATIVE_SCHEDULES = ("geometric", "linear", "blockwise")
 AUGMENTS = ("none", "crop", "crop_flip")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -207,6 +207,8 @@ class HardwareConfig:
     precision: str = "fp32"  # autocast dtype for training and evaluation on CUDA
     channels_last: bool = False
     cudnn_benchmark: bool = True
+    compile: bool = False  # torch.compile both models for the latency measurement
+    sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
@@ -410,6 +412,9 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "hardware.threads", 0)
     _at_least(cfg, "hardware.latency.warmup", 0)
     _at_least(cfg, "hardware.latency.repeats", 1)
+    if h.sparse_2of4 and h.precision == "fp32":
+        raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: PyTorch's "
+                          "semi-structured sparse kernels take half-precision weights")
     if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
         raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
                           "non-empty list of positive batch sizes")

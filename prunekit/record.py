@@ -246,9 +246,18 @@ def summary_table(s: dict) -> Table:
               _ratio(s.get("compression_ratio"), "smaller"))
     t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
               _ratio(s.get("theoretical_speedup"), "(theoretical)"))
-    t.add_row(f"latency (ms, batch {s.get('latency_batch_size', 1)})",
-              _fmt(s.get("latency_ms_dense"), ".3f"), _fmt(s.get("latency_ms"), ".3f"),
-              _ratio(s.get("measured_speedup"), "(measured)"))
+    kind = s.get("speedup_kind")
+    batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
+    for bs in batches or [s.get("latency_batch_size", 1)]:
+        dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
+        if not batches:
+            dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
+        speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
+        if kind == "theoretical":
+            ratio = "– (dense kernels)"
+        else:
+            ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
+        t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
     phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
     t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
                  f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. {s.get('steps')} steps, "

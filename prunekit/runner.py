@@ -23,7 +23,8 @@ import prunekit
 from prunekit.checkpoint import dense_cache_path, dense_key, load_dense, save_dense, save_model
 from prunekit.config import ConfigError, validate
 from prunekit.data import Data, build_data
-from prunekit.hardware import Hardware, measure_latency, seed_everything, setup_hardware
+from prunekit.hardware import (Hardware, measure_latency, seed_everything, setup_hardware,
+                               with_sparse_kernels)
 from prunekit.methods import METHODS, Context
 from prunekit.methods.base import build_pruner
 from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
@@ -86,8 +87,20 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
     return {"dense_source": "trained", "time_pretrain_s": seconds}
 
 
+def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
+    """Where a measured speedup can come from: `compacted` (a physically smaller model on dense
+    kernels), `sparse_kernels` (2:4 layers on PyTorch's semi-structured kernels), `theoretical`
+    (masked weights: dense kernels still multiply the zeros, only FLOPs fall) or `none` (dense)."""
+    m = cfg.method
+    if m.name == "dense":
+        return "none"
+    if hw.sparse_2of4 and m.granularity == "nm" and list(m.nm) == [2, 4]:
+        return "sparse_kernels"
+    return "compacted" if compacted else "theoretical"
+
+
 def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
-            data: Data, dense_numel: Dict[str, int], prunable) -> tuple:
+            data: Data, dense_numel: Dict[str, int], prunable, compacted: bool) -> tuple:
     """The final numbers of dense and pruned model, measured side by side; and layers.csv rows."""
     example = data.example_input(1)
     test_dense = trainer.evaluate(dense, "test")
@@ -104,21 +117,36 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
         "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
     }
+    kind = speedup_kind(cfg, compacted, hw)
+    out["speedup_kind"] = kind
     lat = cfg.hardware.latency
     if lat.enabled:
         shape = tuple(example.shape[1:])
         kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats)
-        ld = measure_latency(dense, shape, hw, **kw)
-        lp = measure_latency(model, shape, hw, **kw)
+        timed_dense, timed = dense, model
+        if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
+            timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
+            timed, layers = with_sparse_kernels(model, hw.amp_dtype)
+            out["sparse_kernel_layers"] = layers
+            if not layers:
+                out["speedup_kind"] = kind = "theoretical"
+        ld = measure_latency(timed_dense, shape, hw, **kw)
+        lp = measure_latency(timed, shape, hw, **kw)
+        # A masked model runs the same dense kernels as its dense model: a measured ratio would
+        # be noise passed off as speed. Latencies are still reported.
+        real = kind in ("compacted", "sparse_kernels")
         first = lat.batch_sizes[0]
         out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
                    latency_ms=lp[first]["median_ms"],
-                   measured_speedup=ld[first]["median_ms"] / lp[first]["median_ms"])
+                   measured_speedup=ld[first]["median_ms"] / lp[first]["median_ms"] if real
+                   else None)
         for bs in lat.batch_sizes:
             out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
                         f"latency_ms_bs{bs}": lp[bs]["median_ms"],
                         f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
-                        f"throughput_bs{bs}": lp[bs]["throughput"]})
+                        f"throughput_bs{bs}": lp[bs]["throughput"],
+                        f"measured_speedup_bs{bs}": ld[bs]["median_ms"] / lp[bs]["median_ms"]
+                        if real else None})
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None)
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
@@ -161,7 +189,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
         model = ctx.model
         final_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
 
-        numbers, rows = measure(cfg, model, dense, trainer, hw, data, pruner.dense_numel, layers)
+        numbers, rows = measure(cfg, model, dense, trainer, hw, data, pruner.dense_numel, layers,
+                                ctx.compacted)
     summary.update(numbers)
     summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=ctx.steps,
                    finetune_count=ctx.finetune_count, finetune_epochs=ctx.finetune_epochs,

@@ -133,8 +133,10 @@ def test_admm_layer_rates_and_column_scheme(tmp_path):
     assert s["status"] == "ok" and "top1_hard" in s
     with open(tmp_path / "layers.csv") as f:
         layers = {r["layer"]: r for r in csv.DictReader(f)}
-    assert float(layers["classifier.1"]["density"]) == pytest.approx(0.2, abs=0.02)
-    assert float(layers["features.3"]["density"]) == pytest.approx(0.5, abs=0.03)
+    # each layer at its rate, or below: rows no layer reads any more are removed too (exactly)
+    assert float(layers["classifier.1"]["density"]) <= 0.2 + 0.02
+    assert float(layers["features.3"]["density"]) <= 0.5 + 0.03
+    assert s["compaction_max_abs_diff"] < 1e-4
 
 
 def test_admm_filters_are_compacted(tmp_path):

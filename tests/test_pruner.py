@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+import prunekit
+from prunekit.checkpoint import save_model
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity import MaskSet, Pruner, PruneSpec
@@ -107,8 +109,13 @@ REGISTRY = [("resnet18", 8), ("resnet50", 8), ("vgg16", 8), ("mobilenet_v2", 8),
             ("lenet5", 8)]
 
 
+@pytest.mark.parametrize("granularity", ["filter", "channel"])
 @pytest.mark.parametrize("name,size", REGISTRY)
-def test_filter_pruning_compacts_to_the_same_function(name, size):
+def test_structured_pruning_compacts_to_the_same_function_and_reloads(name, size, granularity,
+                                                                      tmp_path):
+    """Every model of the registry: the compacted model computes what the masked one did (for
+    channel pruning, the producers of channels no layer reads any more go too), and its model.pt
+    loads back with prunekit.load_pruned into a plain module with the same outputs."""
     channels = 1 if name == "lenet5" else 3
     m = model_of(name, size, channels)
     for mod in m.modules():  # non-trivial BN statistics, so masking BN bias matters
@@ -116,17 +123,27 @@ def test_filter_pruning_compacts_to_the_same_function(name, size):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 1.5)
             mod.bias.data.uniform_(-0.5, 0.5)
-    p = pruner_for(m, size, channels, granularity="filter")
+    p = pruner_for(m, size, channels, granularity=granularity)
     assert p.groups.groups, "no prunable channel group found"
     params_before = sum(t.numel() for t in m.parameters())
     p.prune_to(0.5)
     x = torch.randn(4, channels, size, size)
     diff = p.compact(check_input=x)
     assert diff is not None and diff < 1e-4
+    assert p.channels_removed > 0
     assert sum(t.numel() for t in m.parameters()) < params_before
-    assert len(p.masks) == 0
+    if granularity == "filter":
+        assert len(p.masks) == 0
     m.eval()
-    assert m(x).shape == (4, 10)
+    out = m(x)
+    assert out.shape == (4, 10)
+    cfg = OmegaConf.create({"name": name, "in_channels": channels, "small_input": None})
+    save_model(tmp_path / "model.pt", m, cfg, 10, size, compacted=True)
+    loaded = prunekit.load_pruned(tmp_path / "model.pt")
+    assert not loaded.training
+    assert sum(t.numel() for t in loaded.parameters()) == sum(t.numel() for t in m.parameters())
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), out, atol=1e-5)
 
 
 def test_filter_target_is_met_in_weights_layerwise_and_global():

@@ -33,10 +33,10 @@ def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor)
     """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec."""
     layers = prunable_layers(model, cfg.method.prune_first_conv, cfg.method.prune_classifier)
     spec = PruneSpec.from_cfg(cfg.method)
-    # AutoCompress's purification removes stranded channels whatever its schemes: it needs groups
-    groups = "filter" in spec.granularity.split("+") or cfg.method.name == "autocompress"
+    # AutoCompress's purification needs channel groups whatever its schemes
     return Pruner(model, spec, layers, example_input, seed=cfg.seed,
-                  blocks=list(residual_blocks(model)), channel_groups=groups)
+                  blocks=list(residual_blocks(model)),
+                  channel_groups=True if cfg.method.name == "autocompress" else None)
 
 
 @dataclass
@@ -114,13 +114,14 @@ class Context:
             return self.pruner.prune_groups(groups, ratio, scores)
 
     def compact(self) -> None:
-        """Physically remove masked filters (filter granularity; a no-op otherwise) and check the
-        compacted model against the masked one on a validation batch."""
+        """Physically remove masked filters, and channels no layer reads any more (filter,
+        channel and column results; a no-op otherwise), and check the compacted model against
+        the masked one on a validation batch."""
         if self.pruner.groups is None:
             return
         with self.clock.phase("prune"):
             diff = self.pruner.compact(check_input=self.check_input)
-        self.compacted = True
+        self.compacted = self.pruner.channels_removed > 0
         self._train_frozen(False)  # compaction replaced the parameter objects
         if diff is not None:
             prev = self.compaction_max_abs_diff or 0.0

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from prunekit.sparsity.groups import ChannelGroup, ChannelGroups
 from prunekit.sparsity.masks import MaskSet
+from prunekit.sparsity.purify import mask_unread
 from prunekit.sparsity.units import (expand_units, keep_vector, lowest, nm_mask, num_units,
                                      pruned_units, ranking, unit_scores)
 
@@ -74,8 +75,9 @@ class Pruner:
         self.masks = MaskSet(model)
         self.generator = torch.Generator().manual_seed(seed)
         self.groups: Optional[ChannelGroups] = None
-        if channel_groups is None:  # filters need them; e.g. AutoCompress's filter+column too
-            channel_groups = "filter" in spec.granularity.split("+")
+        self.channels_removed = 0  # by compaction, physically
+        if channel_groups is None:  # to remove filters, or channels no layer reads any more
+            channel_groups = bool({"filter", "channel", "column"} & set(spec.granularity.split("+")))
         if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
@@ -95,14 +97,19 @@ class Pruner:
         self.masks.apply()
 
     def compact(self, check_input: Optional[torch.Tensor] = None) -> Optional[float]:
-        """Remove masked filters physically. With `check_input`, returns max |masked - compacted|
-        of the model's outputs on it (eval mode), the proof that compaction changed nothing."""
+        """Remove masked filters physically. For channel and column results, first mask every
+        channel whose readers have all dropped it (the producer's filter and BN channel go with
+        it; nothing reads them, so the output cannot change). With `check_input`, returns
+        max |before - after| of the model's outputs on it (eval mode), the proof that compaction
+        changed nothing."""
         if self.groups is None:
             return None
         before = None
         if check_input is not None:
             before = self._eval_output(check_input)
-        self.groups.compact(self.masks)
+        if self.spec.granularity in ("channel", "column"):
+            mask_unread(self)
+        self.channels_removed += self.groups.compact(self.masks)
         if before is None:
             return None
         return float((self._eval_output(check_input) - before).abs().max())

@@ -1,0 +1,89 @@
+"""A run's `model.pt` as a plain `nn.Module` (`load_pruned`), and its ONNX export (`export_onnx`).
+
+model.pt holds the state dict and what rebuilds the architecture: the model's name, input channels,
+stem, classes and image size. A compacted model has smaller layers than the registry builds, so
+every Conv2d, Linear and BatchNorm is resized to its shapes in the state dict before loading. The
+result is an ordinary module of the pruned size in eval mode, with no masks and no training state:
+what a deployment takes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from prunekit.checkpoint import MODEL_FORMAT
+from prunekit.config import ConfigError
+from prunekit.models import build_model
+
+
+def _resize(module: nn.Module, state: dict, prefix: str) -> None:
+    """Give one layer the shapes its entries in `state` have."""
+    w = state.get(f"{prefix}weight")
+    if isinstance(module, nn.Conv2d) and w is not None and w.shape != module.weight.shape:
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        if module.groups > 1 and not depthwise:
+            raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
+        module.out_channels = w.shape[0]
+        module.in_channels = w.shape[0] if depthwise else w.shape[1]
+        if depthwise:
+            module.groups = w.shape[0]
+    elif isinstance(module, nn.Linear) and w is not None and w.shape != module.weight.shape:
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w is not None \
+            and w.shape != module.weight.shape:
+        module.num_features = w.shape[0]
+    else:
+        return
+    for name, p in list(module.named_parameters(recurse=False)):
+        setattr(module, name, nn.Parameter(torch.empty_like(state[f"{prefix}{name}"])))
+    for name, b in list(module.named_buffers(recurse=False)):
+        if b is not None and b.dim() > 0:
+            module.register_buffer(name, torch.empty_like(state[f"{prefix}{name}"]))
+
+
+def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
+    """The pruned model of a run's model.pt: the architecture rebuilt at its pruned size, the
+    weights loaded (weights_only), eval mode."""
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{path} cannot be loaded ({type(e).__name__}): give a run's model.pt") \
+            from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise ConfigError(f"{path} is not a prunekit model.pt (format {MODEL_FORMAT}): give the "
+                          "model.pt a run wrote")
+    model = build_model(OmegaConf.create(blob["model"]), blob["num_classes"], blob["image_size"])
+    state = blob["state_dict"]
+    for name, module in model.named_modules():
+        _resize(module, state, f"{name}." if name else "")
+    model.load_state_dict(state)
+    model.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])
+    return model.eval()
+
+
+def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
+                input_shape: Optional[Sequence[int]] = None, batch_size: int = 1) -> Path:
+    """Write `model` (a module, or the path of a run's model.pt) to ONNX at `out`, traced on a
+    (batch_size, *input_shape) input; a model.pt knows its own input shape. Needs the `onnx`
+    extra (onnx, onnxscript): pip install "prunekit[onnx]"."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError('ONNX export needs the onnx and onnxscript packages: pip install '
+                          '"prunekit[onnx]"') from None
+    if not isinstance(model, nn.Module):
+        model = load_pruned(model)
+    shape = tuple(input_shape or getattr(model, "input_shape", ()))
+    if not shape:
+        raise ConfigError("export_onnx: give input_shape=(channels, height, width) for a module")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(batch_size, *shape, device=next(model.parameters()).device)
+    model.eval()
+    torch.onnx.export(model, (example,), str(out), verbose=False)
+    return out
