@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
-        reproduce-autocompress-smoke bench-admm clean
+        reproduce-autocompress-smoke bench-admm bench-speedup clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,9 @@ reproduce-autocompress-smoke:  ## AutoCompress (0.8) and ADMM (0.9) on digits wi
 
 bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation
 	$(BIN)/python scripts/bench_admm.py
+
+bench-speedup:  ## FLOPs vs measured speedup of filter pruning at 30/50/70% (resnet18, vgg16, mobilenet_v2; CPU)
+	$(BIN)/python scripts/bench_speedup.py
 
 clean:  ## run outputs and caches of this checkout (not the dense-model cache)
 	rm -rf outputs/20* outputs/multirun multirun .pytest_cache build *.egg-info
