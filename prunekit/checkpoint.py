@@ -57,6 +57,25 @@ def dense_key(cfg) -> dict:
     }
 
 
+@contextlib.contextmanager
+def cache_lock(path: Path):
+    """An exclusive lock on a cache entry (a `.lock` file beside it), so parallel jobs that need
+    the same dense model train it once: the others wait, then load it. POSIX only; elsewhere
+    jobs may train it twice (the files are still written atomically)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def dense_cache_path(cfg) -> Path:
     key = json.dumps(dense_key(cfg), sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]

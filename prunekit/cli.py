@@ -2,7 +2,8 @@
 
 Every job of a multirun runs to its own end: a failing job writes `status: failed` with the reason
 into its summary.json, says so in one line, and the sweep goes on (Hydra would otherwise stop the
-sweep and skip its end-of-sweep callbacks). The process exits non-zero if any job failed.
+sweep and skip its end-of-sweep callbacks, among them the report that prunekit.report writes
+into the sweep directory). The process exits non-zero if any job failed.
 Bad input never shows a traceback; set HYDRA_FULL_ERROR=1 to see one for any failure.
 """
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
 def main() -> None:
     hydra_utils.run_and_report = _run_and_report_one_line
     task()
-    if FAILED:
+    from prunekit.report import ReportCallback  # jobs in other processes (joblib, submitit)
+    if FAILED or ReportCallback.failed_jobs:  # report their failures through the sweep's files
         sys.exit(1)
 
 

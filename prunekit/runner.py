@@ -7,6 +7,7 @@ A failure at any point still leaves a summary.json, with `status: failed` and th
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import platform
@@ -20,7 +21,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 import prunekit
-from prunekit.checkpoint import dense_cache_path, dense_key, load_dense, save_dense, save_model
+from prunekit.checkpoint import (cache_lock, dense_cache_path, dense_key, load_dense, save_dense,
+                                 save_model)
 from prunekit.config import ConfigError, validate
 from prunekit.data import Data, build_data
 from prunekit.hardware import (Hardware, measure_latency, seed_everything, setup_hardware,
@@ -66,24 +68,27 @@ def target_unit(method_cfg) -> str:
 
 def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
     """Fill `model` with the dense weights: user checkpoint, cache hit, or training now.
-    Dense training is timed as time_pretrain_s; it is never pruning time."""
+    Dense training is timed as time_pretrain_s; it is never pruning time. Jobs running in
+    parallel (joblib, SLURM) that need the same dense model wait for the one training it."""
     if cfg.model.checkpoint:
         load_weights(model, str(Path(cfg.model.checkpoint).expanduser()), cfg.model.name)
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0}
     key, path = dense_key(cfg), dense_cache_path(cfg)
-    if cfg.pretrain.cache:
-        meta = load_dense(path, model, key)
-        if meta is not None:
-            log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
-            return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0}
-    started = time.perf_counter()
-    trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
-                lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
-    trainer.hw.sync()
-    seconds = time.perf_counter() - started
-    if cfg.pretrain.cache:
-        save_dense(path, model, key, {"time_pretrain_s": seconds})
-        log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
+    with cache_lock(path) if cfg.pretrain.cache else contextlib.nullcontext():
+        if cfg.pretrain.cache:
+            meta = load_dense(path, model, key)
+            if meta is not None:
+                log.info("dense model: cached %s (trained in %.1f s)", path,
+                         meta["time_pretrain_s"])
+                return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0}
+        started = time.perf_counter()
+        trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
+                    lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
+        trainer.hw.sync()
+        seconds = time.perf_counter() - started
+        if cfg.pretrain.cache:
+            save_dense(path, model, key, {"time_pretrain_s": seconds})
+            log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
     return {"dense_source": "trained", "time_pretrain_s": seconds}
 
 

@@ -1,0 +1,335 @@
+"""prune-report: every run under some directories -> one comparison table, its files and plots.
+
+`prune-report DIR...` finds every summary.json under the given run or sweep directories and
+groups the finished runs by (dataset, model, method, target sparsity) (`--group-by`). Each metric
+is shown as its mean ± std, with n, over the seeds. The report goes into the first directory (or
+`--out`) as:
+
+- report.md, report.csv and report.tex;
+- plots (PNG):
+  - accuracy against achieved sparsity, one line per method with error bars;
+  - accuracy against pruning time, the cost/quality frontier;
+  - pruning time split by phase, stacked bars;
+- a rich table on the console.
+
+Failed and interrupted runs are listed in a section of their own, each with its error.
+
+`ReportCallback` is the Hydra callback that writes the report into the sweep directory at the end
+of every multirun (conf/config.yaml registers it). It reads the jobs' files, so it works with any
+launcher. It also remembers whether a job failed, which sets prune-run's exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from rich.table import Table
+
+from prunekit.record import CONSOLE, PHASES, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+GROUP_BY = ["dataset", "model", "method", "target_sparsity"]
+# (summary key, column title, format); the default metrics of the table, in order
+METRICS = [
+    ("top1", "top-1 %", ".2f"),
+    ("delta_top1", "Δ top-1", "+.2f"),
+    ("sparsity", "sparsity", ".3f"),
+    ("params", "params", ",.0f"),
+    ("params_nonzero", "non-zeros", ",.0f"),
+    ("compression_ratio", "compression ×", ".2f"),
+    ("theoretical_speedup", "FLOPs ×", ".2f"),
+    ("measured_speedup", "measured ×", ".2f"),
+    ("time_total_s", "pruning time s", ".1f"),
+    ("time_vs_iterative", "time / iterative", ".2f"),
+]
+METRIC_TITLES = {title for _, title, _ in METRICS}
+FORMATS = ("md", "csv", "tex")
+
+
+# --------------------------------------------------------------------------- collecting
+def collect(dirs: Sequence[Path]) -> Tuple[pd.DataFrame, List[dict]]:
+    """(finished runs, one row each; failed or interrupted runs) under `dirs`."""
+    ok, failed = [], []
+    seen = set()
+    for d in dirs:
+        for path in sorted(Path(d).rglob("summary.json")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                s = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                failed.append({"run_dir": str(path.parent), "status": "unreadable",
+                               "error": f"summary.json: {e}"})
+                continue
+            row = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+            row.setdefault("run_dir", str(path.parent))
+            (ok if s.get("status") == "ok" else failed).append(row)
+    return pd.DataFrame(ok), failed
+
+
+def add_relative_time(runs: pd.DataFrame) -> pd.DataFrame:
+    """time_vs_iterative: each run's pruning time over the mean of the `iterative` runs of its
+    (dataset, model, target sparsity); absent where no such baseline ran."""
+    runs = runs.copy()
+    runs["time_vs_iterative"] = math.nan
+    if runs.empty or "time_total_s" not in runs or not (runs["method"] == "iterative").any():
+        return runs
+    keys = ["dataset", "model", "target_sparsity"]
+    base = runs[runs["method"] == "iterative"].groupby(keys)["time_total_s"].mean()
+    for i, r in runs.iterrows():
+        b = base.get(tuple(r[k] for k in keys))
+        if b is not None and b > 0:
+            runs.at[i, "time_vs_iterative"] = r["time_total_s"] / b
+    return runs
+
+
+def aggregate(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per group: n, and `<metric>_mean`, `<metric>_std` (sample std; 0 for one run)."""
+    if runs.empty:
+        return pd.DataFrame(columns=[*group_by, "n"])
+    runs = runs.copy()
+    for k in group_by:
+        if k not in runs:
+            runs[k] = None
+    cols = [m for m in metrics if m in runs]
+    numeric = runs[cols].apply(pd.to_numeric, errors="coerce")
+    numeric[list(group_by)] = runs[list(group_by)].astype(str)
+    g = numeric.groupby(list(group_by), sort=True, dropna=False)
+    out = g.size().rename("n").to_frame()
+    for m in cols:
+        out[f"{m}_mean"] = g[m].mean()
+        out[f"{m}_std"] = g[m].std(ddof=1).fillna(0.0)
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------- writing
+def _cell(mean, std, fmt: str, n: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = format(mean, fmt)
+    if n > 1 and std is not None and not math.isnan(std):
+        text += f" ± {format(std, fmt.lstrip('+'))}"
+    return text
+
+
+def display_table(agg: pd.DataFrame, group_by: Sequence[str],
+                  metrics: Sequence[str]) -> pd.DataFrame:
+    """The aggregated table as text cells (mean ± std), for markdown, LaTeX and the console."""
+    fmts = {k: (title, fmt) for k, title, fmt in METRICS}
+    rows = []
+    for _, r in agg.iterrows():
+        row = {k: r[k] for k in group_by}
+        row["n"] = int(r["n"])
+        for m in metrics:
+            if f"{m}_mean" in agg:
+                title, fmt = fmts.get(m, (m, ".4g"))
+                row[title] = _cell(r[f"{m}_mean"], r[f"{m}_std"], fmt, int(r["n"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cells = [[str(c) for c in table.columns]] + [[str(v) for v in r] for r in table.values]
+    rows = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    rows.insert(1, "|" + "---|" * len(table.columns))
+    return "\n".join(rows)
+
+
+def failed_lines(failed: List[dict]) -> List[str]:
+    return [f"- `{f.get('run_dir')}` ({f.get('method', '?')}, {f.get('model', '?')}, "
+            f"{f.get('dataset', '?')}, seed {f.get('seed', '?')}): **{f.get('status')}** — "
+            f"{f.get('error') or 'no error recorded'}" for f in failed]
+
+
+def write_report(out: Path, runs: pd.DataFrame, agg: pd.DataFrame, failed: List[dict],
+                 group_by: Sequence[str], metrics: Sequence[str],
+                 formats: Sequence[str] = FORMATS, plots: bool = True) -> List[Path]:
+    """The report files in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = display_table(agg, group_by, metrics)
+    written = []
+    n_runs = len(runs)
+    if "md" in formats:
+        lines = ["# prunekit report", "",
+                 f"{n_runs} finished run(s) in {len(agg)} group(s) (mean ± std over seeds), "
+                 f"{len(failed)} failed or interrupted.", ""]
+        lines += [markdown(table) if not table.empty else "No finished runs.", ""]
+        lines += ["Accuracies are test top-1 in %; sparsity counts the prunable weights; FLOPs × is "
+                  "theoretical; measured × is a real speedup (compacted or sparse kernels) at the "
+                  "first latency batch size; pruning time excludes dense training.", ""]
+        lines += ["## Failed and interrupted runs", ""]
+        lines += failed_lines(failed) or ["None."]
+        written.append(out / "report.md")
+        atomic_write_text(written[-1], "\n".join(lines) + "\n")
+    if "csv" in formats:
+        written.append(out / "report.csv")
+        atomic_write_text(written[-1], agg.to_csv(index=False))
+    if "tex" in formats:
+        written.append(out / "report.tex")
+        tex = table.to_latex(index=False, escape=True) if not table.empty else "% no runs\n"
+        atomic_write_text(written[-1], tex)
+    if plots and not runs.empty:
+        written += write_plots(out, runs, agg)
+    return written
+
+
+def write_plots(out: Path, runs: pd.DataFrame, agg: pd.DataFrame) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    by_method = agg.groupby("method") if "method" in agg else []
+    if "top1_mean" in agg and "sparsity_mean" in agg:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, g in by_method:
+            g = g.sort_values("sparsity_mean")
+            ax.errorbar(g["sparsity_mean"], g["top1_mean"], yerr=g["top1_std"],
+                        xerr=g["sparsity_std"], marker="o", capsize=3, label=method)
+        ax.set(xlabel="sparsity (prunable weights, achieved)", ylabel="test top-1 (%)",
+               title="accuracy vs sparsity")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, out / "accuracy_vs_sparsity.png"))
+    if "top1_mean" in agg and "time_total_s_mean" in agg:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, g in by_method:
+            ax.errorbar(g["time_total_s_mean"], g["top1_mean"], yerr=g["top1_std"],
+                        xerr=g["time_total_s_std"], marker="o", linestyle="none", capsize=3,
+                        label=method)
+        ax.set(xlabel="pruning time (s)", ylabel="test top-1 (%)",
+               title="accuracy vs pruning time")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, out / "accuracy_vs_time.png"))
+    phase_cols = [f"time_{p}_s" for p in PHASES if f"time_{p}_s" in runs]
+    if phase_cols:
+        keys = [k for k in ("method", "target_sparsity") if k in runs]
+        phases = runs[keys + phase_cols].copy()
+        phases[phase_cols] = phases[phase_cols].apply(pd.to_numeric, errors="coerce")
+        means = phases.groupby(keys)[phase_cols].mean()
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(means)), 4))
+        bottom = [0.0] * len(means)
+        labels = [" ".join(str(x) for x in (k if isinstance(k, tuple) else (k,))) for k in means.index]
+        for col in phase_cols:
+            values = means[col].fillna(0.0).tolist()
+            ax.bar(labels, values, bottom=bottom, label=col[len("time_"):-len("_s")])
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set(ylabel="seconds (mean over seeds)", title="pruning time by phase")
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend()
+        paths.append(_save(fig, out / "time_by_phase.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+CONSOLE_COLUMNS = ("n", "top-1 %", "Δ top-1", "sparsity", "compression ×", "FLOPs ×", "measured ×",
+                   "pruning time s", "time / iterative")
+
+
+def console_table(table: pd.DataFrame, failed: List[dict]) -> Table:
+    """The report for a terminal: grouping keys that are the same in every row go to the title,
+    columns that are empty everywhere are left out."""
+    same = [c for c in GROUP_BY if c in table and table[c].nunique() == 1]
+    title = " · ".join(str(table[c].iloc[0]) for c in same)
+    t = Table(title=f"prunekit report{': ' + title if title else ''} (mean ± std over seeds)",
+              title_style="bold")
+    cols = [c for c in table.columns if c not in same and (c not in METRIC_TITLES or (
+        c in CONSOLE_COLUMNS and (table[c] != "–").any()))]
+    for col in cols:
+        t.add_column({"target_sparsity": "target"}.get(str(col), str(col)),
+                     justify="left" if col in GROUP_BY else "right")
+    for _, r in table.iterrows():
+        t.add_row(*[str(r[c]) for c in cols])
+    t.caption = "report.md has every column" + (
+        f"; {len(failed)} failed or interrupted run(s), listed below" if failed else "")
+    return t
+
+
+# --------------------------------------------------------------------------- entry points
+def report(dirs: Sequence[Path], out: Optional[Path] = None, group_by: Sequence[str] = GROUP_BY,
+           metrics: Optional[Sequence[str]] = None, formats: Sequence[str] = FORMATS,
+           plots: bool = True, show: bool = True) -> Dict[str, object]:
+    """Collect, aggregate and write; returns what was found and written."""
+    dirs = [Path(d) for d in dirs]
+    metrics = list(metrics or [k for k, _, _ in METRICS])
+    runs, failed = collect(dirs)
+    runs = add_relative_time(runs)
+    agg = aggregate(runs, group_by, metrics)
+    out = Path(out) if out is not None else dirs[0]
+    written = write_report(out, runs, agg, failed, group_by, metrics, formats, plots)
+    if show:
+        CONSOLE.print(console_table(display_table(agg, group_by, metrics), failed))
+        for line in failed_lines(failed):
+            CONSOLE.print(line, markup=False)
+        CONSOLE.print(f"report: {', '.join(str(p) for p in written)}", markup=False)
+    return {"runs": runs, "aggregate": agg, "failed": failed, "written": written}
+
+
+class ReportCallback(Callback):
+    """Writes the report into the sweep directory when a multirun ends."""
+
+    failed_jobs = 0  # of the last multirun, for prune-run's exit code
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            got = report([sweep_dir], show=True)
+        except Exception as e:  # the sweep's results are on disk whatever the report does
+            log.error("prune-report %s failed: %s: %s", sweep_dir, type(e).__name__, e)
+            return
+        ReportCallback.failed_jobs = len(got["failed"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="prune-report",
+        description="Compare every run under the given run or sweep directories: a table (mean ± "
+                    "std over seeds) in report.md/.csv/.tex, plots, and the failed runs.")
+    ap.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    ap.add_argument("--out", type=Path, help="where the report goes (default: the first DIR)")
+    ap.add_argument("--format", default=",".join(FORMATS),
+                    help=f"comma-separated file formats from {', '.join(FORMATS)} (default: all)")
+    ap.add_argument("--group-by", default=",".join(GROUP_BY),
+                    help=f"comma-separated summary keys to group by (default: {','.join(GROUP_BY)})")
+    ap.add_argument("--metric", action="append",
+                    help="a summary key to show (repeat for several; default: the standard set)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = ap.parse_args(argv)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        ap.error(f"--format {','.join(bad)}: choose from {', '.join(FORMATS)}")
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        ap.error(f"not a directory: {', '.join(missing)}")
+    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()]
+    got = report(args.dirs, args.out, group_by, args.metric, formats, not args.no_plots)
+    if got["runs"].empty and not got["failed"]:
+        print(f"prune-report: error: no summary.json under {', '.join(map(str, args.dirs))}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
