@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
-        reproduce-autocompress-smoke bench-admm bench-speedup clean
+        reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke compare bench-admm \
+        bench-speedup clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -39,6 +40,21 @@ reproduce-autocompress-smoke:  ## AutoCompress (0.8) and ADMM (0.9) on digits wi
 		hydra.run.dir=outputs/reproduce-autocompress-smoke/autocompress
 	$(BIN)/prune-run method=admm model=resnet18 dataset=digits sparsity=0.9 \
 		hydra.run.dir=outputs/reproduce-autocompress-smoke/admm
+
+reproduce-gradual:  ## Zhu & Gupta's gradual pruning on resnet18 / CIFAR-10 at 50/75/90%, 3 seeds (a GPU; downloads CIFAR-10)
+	$(BIN)/prune-run -m method=gradual model=resnet18 dataset=cifar10 sparsity=0.5,0.75,0.9 \
+		seed=0,1,2 method.epochs=60 pretrain.epochs=160 pretrain.lr=0.1 \
+		hydra.sweep.dir=outputs/reproduce-gradual
+
+reproduce-gradual-smoke:  ## the same sweep on digits, one seed, on CPU in minutes
+	$(BIN)/prune-run -m method=gradual model=resnet18 dataset=digits sparsity=0.5,0.75,0.9 \
+		hydra.sweep.dir=outputs/reproduce-gradual-smoke
+
+# every method x 3 seeds x 3 sparsities into one report; COMPARE_ARGS picks model and dataset
+COMPARE_ARGS ?= model=resnet18 dataset=digits
+compare:  ## all methods x seeds 0,1,2 x sparsities 0.5/0.75/0.9 -> outputs/compare/report.md (digits: hours on CPU)
+	$(BIN)/prune-run -m method=dense,oneshot,iterative,gradual,ice,admm,autocompress \
+		seed=0,1,2 sparsity=0.5,0.75,0.9 $(COMPARE_ARGS) hydra.sweep.dir=outputs/compare
 
 bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation
 	$(BIN)/python scripts/bench_admm.py
