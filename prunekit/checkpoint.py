@@ -4,7 +4,8 @@ The dense model is trained once per (model, dataset, pretrain and training confi
 under `cache_dir/dense/` (`$PRUNEKIT_CACHE`, default ~/.cache/prunekit): a sweep of methods and
 sparsities over one seed reuses one dense model, so every method starts from the same weights and
 no method pays for dense training. Files are written atomically and read with weights_only=True;
-an unreadable or mismatched file is reported and rebuilt, never used.
+each file carries the sha256 of its tensors and the configuration it belongs to, so an
+unreadable, corrupt or mismatched file is reported by name and rebuilt, never used.
 """
 from __future__ import annotations
 
@@ -83,6 +84,17 @@ def dense_cache_path(cfg) -> Path:
     return root / f"{cfg.model.name}_{cfg.dataset.name}_seed{cfg.seed}_{digest}.pt"
 
 
+def state_digest(state: dict) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes: the content hash that catches
+    a file whose tensors changed after it was written (bit rot, a partial copy, an edit)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
     """Load a cached dense model into `model`; its metadata, or None (and why) when unusable."""
     if not path.is_file():
@@ -91,6 +103,8 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("format") != CACHE_FORMAT or blob.get("key") != key:
             raise ValueError("it belongs to another configuration")
+        if blob.get("sha256") != state_digest(blob["state_dict"]):
+            raise ValueError("its content hash does not match: the file is corrupt")
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # corrupt, truncated, foreign: rebuild rather than trust it
         log.warning("dense cache %s is unusable (%s): training the dense model again", path,
@@ -101,7 +115,8 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
 
 def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state}, path)
+    atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state,
+                       "sha256": state_digest(state)}, path)
 
 
 def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_size: int,

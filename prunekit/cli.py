@@ -47,10 +47,10 @@ def task(cfg: DictConfig) -> None:
 
     try:
         run(cfg, out_dir)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runner.Terminated)
         error_line(f"interrupted; partial results in {out_dir}")
         FAILED.append(out_dir)
-        raise SystemExit(130)
+        raise SystemExit(143 if type(e).__name__ == "Terminated" else 130)
     except ConfigError as e:
         if full_error:
             raise

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import platform
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -207,6 +208,27 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                compacted=ctx.compacted)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster preempting the job, `kill`), raised where the run is, like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While the run lasts, SIGTERM stops it as SIGINT does: the summary says `interrupted`."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     """Run one configuration into `out_dir`; return the summary (also written to summary.json).
 
@@ -217,10 +239,15 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     try:
-        validate(cfg)
-        atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        pipeline(cfg, out_dir, recorder, summary)
+        with sigterm_interrupts():
+            validate(cfg)
+            atomic_write_text(out_dir / "config_resolved.yaml",
+                              OmegaConf.to_yaml(cfg, resolve=True))
+            pipeline(cfg, out_dir, recorder, summary)
         summary["status"] = "ok"
+    except Terminated:
+        summary.update(status="interrupted", error="terminated (SIGTERM)")
+        raise
     except KeyboardInterrupt:
         summary.update(status="interrupted", error="interrupted by the user (SIGINT)")
         raise

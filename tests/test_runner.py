@@ -58,7 +58,15 @@ def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
     assert second["dense_source"].startswith("cache")
     assert second["time_pretrain_s"] == 0.0
     assert second["top1_dense"] == first["top1_dense"]
-    dense_cache_path(cfg).write_bytes(b"not a checkpoint")
+    path = dense_cache_path(cfg)
+    blob = torch.load(path, weights_only=True)
+    next(iter(blob["state_dict"].values())).add_(1e-3)  # the tensors change, the hash does not
+    torch.save(blob, path)
+    caplog.clear()
+    tampered = run(cfg, tmp_path / "t", show=False)
+    assert tampered["dense_source"] == "trained"
+    assert "content hash does not match" in caplog.text and str(path) in caplog.text
+    path.write_bytes(b"not a checkpoint")
     third = run(cfg, tmp_path / "c", show=False)
     assert third["dense_source"] == "trained"
     assert "unusable" in caplog.text
