@@ -8,6 +8,7 @@ Bad input never shows a traceback; set HYDRA_FULL_ERROR=1 to see one for any fai
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,9 @@ def task(cfg: DictConfig) -> None:
         error_line(str(e))
         FAILED.append(out_dir)
         return
+    if cfg.resume and finished(out_dir):
+        print(f"prune-run: {out_dir} has finished (summary.json says ok): skipped", flush=True)
+        return
     from prunekit.runner import run  # torch is imported here, not for --help or bad input
 
     try:
@@ -63,6 +67,15 @@ def task(cfg: DictConfig) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         error_line(f"run failed: {type(e).__name__}: {first} (details: {out_dir}/prune-run.log)")
         FAILED.append(out_dir)
+
+
+def finished(out_dir: str) -> bool:
+    """Whether the run in `out_dir` ended ok (resume=true skips it, e.g. in a multirun)."""
+    try:
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            return json.load(f).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
 
 
 def composition_error(ex: CompactHydraException) -> str:

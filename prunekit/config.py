@@ -238,6 +238,12 @@ class PretrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    enabled: bool = True  # after every pruning step and fine-tune epoch, for resume=true
+    keep: int = 2  # the newest files kept
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     dataset: Any = MISSING
@@ -250,6 +256,7 @@ class Config:
     cache_dir: str = "${oc.env:PRUNEKIT_CACHE,'~/.cache/prunekit'}"
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 METHOD_SCHEMAS = {
@@ -318,9 +325,7 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "dataset", "method", "hardware"):
         _unknown_keys(cfg[group], group + ".")
 
-    if cfg.resume:
-        raise ConfigError("resume=true is not available yet (resumable runs are planned): rerun "
-                          "without it")
+    _at_least(cfg, "checkpoint.keep", 1)
     s = cfg.sparsity
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")

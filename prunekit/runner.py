@@ -34,6 +34,7 @@ from prunekit.metrics import count_nonzero, count_params, effective_flops, layer
 from prunekit.models import build_model, load_weights
 from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
                              summary_identity)
+from prunekit.resume import Checkpointer, Journal, config_hash
 from prunekit.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -183,20 +184,27 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
 
         clock = PhaseClock(sync=hw.sync)
         started = time.perf_counter()
+        example = data.example_input(1)
         with clock.phase("prune"):
-            pruner = build_pruner(cfg, model, data.example_input(1))
+            pruner = build_pruner(cfg, model, example)
         layers = pruner.layer_names
+        checkpointer, journal = resumable(cfg, out_dir)
         ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
                       pruner=pruner, recorder=recorder, clock=clock, hw=hw, target=cfg.sparsity,
-                      dense_val_top1=dense_val, check_input=data.example_input(32))
+                      dense_val_top1=dense_val, check_input=data.example_input(32),
+                      journal=journal, checkpointer=checkpointer, started=started,
+                      rebuild_pruner=lambda m: build_pruner(cfg, m, example))
         METHODS[cfg.method.name](cfg.method).run(ctx)
+        ctx.finish_replay()  # a run stopped after its method's last operation
         hw.sync()
-        summary.update(time_total_s=time.perf_counter() - started, **clock.as_summary())
+        summary.update(time_total_s=ctx.elapsed(), **clock.as_summary())
+        if journal.resumed:  # how many operations the checkpoint had done
+            summary.update(resumed_from=journal.resume_at)
         model = ctx.model
         final_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
 
-        numbers, rows = measure(cfg, model, dense, trainer, hw, data, pruner.dense_numel, layers,
-                                ctx.compacted)
+        numbers, rows = measure(cfg, model, dense, trainer, hw, data, ctx.pruner.dense_numel,
+                                layers, ctx.compacted)
     summary.update(numbers)
     summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=ctx.steps,
                    finetune_count=ctx.finetune_count, finetune_epochs=ctx.finetune_epochs,
@@ -206,6 +214,26 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
     recorder.layers([{**row, **ctx.layer_info.get(row["layer"], {})} for row in rows])
     save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
                compacted=ctx.compacted)
+    if checkpointer is not None:
+        checkpointer.clear()  # the results are written: nothing left to resume
+
+
+def resumable(cfg: DictConfig, out_dir: Path):
+    """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
+    whose state is restored where the method's replay reaches it."""
+    checkpointer = (Checkpointer(out_dir, config_hash(cfg), keep=cfg.checkpoint.keep)
+                    if cfg.checkpoint.enabled else None)
+    if not cfg.resume:
+        if checkpointer is not None:
+            checkpointer.clear()  # a fresh run in a used directory: old checkpoints are not its
+        return checkpointer, Journal()
+    state = checkpointer.latest() if checkpointer is not None else None
+    if state is None:
+        log.info("resume=true: no usable checkpoint in %s, starting from the beginning", out_dir)
+        return checkpointer, Journal()
+    log.info("resume=true: continuing from %s (%d operations done)", state["path"],
+             len(state["journal"]))
+    return checkpointer, Journal(state["journal"], restore=state)
 
 
 class Terminated(KeyboardInterrupt):

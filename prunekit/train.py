@@ -84,7 +84,9 @@ class Trainer:
             desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
             loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None,
             weight_decay: Optional[float] = None,
-            on_epoch_end: Optional[Callable[[int, float], None]] = None) -> FitResult:
+            on_epoch_end: Optional[Callable[[int, float], None]] = None,
+            checkpoint: Optional[Callable[[dict], None]] = None,
+            resume: Optional[dict] = None) -> FitResult:
         """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
         decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
         are trained (frozen layers stay as they are).
@@ -92,7 +94,8 @@ class Trainer:
         `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
         pruning updates its masks there. `on_epoch_end(epoch, mean loss)` runs after each epoch
         (0-based): ADMM's Z/U updates. `loss_fn(logits, labels, inputs)` replaces cross-entropy
-        (distillation, ADMM penalties)."""
+        (distillation, ADMM penalties). `checkpoint(fit state)` runs after each epoch with what a
+        resumed fit needs (`resume=` that state: the epochs done, optimiser, scheduler, scaler)."""
         if epochs <= 0:
             return FitResult(0, 0, float("nan"))
         loader = self.data.train
@@ -106,10 +109,17 @@ class Trainer:
                                       enabled=self.hw.amp_dtype == torch.float16)
         smoothing = self.cfg.label_smoothing
         task = self.progress.add_task(desc, total=total, info="")
-        step, last_loss = 0, float("nan")
+        step, last_loss, first = 0, float("nan"), 0
+        if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            scaler.load_state_dict(resume["scaler"])
+            first, last_loss = resume["epochs_done"], resume["loss"]
+            step = first * len(loader)
+            self.progress.advance(task, step)
         model.train()
         try:
-            for epoch in range(epochs):
+            for epoch in range(first, epochs):
                 loss_sum = torch.zeros((), device=self.hw.device)
                 for x, y in loader:
                     if on_step is not None:
@@ -137,6 +147,10 @@ class Trainer:
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, last_loss)
+                if checkpoint is not None:
+                    checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "scaler": scaler.state_dict()})
         finally:
             self.progress.remove_task(task)
         log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,

@@ -52,6 +52,7 @@ class AdmmState:
     Z and U are stored tensors of their own (never views of W)."""
 
     def __init__(self, model: nn.Module, constraints: Sequence, rho: float):
+        self.model = model
         self.constraints = list(constraints)
         self.weights = {n: model.get_submodule(n).weight
                         for c in self.constraints for n in c.layers}
@@ -86,6 +87,19 @@ class AdmmState:
         self._anchor()
         return {"primal_residual": primal / max(norm, 1e-12), "dual_residual": dual}
 
+    def state_dict(self) -> dict:
+        return {"Z": {n: z.detach().cpu() for n, z in self.Z.items()},
+                "U": {n: u.detach().cpu() for n, u in self.U.items()}, "rho": self.rho}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run: Z, U and ρ as checkpointed, bound to the model's current weights."""
+        self.weights = {n: self.model.get_submodule(n).weight for n in self.weights}
+        device = next(iter(self.weights.values())).device
+        self.Z = {n: z.to(device) for n, z in state["Z"].items()}
+        self.U = {n: u.to(device) for n, u in state["U"].items()}
+        self.rho = float(state["rho"])
+        self._anchor()
+
     @torch.no_grad()
     def set_rho(self, rho: float) -> None:
         """Change ρ keeping the multipliers Λ = ρU: U ← U·ρ_old/ρ_new."""
@@ -102,6 +116,7 @@ def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str =
     """`cfg.iterations` ADMM iterations of `cfg.epochs_per_iteration` epochs each toward the
     constraint sets; one steps.csv row (event=admm) per iteration."""
     state = AdmmState(ctx.model, constraints, cfg.rho)
+    ctx.stateful["admm"] = state  # checkpointed with the run, so a resumed ADMM goes on from it
     per = cfg.epochs_per_iteration
 
     def on_epoch_end(epoch: int, loss: float) -> None:
@@ -172,8 +187,11 @@ class Admm(Method):
                  len(constraints), c.granularity, c.iterations, c.epochs_per_iteration, c.rho)
         admm_train(ctx, constraints, c)
         started = time.perf_counter()
-        with ctx.clock.phase("prune"):
-            hard_prune(constraints, ctx.pruner)
+        def prune() -> None:
+            with ctx.clock.phase("prune"):
+                hard_prune(constraints, ctx.pruner)
+
+        ctx.op(prune)
         ctx.compact()
         val_hard = ctx.validate()
         top1_hard = ctx.test_top1()

@@ -175,55 +175,76 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
                       evaluations=s.evaluations, rng=rng, on_trial=on_trial)
 
 
+class RandomState:
+    """The search's random.Random as a checkpointed object (ctx.stateful)."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def state_dict(self) -> dict:
+        return {"state": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["state"]))
+
+
 @register
 class Autocompress(Method):
+    """One round is one journaled operation: a resumed run continues after the last finished
+    round (a round's ADMM and fine-tune epochs are not checkpointed one by one)."""
+
     name = "autocompress"
 
     def run(self, ctx: Context) -> None:
         c = self.cfg
-        schemes = tuple(c.granularity.split("+"))
-        rng = random.Random(ctx.cfg.seed)
+        rng = RandomState(ctx.cfg.seed)
+        ctx.stateful["search_rng"] = rng
         search_data = (ctx.data.subset(val=c.search.val_fraction, seed=ctx.cfg.seed)
                        if c.search.val_fraction < 1.0 else ctx.data)
         search = ctx.trainer.with_data(search_data, logging.DEBUG)
-        evaluations = 0
-        purified = Purified()
+        totals = {"search_evaluations": 0, "purified_channels": 0, "purified_columns": 0}
         for i, target in enumerate(round_targets(ctx.target, c.rounds), 1):
-            started = time.perf_counter()
-            units, outside, total = search_units(ctx.pruner, schemes)
-            if not units:
-                raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
-                                  "no layer or channel group that scheme can prune")
-            action, value, n_trials = search_round(ctx, c, i, target, units, outside, total,
-                                                   search, rng)
-            evaluations += n_trials
-            log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
-                     "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
-                     sum(x == "filter" for x in action.schemes), len(units))
+            got = ctx.op(lambda: self.round(ctx, i, target, search, rng.rng), checkpoint=True)
+            for k in totals:
+                totals[k] += got[k]
+        ctx.results.update(totals)
 
-            constraints = constraints_for(ctx.pruner, units, action)
-            admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)
-            with ctx.clock.phase("prune"):
-                hard_prune(constraints, ctx.pruner)
-            val_hard = ctx.validate()
-            got, tau = (purify(ctx, c.purify, val_hard, round=i) if c.purify.enabled
-                        else (Purified(), None))
-            purified = purified + got
-            ctx.compact()
-            val_purified = ctx.validate()
-            ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")
-            val = ctx.validate()
-            ctx.steps += 1
-            ctx.record_step(event="round", step=i, round=i, target=target,
-                            nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
-                            sparsity=ctx.sparsity(), val_top1_search=value,
-                            val_top1_hard=val_hard, purify_threshold=tau,
-                            purified_channels=got.channels, purified_columns=got.columns,
-                            val_top1_purified=val_purified, val_top1=val,
-                            params=count_params(ctx.model), time_s=time.perf_counter() - started)
-            ctx.layer_info = constraint_rows(constraints)
-            for u, rate in zip(units, action.rates):
-                for n in u.layers:
-                    ctx.layer_info[n].update(unit=u.name, rate=rate)
-        ctx.results.update(search_evaluations=evaluations, purified_channels=purified.channels,
-                           purified_columns=purified.columns)
+    def round(self, ctx: Context, i: int, target: float, search, rng: random.Random) -> dict:
+        c = self.cfg
+        started = time.perf_counter()
+        units, outside, total = search_units(ctx.pruner, tuple(c.granularity.split("+")))
+        if not units:
+            raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
+                              "no layer or channel group that scheme can prune")
+        action, value, n_trials = search_round(ctx, c, i, target, units, outside, total,
+                                               search, rng)
+        log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
+                 "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
+                 sum(x == "filter" for x in action.schemes), len(units))
+
+        constraints = constraints_for(ctx.pruner, units, action)
+        admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)
+        with ctx.clock.phase("prune"):
+            hard_prune(constraints, ctx.pruner)
+        val_hard = ctx.validate()
+        got, tau = (purify(ctx, c.purify, val_hard, round=i) if c.purify.enabled
+                    else (Purified(), None))
+        ctx.compact()
+        val_purified = ctx.validate()
+        ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")
+        val = ctx.validate()
+        ctx.steps += 1
+        ctx.record_step(event="round", step=i, round=i, target=target,
+                        nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
+                        sparsity=ctx.sparsity(), val_top1_search=value,
+                        val_top1_hard=val_hard, purify_threshold=tau,
+                        purified_channels=got.channels, purified_columns=got.columns,
+                        val_top1_purified=val_purified, val_top1=val,
+                        params=count_params(ctx.model), time_s=time.perf_counter() - started)
+        ctx.layer_info = constraint_rows(constraints)
+        for u, rate in zip(units, action.rates):
+            for n in u.layers:
+                ctx.layer_info[n].update(unit=u.name, rate=rate)
+        ctx.stateful.pop("admm", None)  # the round's ADMM is over: nothing of it to checkpoint
+        return {"search_evaluations": n_trials, "purified_channels": got.channels,
+                "purified_columns": got.columns}

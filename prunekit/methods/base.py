@@ -23,6 +23,7 @@ from prunekit.hardware import Hardware
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers, residual_blocks
 from prunekit.record import PhaseClock, Recorder
+from prunekit.resume import Checkpointer, Journal, capture, restore
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.pruner import Pruner, PruneSpec
@@ -61,6 +62,15 @@ class Context:
     frozen: List[str] = field(default_factory=list)  # modules whose parameters are not trained
     results: Dict[str, Any] = field(default_factory=dict)  # extra summary.json keys of the method
     layer_info: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # extra layers.csv columns
+    # resumable runs (prunekit.resume): the journal of operations, where checkpoints go, the
+    # method's own objects with state (state_dict / load_state_dict), how to rebuild the pruner
+    journal: Optional[Journal] = None
+    checkpointer: Optional[Checkpointer] = None
+    stateful: Dict[str, Any] = field(default_factory=dict)
+    rebuild_pruner: Optional[Callable[[nn.Module], Pruner]] = None
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_before: float = 0.0  # pruning seconds of the segments before a resume
+    _fit_resume: Optional[dict] = None
 
     @property
     def masks(self) -> MaskSet:
@@ -84,7 +94,7 @@ class Context:
             check_input=self.check_input[:4],  # side work: a cheaper compaction check
             recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), steps=0,
             finetune_count=0, finetune_epochs=0, compaction_max_abs_diff=None, compacted=False,
-            frozen=[], results={}, layer_info={})
+            frozen=[], results={}, layer_info={}, journal=None, checkpointer=None, stateful={})
         fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
         return fork
 
@@ -103,17 +113,73 @@ class Context:
             for p in self.model.get_submodule(name).parameters(recurse=False):
                 p.requires_grad_(trainable)
 
+    # ------------------------------------------------------------------ journal, checkpoints
+    def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
+        """Run one journaled operation (its result must be plain data). While a resumed run
+        replays, it returns the recorded result instead; where replay ends, the checkpoint's
+        state is restored first. Operations inside another run directly, unjournaled."""
+        j = self.journal
+        if j is None:
+            return fn()
+        if j.depth > 0:  # nested: part of the enclosing operation
+            j.depth += 1
+            try:
+                return fn()
+            finally:
+                j.depth -= 1
+        i = j.position
+        j.position += 1
+        if j.pending is not None and i < j.resume_at:  # replay: the recorded result
+            return j.results[i]
+        self.finish_replay()
+        j.depth += 1
+        try:
+            result = fn()
+        finally:
+            j.depth -= 1
+        j.results.append(result)
+        if checkpoint:
+            self.checkpoint()
+        return result
+
+    def once(self, fn: Callable[[], Any]) -> Any:
+        """A side computation done once per run (ICE's tuning, its probe), checkpointed."""
+        return self.op(fn, checkpoint=True)
+
+    def finish_replay(self) -> None:
+        """Restore the checkpoint's state if a resumed run's replay has not yet done so."""
+        j = self.journal
+        if j is not None and j.pending is not None:
+            state, j.pending = j.pending, None
+            restore(self, state, self.rebuild_pruner)
+            self._fit_resume = state["fit"]
+
+    def checkpoint(self, fit: Optional[dict] = None) -> None:
+        if self.checkpointer is not None and self.journal is not None:
+            self.checkpointer.save(capture(self, fit))
+
+    def elapsed(self) -> float:
+        """Pruning seconds so far, over every segment of a resumed run."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
     # ------------------------------------------------------------------ spending
     def prune_to(self, target: float) -> None:
-        with self.clock.phase("prune"):
-            self.pruner.prune_to(target)
+        def prune() -> None:
+            with self.clock.phase("prune"):
+                self.pruner.prune_to(target)
+        self.op(prune)
 
     def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float,
                      scores: Optional[Callable[[ChannelGroup], torch.Tensor]] = None) -> int:
-        with self.clock.phase("prune"):
-            return self.pruner.prune_groups(groups, ratio, scores)
+        def prune() -> int:
+            with self.clock.phase("prune"):
+                return self.pruner.prune_groups(groups, ratio, scores)
+        return self.op(prune)
 
     def compact(self) -> None:
+        self.op(self._compact)
+
+    def _compact(self) -> None:
         """Physically remove masked filters, and channels no layer reads any more (filter,
         channel and column results; a no-op otherwise), and check the compacted model against
         the masked one on a validation batch."""
@@ -128,31 +194,45 @@ class Context:
             self.compaction_max_abs_diff = max(prev, diff)
 
     def finetune(self, epochs: int, lr: float, desc: str = "finetune", **kw) -> FitResult:
-        with self.clock.phase("finetune"):
-            result = self.trainer.fit(self.model, epochs, lr, masks=self.masks, desc=desc, **kw)
-        if epochs > 0:
-            self.finetune_count += 1
-            self.finetune_epochs += epochs
-        return result
+        """Train `epochs` epochs (checkpointed after each one when it is a top-level operation;
+        a resumed run continues a fit in progress from its next epoch)."""
+        def fit() -> dict:
+            resume, self._fit_resume = self._fit_resume, None
+            top_level = self.journal is not None and self.journal.depth == 1
+            with self.clock.phase("finetune"):
+                result = self.trainer.fit(self.model, epochs, lr, masks=self.masks, desc=desc,
+                                          resume=resume,
+                                          checkpoint=self.checkpoint if top_level else None, **kw)
+            if epochs > 0:
+                self.finetune_count += 1
+                self.finetune_epochs += epochs
+            return dataclasses.asdict(result)
+
+        return FitResult(**self.op(fit))
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
         """Val top-1 of the model being pruned (or of `model`, e.g. the dense one)."""
-        with self.clock.phase("eval"):
-            return self.trainer.evaluate(model or self.model, "val",
-                                         self.cfg.train.val_max_batches).top1
+        def evaluate() -> float:
+            with self.clock.phase("eval"):
+                return self.trainer.evaluate(model or self.model, "val",
+                                             self.cfg.train.val_max_batches).top1
+        return self.op(evaluate)
 
     def test_top1(self) -> float:
         """Test top-1 of the model now, for reporting only (e.g. ADMM's `top1_hard`); no method
         decides anything on it."""
-        with self.clock.phase("eval"):
-            return self.trainer.evaluate(self.model, "test").top1
+        def evaluate() -> float:
+            with self.clock.phase("eval"):
+                return self.trainer.evaluate(self.model, "test").top1
+        return self.op(evaluate)
 
     # ------------------------------------------------------------------ reading
     def sparsity(self) -> float:
         return prunable_sparsity(self.model, self.pruner.dense_numel)
 
     def record_step(self, **row) -> None:
-        self.recorder.step(**row)
+        """A steps.csv row; at top level it ends a pruning step, so a checkpoint follows."""
+        self.op(lambda: self.recorder.step(**row), checkpoint=True)
 
 
 class Method:

@@ -208,18 +208,22 @@ class Ice(Method):
         knobs = IceKnobs.from_cfg(c)
         if c.autotune.enabled:
             with ctx.clock.phase("search"):
-                knobs = autotune(ctx, c, knobs)
+                knobs = IceKnobs(**ctx.once(lambda: autotune(ctx, c, knobs).as_dict()))
         if c.val_fraction < 1.0:  # decide on a subset of val, against the dense model on it
             ctx.use_data(ctx.data.subset(val=c.val_fraction, seed=ctx.cfg.seed))
             ctx.dense_val_top1 = ctx.validate(ctx.dense_model)
         frozen: List[str] = []
         if c.use_freeze:
-            started = time.perf_counter()
-            probe = ctx.fork(clock=ctx.clock)  # probe time is pruning time, by phase
-            changes = probe_weight_changes(probe, c)
+            def probe_run() -> Dict[str, float]:
+                started = time.perf_counter()
+                probe = ctx.fork(clock=ctx.clock)  # probe time is pruning time, by phase
+                changes = probe_weight_changes(probe, c)
+                ctx.finetune_epochs += probe.finetune_epochs
+                ctx.results["time_probe_s"] = time.perf_counter() - started
+                return changes
+
+            changes = ctx.once(probe_run)
             frozen = least_changed(changes, knobs.freeze_ratio)
-            ctx.finetune_epochs += probe.finetune_epochs
-            ctx.results["time_probe_s"] = time.perf_counter() - started
             log.info("ICE freezing %d of %d convs (least changed in the probe)", len(frozen),
                      len(changes))
         ice_prune(ctx, c, knobs, frozen)
