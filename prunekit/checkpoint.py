@@ -91,7 +91,7 @@ def state_digest(state: dict) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too (BN counters)
     return h.hexdigest()
 
 

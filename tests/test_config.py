@@ -46,7 +46,7 @@ def test_specialisations_apply_only_to_their_pair():
     (["+extra_key=1"], "extra_key"),
     (["hardware.latency.batch_sizes=[]"], "hardware.latency.batch_sizes"),
     (["hardware.device=tpu"], "hardware.device"),
-    (["resume=true"], "resume"),
+    (["checkpoint.keep=0"], "checkpoint.keep"),
 ])
 def test_bad_values_fail_validation_with_one_line_naming_the_key(overrides, key):
     cfg = make_cfg(overrides)
