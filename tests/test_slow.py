@@ -10,7 +10,7 @@ import pytest
 from conftest import read_summary, run_cli
 from test_runner import CONTRACT_KEYS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes each, longer on a busy machine
 
 
 def test_default_run_then_cached_rerun(tmp_path):
