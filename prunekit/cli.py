@@ -51,7 +51,7 @@ def task(cfg: DictConfig) -> None:
 
     try:
         run(cfg, out_dir)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runner.Terminated)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (resume.Terminated)
         error_line(f"interrupted; partial results in {out_dir}")
         FAILED.append(out_dir)
         raise SystemExit(143 if type(e).__name__ == "Terminated" else 130)

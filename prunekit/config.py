@@ -239,8 +239,9 @@ class PretrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    enabled: bool = True  # after every pruning step and fine-tune epoch, for resume=true
+    enabled: bool = True  # after pruning steps and fine-tune epochs, for resume=true
     keep: int = 2  # the newest files kept
+    min_interval_s: float = 60.0  # at most one per minute (0: after every step and epoch)
 
 
 @dataclass
@@ -326,6 +327,7 @@ def validate(cfg: DictConfig) -> None:
         _unknown_keys(cfg[group], group + ".")
 
     _at_least(cfg, "checkpoint.keep", 1)
+    _at_least(cfg, "checkpoint.min_interval_s", 0)
     s = cfg.sparsity
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")

@@ -34,7 +34,7 @@ from prunekit.metrics import count_nonzero, count_params, effective_flops, layer
 from prunekit.models import build_model, load_weights
 from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
                              summary_identity)
-from prunekit.resume import Checkpointer, Journal, config_hash
+from prunekit.resume import STOP, Checkpointer, Journal, Terminated, config_hash
 from prunekit.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
 def resumable(cfg: DictConfig, out_dir: Path):
     """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
     whose state is restored where the method's replay reaches it."""
-    checkpointer = (Checkpointer(out_dir, config_hash(cfg), keep=cfg.checkpoint.keep)
+    checkpointer = (Checkpointer(out_dir, config_hash(cfg), keep=cfg.checkpoint.keep,
+                                 min_interval_s=cfg.checkpoint.min_interval_s)
                     if cfg.checkpoint.enabled else None)
     if not cfg.resume:
         if checkpointer is not None:
@@ -236,16 +237,19 @@ def resumable(cfg: DictConfig, out_dir: Path):
     return checkpointer, Journal(state["journal"], restore=state)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cluster preempting the job, `kill`), raised where the run is, like Ctrl-C."""
-
-
 @contextlib.contextmanager
-def sigterm_interrupts():
-    """While the run lasts, SIGTERM stops it as SIGINT does: the summary says `interrupted`."""
+def sigterm_interrupts(graceful: bool):
+    """While the run lasts, SIGTERM stops it: at the next checkpoint when checkpoints are on (so
+    the work since the last one is kept; a second SIGTERM stops it at once), else right away.
+    Either way the summary says `interrupted`."""
     def handler(signum, frame):
+        if graceful and not STOP["requested"]:
+            STOP["requested"] = True
+            log.warning("SIGTERM: stopping at the next checkpoint (send it again to stop now)")
+            return
         raise Terminated()
 
+    STOP["requested"] = False
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -255,6 +259,7 @@ def sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        STOP["requested"] = False
 
 
 def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
@@ -267,7 +272,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(graceful=bool(cfg.get("checkpoint", {}).get("enabled", False))):
             validate(cfg)
             atomic_write_text(out_dir / "config_resolved.yaml",
                               OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,4 +1,5 @@
-"""A run stopped from outside: SIGTERM (cluster preemption) leaves `status: interrupted`."""
+"""A run stopped from outside: SIGTERM (cluster preemption) writes a checkpoint at the next step
+or epoch and leaves `status: interrupted`."""
 import os
 import signal
 import subprocess
@@ -28,4 +29,5 @@ def test_sigterm_mid_run_leaves_status_interrupted(tmp_path):
     assert proc.returncode == 143
     s = read_summary(run_dir)
     assert s["status"] == "interrupted" and "SIGTERM" in s["error"]
+    assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))  # written on the way out
     assert "Traceback" not in err and "interrupted; partial results in" in err

@@ -155,7 +155,7 @@ class Context:
             self._fit_resume = state["fit"]
 
     def checkpoint(self, fit: Optional[dict] = None) -> None:
-        if self.checkpointer is not None and self.journal is not None:
+        if self.checkpointer is not None and self.journal is not None and self.checkpointer.due():
             self.checkpointer.save(capture(self, fit))
 
     def elapsed(self) -> float:
