@@ -6,7 +6,7 @@ PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke compare bench-admm \
-        bench-speedup clean
+        bench-speedup bench-loop clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U
 
 bench-speedup:  ## FLOPs vs measured speedup of filter pruning at 30/50/70% (resnet18, vgg16, mobilenet_v2; CPU)
 	$(BIN)/python scripts/bench_speedup.py
+
+bench-loop:  ## the training loop against plain PyTorch, masked and pruned steps, the data path
+	$(BIN)/python scripts/bench_loop.py --quick
 
 clean:  ## run outputs and caches of this checkout (not the dense-model cache)
 	rm -rf outputs/20* outputs/multirun multirun .pytest_cache build *.egg-info
