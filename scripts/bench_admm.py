@@ -9,7 +9,6 @@ overhead) and update / step. Times are medians over `--repeats` after a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -23,6 +22,8 @@ from prunekit.methods.autocompress_search import initial_action
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.projection import LayerConstraint, hard_prune
 from prunekit.sparsity.pruner import Pruner, PruneSpec
+
+from benchutil import emit
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -90,11 +91,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "step_ms": base, "penalised_step_ms": penalised,
            "penalty_overhead": penalised / base, "zu_update_ms": update,
            "update_per_step": update / base, "quick_evaluation_ms": quick}
-    for k, v in out.items():
-        print(f"{k:22s} {v:.4g}" if isinstance(v, float) else f"{k:22s} {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import statistics
 import time
 
 import torch
@@ -38,6 +36,8 @@ from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.train import Trainer
 
+from benchutil import alternate, emit
+
 
 class Batches:
     """The same list of batches every epoch: both loops see identical data at no data cost."""
@@ -50,10 +50,6 @@ class Batches:
 
     def __len__(self):
         return len(self.batches)
-
-
-def median_of(rounds: int, fn) -> float:
-    return statistics.median(fn() for _ in range(rounds))
 
 
 def main() -> None:
@@ -108,24 +104,18 @@ def main() -> None:
            "rounds": rounds}
     with trainer:
         plain(model), prunekit_fit(model)  # warm-up
-        t_plain, t_fit = [], []
-        for _ in range(rounds):
-            t_plain.append(plain(model))
-            t_fit.append(prunekit_fit(model))
-        out["plain_step_ms"] = 1e3 * statistics.median(t_plain)
-        out["trainer_step_ms"] = 1e3 * statistics.median(t_fit)
-        out["loop_vs_plain"] = statistics.median(t_plain) / statistics.median(t_fit)
+        t_plain, t_fit = alternate(rounds, lambda: plain(model), lambda: prunekit_fit(model))
+        out.update(plain_step_ms=1e3 * t_plain, trainer_step_ms=1e3 * t_fit,
+                   loop_vs_plain=t_plain / t_fit)
 
         masked = copy.deepcopy(model)
         p = Pruner(masked, PruneSpec("unstructured"), prunable_layers(masked),
                    batches.batches[0][0][:1])
         p.prune_to(0.9)
         prunekit_fit(masked, p.masks)
-        t_dense, t_masked = [], []
-        for _ in range(rounds):
-            t_dense.append(prunekit_fit(model))
-            t_masked.append(prunekit_fit(masked, p.masks))
-        out["masked_step_overhead"] = statistics.median(t_masked) / statistics.median(t_dense)
+        t_dense, t_masked = alternate(rounds, lambda: prunekit_fit(model),
+                                      lambda: prunekit_fit(masked, p.masks))
+        out["masked_step_overhead"] = t_masked / t_dense
 
         small = copy.deepcopy(model)
         p = Pruner(small, PruneSpec("filter"), prunable_layers(small), batches.batches[0][0][:1],
@@ -133,13 +123,10 @@ def main() -> None:
         p.prune_to(0.5)
         p.compact()
         prunekit_fit(small)
-        t_dense, t_small = [], []
-        for _ in range(rounds):
-            t_dense.append(prunekit_fit(model))
-            t_small.append(prunekit_fit(small))
-        out["dense_step_ms"] = 1e3 * statistics.median(t_dense)
-        out["pruned_step_ms"] = 1e3 * statistics.median(t_small)
-        out["structured_step_speedup"] = statistics.median(t_dense) / statistics.median(t_small)
+        t_dense, t_small = alternate(rounds, lambda: prunekit_fit(model),
+                                     lambda: prunekit_fit(small))
+        out.update(dense_step_ms=1e3 * t_dense, pruned_step_ms=1e3 * t_small,
+                   structured_step_speedup=t_dense / t_small)
 
     # data: the in-memory tensor path against a per-sample torchvision pipeline
     n = args.data_size or (1024 if args.quick else 4096)
@@ -163,14 +150,9 @@ def main() -> None:
         hw.sync()
         return count / (time.perf_counter() - t0)
 
-    fast = median_of(rounds, lambda: images_per_s(tensors))
-    slow = median_of(max(1, rounds - 1), lambda: images_per_s(loader))
+    fast, slow = alternate(rounds, lambda: images_per_s(tensors), lambda: images_per_s(loader))
     out.update(data_tensor_images_s=fast, data_dataloader_images_s=slow, data_speedup=fast / slow)
-    for k, v in out.items():
-        print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":
