@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,20 @@ class ChannelGroup:
 
     def member_names(self) -> List[str]:
         return [m.module for m in self.members]
+
+    def per_channel(self, tensors: Dict[str, torch.Tensor],
+                    fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "out") -> torch.Tensor:
+        """Σ over the members of `kind` of fn(the tensor's slices as rows), one float64 value per
+        group channel: `out` members' filters (rows of dim 0), `in` members' input columns (dim
+        1). `tensors` maps a module name to its weight, or to any tensor of that shape."""
+        total = torch.zeros(self.size, dtype=torch.float64)
+        for m in self.members:
+            if m.kind == kind:
+                t = tensors[m.module].detach()
+                dim = 0 if kind == "out" else 1
+                rows = t.transpose(0, dim).reshape(t.shape[dim], -1)
+                total += m.reduce(fn(rows).double().cpu(), "sum")
+        return total
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -201,17 +215,10 @@ class ChannelGroups:
         if criterion == "random":
             return torch.rand(group.size, generator=generator,
                               device=generator.device if generator else "cpu").cpu()
-        total = torch.zeros(group.size, dtype=torch.float64)
-        elems = torch.zeros(group.size, dtype=torch.float64)
-        for m in group.members:
-            if m.kind != "out":
-                continue
-            w = self.model.get_submodule(m.module).weight.detach()
-            rows = w.reshape(w.shape[0], -1).double()
-            per_row = rows.abs().sum(1) if criterion == "l1" else rows.pow(2).sum(1)
-            per_row = per_row.cpu()
-            total += m.reduce(per_row, "sum")
-            elems += m.reduce(torch.full_like(per_row, rows.shape[1]), "sum")
+        weights = {m.module: self.model.get_submodule(m.module).weight for m in group.members}
+        total = group.per_channel(weights, lambda rows: rows.double().abs().sum(1)
+                                  if criterion == "l1" else rows.double().pow(2).sum(1))
+        elems = group.per_channel(weights, lambda rows: torch.full((rows.shape[0],), rows.shape[1]))
         score = total if criterion == "l1" else total.sqrt()
         if per_element:
             score = score / (elems if criterion == "l1" else elems.sqrt()).clamp_min(1)

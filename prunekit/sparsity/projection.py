@@ -101,17 +101,8 @@ class FilterConstraint:
     def layers(self) -> List[str]:
         return [m.module for m in self.group.members if m.kind == "out"]
 
-    def _rows(self, tensors: Tensors, fn) -> torch.Tensor:
-        """fn(rows of a layer) per row, summed over the layers per group channel."""
-        total = torch.zeros(self.group.size, dtype=torch.float64)
-        for m in self.group.members:
-            if m.kind == "out":
-                t = tensors[m.module].detach()
-                total += m.reduce(fn(t.reshape(t.shape[0], -1)).double().cpu(), "sum")
-        return total
-
     def channel_norms(self, tensors: Tensors) -> torch.Tensor:
-        return self._rows(tensors, lambda rows: rows.float().pow(2).sum(1)).sqrt()
+        return self.group.per_channel(tensors, lambda rows: rows.float().pow(2).sum(1)).sqrt()
 
     def removed(self, tensors: Tensors) -> torch.Tensor:
         return lowest(self.channel_norms(tensors), self.n_zero)
@@ -139,7 +130,7 @@ class FilterConstraint:
                  n_dense: int) -> "FilterConstraint":
         """The constraint that leaves (1 - rate) of the n_dense weights of the group's filters."""
         c = cls(group, 0)
-        alive = c._rows(weights, lambda rows: rows.ne(0).sum(1)).long()
+        alive = group.per_channel(weights, lambda rows: rows.ne(0).sum(1)).long()
         return cls(group, zero_count(c.channel_norms(weights), alive, n_dense, rate))
 
 

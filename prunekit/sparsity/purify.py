@@ -38,15 +38,8 @@ class Purified:
 def channel_norms(pruner, group: ChannelGroup, kind: str) -> torch.Tensor:
     """Per group channel, the joint L2 norm of its filters (`out`) or of its readers' weights
     (`in`), from the model's current (masked) weights."""
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for m in group.members:
-        if m.kind != kind:
-            continue
-        w = pruner.model.get_submodule(m.module).weight.detach()
-        dim = 0 if kind == "out" else 1
-        per = w.transpose(0, dim).reshape(w.shape[dim], -1).double().pow(2).sum(1).cpu()
-        total += m.reduce(per, "sum")
-    return total.sqrt()
+    weights = {m.module: pruner.model.get_submodule(m.module).weight for m in group.members}
+    return group.per_channel(weights, lambda rows: rows.double().pow(2).sum(1), kind).sqrt()
 
 
 def _keep_one(candidates: torch.Tensor, gone: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
