@@ -171,6 +171,15 @@ class Recorder:
             csv.DictWriter(f, fieldnames=self._fields).writerow(row)
             f.flush()
 
+    def reset(self, rows: List[dict]) -> None:
+        """Continue from these rows (a resumed run): steps.csv is rewritten to hold just them."""
+        self.steps = list(rows)
+        self._fields = []
+        for row in self.steps:
+            self._fields += [k for k in row if k not in self._fields]
+        if self.out_dir is not None:
+            write_csv(self.steps_path, self.steps)
+
     def table(self, name: str, rows: List[dict]) -> None:
         """Write (atomically, whole) `name`.csv: layers, tuning trials, search moves."""
         if self.out_dir is not None:

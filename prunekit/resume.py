@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.record import temp_beside, write_csv
+from prunekit.record import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +254,7 @@ def restore(ctx, state: dict, rebuild_pruner: Callable) -> None:
                 "compacted", "results", "layer_info", "dense_val_top1"):
         setattr(ctx, key, c[key])
     ctx.freeze(c["frozen"])
-    ctx.recorder.steps = list(state["steps_rows"])
-    ctx.recorder._fields = []
-    if ctx.recorder.out_dir is not None:
-        write_csv(ctx.recorder.steps_path, ctx.recorder.steps)
-        for row in ctx.recorder.steps:
-            ctx.recorder._fields += [k for k in row if k not in ctx.recorder._fields]
+    ctx.recorder.reset(state["steps_rows"])
     ctx.clock.totals.update(state["clock"])
     ctx.elapsed_before = state["elapsed"]
     for name, obj in ctx.stateful.items():

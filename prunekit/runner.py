@@ -272,7 +272,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     try:
-        with sigterm_interrupts(graceful=bool(cfg.get("checkpoint", {}).get("enabled", False))):
+        with sigterm_interrupts(graceful=bool(cfg.checkpoint.enabled)):
             validate(cfg)
             atomic_write_text(out_dir / "config_resolved.yaml",
                               OmegaConf.to_yaml(cfg, resolve=True))

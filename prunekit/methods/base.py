@@ -121,25 +121,22 @@ class Context:
         j = self.journal
         if j is None:
             return fn()
-        if j.depth > 0:  # nested: part of the enclosing operation
-            j.depth += 1
-            try:
-                return fn()
-            finally:
-                j.depth -= 1
-        i = j.position
-        j.position += 1
-        if j.pending is not None and i < j.resume_at:  # replay: the recorded result
-            return j.results[i]
-        self.finish_replay()
+        top = j.depth == 0  # a nested operation is part of the enclosing one
+        if top:
+            i = j.position
+            j.position += 1
+            if j.pending is not None and i < j.resume_at:  # replay: the recorded result
+                return j.results[i]
+            self.finish_replay()
         j.depth += 1
         try:
             result = fn()
         finally:
             j.depth -= 1
-        j.results.append(result)
-        if checkpoint:
-            self.checkpoint()
+        if top:
+            j.results.append(result)
+            if checkpoint:
+                self.checkpoint()
         return result
 
     def once(self, fn: Callable[[], Any]) -> Any:
