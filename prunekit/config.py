@@ -163,6 +163,21 @@ class AdmmMethodConfig(AdmmSolverConfig):
 
 
 @dataclass
+class SlrMethodConfig(MethodConfig):
+    """SLR's keys (Gurevin et al. 2020; defaults from the reference code)."""
+
+    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
+    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + Λ/ρ‖² (fixed)
+    epochs: int = 10  # SLR training epochs, one multiplier update round after each
+    M: float = 300.0  # α_k = 1 − 1/(M·k^(1 − 1/k^r))
+    r: float = 0.1
+    initial_step: float = 0.01  # s₀, the multipliers' first step size
+    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
+    retrain_lr: Optional[float] = None  # None: lr
+    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
+
+
+@dataclass
 class AutocompressSearchConfig:
     evaluations: int = 40  # quick evaluations per round, the initial action included
     temperature: float = 2.0  # T0, in points of val top-1 (the energy's unit)
@@ -268,6 +283,7 @@ METHOD_SCHEMAS = {
     "ice": IceMethodConfig,
     "admm": AdmmMethodConfig,
     "autocompress": AutocompressMethodConfig,
+    "slr": SlrMethodConfig,
 }
 
 
@@ -385,9 +401,9 @@ def validate(cfg: DictConfig) -> None:
         if abs(implied - s) > 1e-9:
             raise ConfigError(f"sparsity={s} does not match method.nm={list(m.nm)}, which removes "
                               f"{implied:g}: set sparsity={implied:g}")
-        if m.name not in ("oneshot", "admm"):
-            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot "
-                              f"or admm, not method={m.name}")
+        if m.name not in ("oneshot", "admm", "slr"):
+            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot, "
+                              f"admm or slr, not method={m.name}")
     for key in ("epochs", "finetune_epochs"):
         _at_least(cfg, f"method.{key}", 0, " (epochs cannot be negative)")
     if m.name == "iterative":
@@ -398,7 +414,7 @@ def validate(cfg: DictConfig) -> None:
                               "set method.granularity=filter")
     if m.name == "ice":
         _validate_ice(cfg)
-    if m.name in ("admm", "autocompress"):
+    if m.name in ("admm", "autocompress", "slr"):
         _validate_admm(cfg)
     if m.name == "gradual":
         _at_least(cfg, "method.frequency", 1)
@@ -450,6 +466,7 @@ def parse_layer_rates(items) -> Dict[str, float]:
 
 
 def _validate_admm(cfg: DictConfig) -> None:
+    """admm, autocompress and slr: the projection-based methods."""
     m = cfg.method
     if m.criterion != "l2":
         raise ConfigError(f"method.criterion={m.criterion}: {m.name} projects onto the sparse set by "
@@ -458,17 +475,24 @@ def _validate_admm(cfg: DictConfig) -> None:
     if m.scope != "layerwise":
         raise ConfigError(f"method.scope={m.scope}: {m.name} constrains every layer (or channel "
                           "group) at its own rate; use method.scope=layerwise")
-    for key in ("rho", "rho_max"):
-        _positive(cfg, f"method.{key}")
+    _positive(cfg, "method.rho")
+    if m.name in ("admm", "slr"):
+        _at_least(cfg, "method.retrain_epochs", 0, " (epochs cannot be negative)")
+        _positive(cfg, "method.retrain_lr")
+        parse_layer_rates(m.layer_rates)
+    if m.name == "slr":
+        _at_least(cfg, "method.epochs", 1, " (SLR prunes by training)")
+        for key in ("M", "initial_step"):
+            _positive(cfg, f"method.{key}")
+        _at_least(cfg, "method.r", 0)
+        return
+    _positive(cfg, "method.rho_max")
     _at_least(cfg, "method.rho_growth", 1.0, " (ρ may only grow)")
     if m.rho_max < m.rho:
         raise ConfigError(f"method.rho_max={m.rho_max} must be >= method.rho={m.rho}")
     _at_least(cfg, "method.iterations", 1)
     _at_least(cfg, "method.epochs_per_iteration", 1)
     if m.name == "admm":
-        _at_least(cfg, "method.retrain_epochs", 0, " (epochs cannot be negative)")
-        _positive(cfg, "method.retrain_lr")
-        parse_layer_rates(m.layer_rates)
         return
     s = m.search
     _at_least(cfg, "method.rounds", 1)

@@ -171,12 +171,17 @@ class Trainer:
 
         return loss
 
-    def penalised_loss(self, penalty: Callable[[], torch.Tensor]) -> LossFn:
-        """Cross-entropy plus `penalty()` (ADMM's ρ/2 Σ‖W − Z + U‖², a function of the weights)."""
+    def penalised_loss(self, penalty: Callable[[], torch.Tensor],
+                       on_ce: Optional[Callable[[torch.Tensor], None]] = None) -> LossFn:
+        """Cross-entropy plus `penalty()` (ADMM's ρ/2 Σ‖W − Z + U‖², a function of the weights);
+        `on_ce` sees each batch's cross-entropy alone, detached (SLR's surrogate of f(W))."""
         smoothing = self.cfg.label_smoothing
 
         def loss(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(out, y, label_smoothing=smoothing) + penalty()
+            ce = F.cross_entropy(out, y, label_smoothing=smoothing)
+            if on_ce is not None:
+                on_ce(ce.detach())
+            return ce + penalty()
 
         return loss
 

@@ -118,7 +118,8 @@ def test_admm_run_exact_sparsity_top1_hard_and_records(tmp_path):
     hard = next(r for r in rows if r["event"] == "hard_prune")
     assert float(hard["sparsity"]) == pytest.approx(0.9, abs=1e-4)
     assert float(hard["top1_hard"]) == pytest.approx(s["top1_hard"])
-    assert any(r["event"] == "retrain" for r in rows)
+    assert [int(r["epoch"]) for r in rows if r["event"] == "retrain"] == [1]
+    assert s["top1_retrain1"] == s["top1"]  # test top-1 after each retrain epoch; the last is top1
     assert s["finetune_epochs"] == 3 + 1  # ADMM's training epochs and the retraining
     with open(tmp_path / "layers.csv") as f:
         layers = {r["layer"]: r for r in csv.DictReader(f)}

@@ -176,6 +176,38 @@ def constraint_rows(constraints: Sequence) -> Dict[str, Dict[str, object]]:
     return info
 
 
+def hard_prune_and_retrain(ctx: Context, constraints: Sequence, cfg: DictConfig) -> None:
+    """What ADMM and SLR do after their training: hard-prune W onto the sets (mask from W, exact
+    top-k), compact filters, measure `top1_hard` (test, for reporting) and `val_top1_hard`, then
+    retrain with the masks for `cfg.retrain_epochs` with a fresh optimiser; after every retrain
+    epoch its val top-1 and, for reporting, its test top-1 (`top1_retrain{e}`)."""
+    started = time.perf_counter()
+
+    def prune() -> None:
+        with ctx.clock.phase("prune"):
+            hard_prune(constraints, ctx.pruner)
+
+    ctx.op(prune)
+    ctx.compact()
+    val_hard = ctx.validate()
+    top1_hard = ctx.test_top1()
+    ctx.steps += 1
+    ctx.record_step(event="hard_prune", step=1, target=ctx.target, sparsity=ctx.sparsity(),
+                    val_top1=val_hard, top1_hard=top1_hard, time_s=time.perf_counter() - started)
+    ctx.results.update(top1_hard=top1_hard, val_top1_hard=val_hard)
+    ctx.layer_info = constraint_rows(constraints)
+
+    def on_epoch_end(epoch: int, loss: float) -> None:
+        top1 = ctx.test_top1()
+        ctx.results[f"top1_retrain{epoch + 1}"] = top1
+        ctx.record_step(event="retrain", step=1, epoch=epoch + 1, loss=loss,
+                        sparsity=ctx.sparsity(), val_top1=ctx.validate(), top1=top1)
+
+    if cfg.retrain_epochs > 0:
+        ctx.finetune(cfg.retrain_epochs, cfg.retrain_lr or cfg.lr, desc="masked retraining",
+                     on_epoch_end=on_epoch_end)
+
+
 @register
 class Admm(Method):
     name = "admm"
@@ -186,22 +218,4 @@ class Admm(Method):
         log.info("ADMM: %d constraint sets (%s), %d iterations x %d epochs, rho %g",
                  len(constraints), c.granularity, c.iterations, c.epochs_per_iteration, c.rho)
         admm_train(ctx, constraints, c)
-        started = time.perf_counter()
-        def prune() -> None:
-            with ctx.clock.phase("prune"):
-                hard_prune(constraints, ctx.pruner)
-
-        ctx.op(prune)
-        ctx.compact()
-        val_hard = ctx.validate()
-        top1_hard = ctx.test_top1()
-        ctx.steps += 1
-        ctx.record_step(event="hard_prune", step=1, target=ctx.target, sparsity=ctx.sparsity(),
-                        val_top1=val_hard, top1_hard=top1_hard,
-                        time_s=time.perf_counter() - started)
-        ctx.results.update(top1_hard=top1_hard, val_top1_hard=val_hard)
-        if c.retrain_epochs > 0:
-            ctx.finetune(c.retrain_epochs, c.retrain_lr or c.lr, desc="masked retraining")
-            ctx.record_step(event="retrain", step=1, epochs=c.retrain_epochs,
-                            sparsity=ctx.sparsity(), val_top1=ctx.validate())
-        ctx.layer_info = constraint_rows(constraints)
+        hard_prune_and_retrain(ctx, constraints, c)

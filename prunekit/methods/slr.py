@@ -1,0 +1,177 @@
+"""slr: pruning by surrogate Lagrangian relaxation (Gurevin et al. 2020), accurate at hard prune.
+
+The split is ADMM's (`methods.admm`): min f(W) s.t. W_i ∈ S_i, relaxed with multipliers Λ_i and
+the quadratic penalty ρ. With U = Λ/ρ the loss per minibatch is CE + Σ ρ/2‖W_i − Z_i + U_i‖²_F.
+What SLR changes is how the multipliers move: by a surrogate step size s, and only when a
+surrogate optimality condition says the last subproblem step decreased the Lagrangian
+
+    L(W, Z) = f(W) + Σ ρ/2‖W − Z + U‖²   (its −ρ/2‖U‖² is the same on both sides of a check)
+
+where f(W) is the reference code's surrogate: the mean training CE of the epoch that ended at W.
+After every epoch, with (W_p, Z_p) the last accepted point and k the accepted-update count:
+
+1. SOC1, after the W-step: L(W, Z_p) < L(W_p, Z_p), or k = 1. If it holds: s ← α_k·s·n1/n2 with
+   n1 = Σ_i‖W_p − Z_p‖, n2 = Σ_i‖W − Z_p‖ (per-layer Frobenius norms, summed), k += 1,
+   Λ ← Λ + s(W − Z_p), and (W, Z) is accepted.
+2. Z-step: Z ← Π(W + U), the shared exact projections (`sparsity.projection`).
+3. SOC2, after the Z-step: L(W, Z) < L(W, Z_p). If it holds: s ← α_k·s·n1/n2 with n2 = Σ‖W − Z‖,
+   k += 1, Λ ← Λ + s(W − Z), and (W, Z) is accepted.
+
+α_k = 1 − 1/(M·k^(1 − 1/k^r)), computed with k before it is incremented; the step size stays as
+it is when n1 or n2 is 0. Defaults are the reference's: M = 300, r = 0.1, s₀ = 0.01, ρ = 0.1
+(digits: ρ = 1, as method=admm). Then the hard prune from W (exact top-k; Z differs from W),
+`top1_hard` before any retraining, and optional masked retraining with a fresh optimiser, as ADMM.
+
+Deliberate deviations from the reference code (`slr_pruning/slr/admm.py`):
+- W_p, Z_p and Λ are clones. The reference stores the live parameter as W_prev, so after the first
+  update n1 == n2 and SOC1 reduces to "the epoch's CE went down"; its first, forced update uses
+  Z_p = 0 (Λ = s·W). Here the first accepted point is (W⁰, Z⁰ = Π(W⁰)).
+- Each side of a check uses the CE of the W it evaluates (W_p's is kept with it). The reference
+  puts the last epoch's CE on the left and the one before on the right of both checks; SOC2 has
+  the same W on both sides, so here its CE cancels and SOC2 asks whether the Z-step lowered the
+  penalty. Π minimises ‖W + U − Z‖ over S exactly, so SOC2 fails only when the Z-step leaves the
+  penalty where it was (as SLR expects of a subproblem solved to optimality).
+- The checks run after every epoch, the last included (the reference: at the start of epochs
+  2..E), so every epoch has its row in steps.csv; the last update moves Z and Λ, never W.
+- The hard-prune mask is an exact top-k (ties in index order), not np.percentile with strict
+  inequalities, whose counts are inexact.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from prunekit.methods.admm import AdmmState, admm_constraints, hard_prune_and_retrain
+from prunekit.methods.base import Context, Method, register
+from prunekit.sparsity.projection import Tensors, project_all
+
+log = logging.getLogger(__name__)
+
+
+def slr_alpha(k: int, M: float, r: float) -> float:
+    """α_k = 1 − 1/(M·k^(1 − 1/k^r)): just below 1, approaching 1 − 1/(M·k) as k grows."""
+    return 1.0 - 1.0 / (M * k ** (1.0 - 1.0 / k ** r))
+
+
+def slr_step(s: float, alpha: float, n1: float, n2: float) -> float:
+    """s_k = α_k·s_{k−1}·n1/n2; unchanged when either violation norm is 0."""
+    return alpha * s * n1 / n2 if n1 > 0 and n2 > 0 else s
+
+
+def _norm_sum(a: Tensors, b: Tensors) -> float:
+    """Σ_i ‖a_i − b_i‖_F: per-layer Frobenius norms, summed (not one global norm)."""
+    return sum(float((a[n] - b[n]).norm()) for n in a)
+
+
+class SlrState(AdmmState):
+    """ADMM's Z, U = Λ/ρ and penalty, with SLR's conditional multiplier updates."""
+
+    def __init__(self, model: nn.Module, constraints: Sequence, rho: float, M: float, r: float,
+                 initial_step: float):
+        super().__init__(model, constraints, rho)
+        self.M, self.r, self.s, self.k = float(M), float(r), float(initial_step), 1
+        self.W_prev: Tensors = {n: w.clone() for n, w in self._w().items()}
+        self.Z_prev: Tensors = {n: z.clone() for n, z in self.Z.items()}
+        self.ce_prev = math.nan  # f(W_p); the first check is forced (k = 1)
+        self._ce_sum: Optional[torch.Tensor] = None
+        self._batches = 0
+
+    # ------------------------------------------------------------------ the surrogate f(W)
+    def add_ce(self, ce: torch.Tensor) -> None:
+        """One batch's CE, summed on the device (no host sync per step)."""
+        self._ce_sum = ce.float() if self._ce_sum is None else self._ce_sum + ce.float()
+        self._batches += 1
+
+    def epoch_ce(self) -> float:
+        """The mean CE of the epoch just trained, and a fresh sum for the next."""
+        ce = float(self._ce_sum) / self._batches if self._batches else math.nan
+        self._ce_sum, self._batches = None, 0
+        return ce
+
+    # ------------------------------------------------------------------ the checks
+    def lagrangian(self, ce: float, w: Tensors, z: Tensors) -> float:
+        """f(W) + Σ ρ/2‖W − Z + U‖² with the current U (the −ρ/2‖U‖² term left out)."""
+        return ce + 0.5 * self.rho * sum(float((w[n] - z[n] + self.U[n]).pow(2).sum())
+                                         for n in w)
+
+    def _accept(self, w: Tensors, z_step: Tensors, z_new: Tensors, ce: float) -> float:
+        """An accepted check: the step size, Λ ← Λ + s(W − z_step), (W, z_new) accepted.
+        Returns the α used."""
+        alpha = slr_alpha(self.k, self.M, self.r)
+        self.s = slr_step(self.s, alpha, _norm_sum(self.W_prev, self.Z_prev),
+                          _norm_sum(w, z_step))
+        self.k += 1
+        for n in w:
+            self.U[n] += (self.s / self.rho) * (w[n] - z_step[n])  # Λ += s(W − Z), U = Λ/ρ
+        self.W_prev = {n: t.clone() for n, t in w.items()}
+        self.Z_prev = {n: t.clone() for n, t in z_new.items()}
+        self.ce_prev = ce
+        return alpha
+
+    @torch.no_grad()
+    def update(self, ce: float) -> Dict[str, object]:  # type: ignore[override]
+        """The end-of-epoch round: SOC1, the Z-step, SOC2. `ce` is f(W), the epoch's mean CE."""
+        w = self._w()
+        alpha = slr_alpha(self.k, self.M, self.r)
+        soc1 = self.k == 1 or (self.lagrangian(ce, w, self.Z_prev)
+                               < self.lagrangian(self.ce_prev, self.W_prev, self.Z_prev))
+        if soc1:
+            self._accept(w, self.Z_prev, self.Z, ce)
+        z = project_all(self.constraints, {n: w[n] + self.U[n] for n in w})
+        soc2 = self.lagrangian(ce, w, z) < self.lagrangian(ce, w, self.Z_prev)
+        self.Z = z
+        if soc2:
+            alpha = self._accept(w, z, z, ce)
+        self._anchor()
+        primal = math.sqrt(sum(float((w[n] - z[n]).pow(2).sum()) for n in w))
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in w.values()))
+        return {"soc1": soc1, "soc2": soc2, "alpha": alpha, "step_size": self.s, "k": self.k,
+                "primal_residual": primal / max(norm, 1e-12)}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        cpu = lambda d: {n: t.detach().cpu() for n, t in d.items()}  # noqa: E731
+        return {**super().state_dict(), "W_prev": cpu(self.W_prev), "Z_prev": cpu(self.Z_prev),
+                "ce_prev": self.ce_prev, "s": self.s, "k": self.k}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        device = next(iter(self.weights.values())).device
+        self.W_prev = {n: t.to(device) for n, t in state["W_prev"].items()}
+        self.Z_prev = {n: t.to(device) for n, t in state["Z_prev"].items()}
+        self.ce_prev, self.s, self.k = state["ce_prev"], state["s"], state["k"]
+        self._ce_sum, self._batches = None, 0
+
+
+def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
+    """`cfg.epochs` epochs of SLR training; one steps.csv row (event=slr) per epoch."""
+    state = SlrState(ctx.model, constraints, cfg.rho, cfg.M, cfg.r, cfg.initial_step)
+    ctx.stateful["slr"] = state  # checkpointed with the run, so a resumed SLR goes on from it
+
+    def on_epoch_end(epoch: int, loss: float) -> None:
+        ce = state.epoch_ce()
+        checks = state.update(ce)
+        ctx.record_step(event="slr", epoch=epoch + 1, **checks, rho=state.rho, loss=loss, ce=ce,
+                        penalty=loss - ce, val_top1=ctx.validate())
+
+    ctx.finetune(cfg.epochs, cfg.lr, desc="SLR",
+                 loss_fn=ctx.trainer.penalised_loss(state.penalty, on_ce=state.add_ce),
+                 on_epoch_end=on_epoch_end)
+    return state
+
+
+@register
+class Slr(Method):
+    name = "slr"
+
+    def run(self, ctx: Context) -> None:
+        c = self.cfg
+        constraints = admm_constraints(ctx, c)
+        log.info("SLR: %d constraint sets (%s), %d epochs, rho %g, s0 %g, M %g, r %g",
+                 len(constraints), c.granularity, c.epochs, c.rho, c.initial_step, c.M, c.r)
+        slr_train(ctx, constraints, c)
+        hard_prune_and_retrain(ctx, constraints, c)
