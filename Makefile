@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
-        reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke compare bench-admm \
+        reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
+        reproduce-slr-smoke compare bench-admm \
         bench-speedup bench-loop clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
@@ -41,6 +42,24 @@ reproduce-autocompress-smoke:  ## AutoCompress (0.8) and ADMM (0.9) on digits wi
 	$(BIN)/prune-run method=admm model=resnet18 dataset=digits sparsity=0.9 \
 		hydra.run.dir=outputs/reproduce-autocompress-smoke/admm
 
+# SLR vs ADMM from one dense model at the same epoch budget; the table: test top-1 at the hard
+# prune (0 retrain epochs) and after 1 and 5 masked retrain epochs, per sparsity
+SLR_TABLE = --metric top1_hard --metric top1_retrain1 --metric top1_retrain5 --metric sparsity \
+            --metric time_total_s --no-plots
+reproduce-slr:  ## SLR vs ADMM, resnet18 on CIFAR-10 at 70/80/90%, 50 epochs each, 5 retrain epochs (a GPU; downloads CIFAR-10)
+	$(BIN)/prune-run -m method=slr model=resnet18 dataset=cifar10 sparsity=0.7,0.8,0.9 \
+		method.epochs=50 method.retrain_epochs=5 pretrain.epochs=160 pretrain.lr=0.1 \
+		hydra.sweep.dir=outputs/reproduce-slr/slr
+	$(BIN)/prune-run -m method=admm model=resnet18 dataset=cifar10 sparsity=0.7,0.8,0.9 \
+		method.iterations=50 method.retrain_epochs=5 pretrain.epochs=160 pretrain.lr=0.1 \
+		hydra.sweep.dir=outputs/reproduce-slr/admm
+	$(BIN)/prune-report outputs/reproduce-slr $(SLR_TABLE)
+
+reproduce-slr-smoke:  ## the same on digits (10 epochs each, the defaults), on CPU in about 15 minutes
+	$(BIN)/prune-run -m method=slr,admm model=resnet18 dataset=digits sparsity=0.7,0.8,0.9 \
+		method.retrain_epochs=5 hydra.sweep.dir=outputs/reproduce-slr-smoke
+	$(BIN)/prune-report outputs/reproduce-slr-smoke $(SLR_TABLE)
+
 reproduce-gradual:  ## Zhu & Gupta's gradual pruning on resnet18 / CIFAR-10 at 50/75/90%, 3 seeds (a GPU; downloads CIFAR-10)
 	$(BIN)/prune-run -m method=gradual model=resnet18 dataset=cifar10 sparsity=0.5,0.75,0.9 \
 		seed=0,1,2 method.epochs=60 pretrain.epochs=160 pretrain.lr=0.1 \
@@ -53,7 +72,7 @@ reproduce-gradual-smoke:  ## the same sweep on digits, one seed, on CPU in minut
 # every method x 3 seeds x 3 sparsities into one report; COMPARE_ARGS picks model and dataset
 COMPARE_ARGS ?= model=resnet18 dataset=digits
 compare:  ## all methods x seeds 0,1,2 x sparsities 0.5/0.75/0.9 -> outputs/compare/report.md (digits: hours on CPU)
-	$(BIN)/prune-run -m method=dense,oneshot,iterative,gradual,ice,admm,autocompress \
+	$(BIN)/prune-run -m method=dense,oneshot,iterative,gradual,ice,admm,autocompress,slr \
 		seed=0,1,2 sparsity=0.5,0.75,0.9 $(COMPARE_ARGS) hydra.sweep.dir=outputs/compare
 
 bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation

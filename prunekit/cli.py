@@ -21,7 +21,7 @@ from hydra.errors import CompactHydraException, MissingConfigException, Override
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from prunekit.config import ConfigError, validate
+from prunekit.config import ConfigError, known_key, validate
 from prunekit.record import write_failed_summary
 
 FAILED: List[str] = []
@@ -36,6 +36,7 @@ def task(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
+        check_added_keys(cfg)
         validate(cfg)  # before importing torch: a typo is answered in a second
     except ConfigError as e:
         if full_error:
@@ -110,8 +111,55 @@ def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
     return _report(composed)
 
 
+SWEEPABLE_GROUPS = ("method", "model", "dataset", "hardware")
+
+
+def loosen_swept_group_keys(args: List[str]) -> List[str]:
+    """A multirun's keys under a swept group, as `++` overrides.
+
+    Hydra composes a sweep's first config with the *default* option of every swept group, so
+    `-m method=slr,admm method.retrain_epochs=0` fails there (the default method has no
+    retrain_epochs) although every job has the key. As `++method.retrain_epochs=0` the sweep
+    composes; each job sets the key in its own method, and `task` checks it against that
+    method's schema, so a key the chosen option lacks is still an error, in that job."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def parse(arg: str):
+        if arg.startswith("-") or "=" not in arg:
+            return None
+        try:
+            return parser.parse_override(arg)
+        except Exception:  # Hydra reports it, in one line, when it composes
+            return None
+
+    parsed = [parse(a) for a in args]
+    swept = {o.key_or_group for o in parsed if o is not None and o.key_or_group in SWEEPABLE_GROUPS
+             and o.is_sweep_override()}
+    return [f"++{a}" if o is not None and not (o.is_add() or o.is_force_add() or o.is_delete())
+            and o.key_or_group.partition(".")[0] in swept and "." in o.key_or_group else a
+            for a, o in zip(args, parsed)]
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """Every `++group.key` of this job names a key of the option the job chose (see
+    loosen_swept_group_keys)."""
+    for override in HydraConfig.get().overrides.task:
+        if override.startswith("++"):
+            key = override[2:].partition("=")[0]
+            if not known_key(cfg, key):
+                group = key.partition(".")[0]
+                choice = HydraConfig.get().runtime.choices.get(group, cfg[group].get("name"))
+                raise ConfigError(f"{key} is not a key of {group}={choice}: `prune-run "
+                                  f"{group}={choice} --cfg job` lists its keys")
+
+
 def main() -> None:
     hydra_utils.run_and_report = _run_and_report_one_line
+    sys.argv[1:] = loosen_swept_group_keys(sys.argv[1:])
     task()
     from prunekit.report import ReportCallback  # jobs in other processes (joblib, submitit)
     if FAILED or ReportCallback.failed_jobs:  # report their failures through the sweep's files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -285,6 +285,24 @@ METHOD_SCHEMAS = {
     "autocompress": AutocompressMethodConfig,
     "slr": SlrMethodConfig,
 }
+
+
+GROUP_SCHEMAS = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig}
+
+
+def known_key(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` (e.g. `method.retrain_epochs`) is in the schema of the option `cfg` chose
+    for its group (method: the chosen method's); keys outside the typed groups count as known."""
+    group, _, path = key.partition(".")
+    schema = METHOD_SCHEMAS.get(cfg.method.name) if group == "method" else GROUP_SCHEMAS.get(group)
+    if schema is None or not path:
+        return True
+    for part in path.split("."):
+        hints = get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+        if part not in hints:
+            return False
+        schema = hints[part]
+    return True
 
 
 def register_configs() -> None:

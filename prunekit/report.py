@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -121,17 +122,30 @@ def _cell(mean, std, fmt: str, n: int) -> str:
     return text
 
 
+def metric_format(key: str) -> Tuple[str, str]:
+    """(column title, number format) of a summary key: the standard metrics', ADMM's and SLR's
+    retraining accuracies, or the key itself."""
+    for k, title, fmt in METRICS:
+        if k == key:
+            return title, fmt
+    if key == "top1_hard":
+        return "top-1 hard prune %", ".2f"
+    retrain = re.fullmatch(r"top1_retrain(\d+)", key)
+    if retrain:
+        return f"top-1 +{retrain.group(1)} retrain ep. %", ".2f"
+    return key, ".4g"
+
+
 def display_table(agg: pd.DataFrame, group_by: Sequence[str],
                   metrics: Sequence[str]) -> pd.DataFrame:
     """The aggregated table as text cells (mean ± std), for markdown, LaTeX and the console."""
-    fmts = {k: (title, fmt) for k, title, fmt in METRICS}
     rows = []
     for _, r in agg.iterrows():
         row = {k: r[k] for k in group_by}
         row["n"] = int(r["n"])
         for m in metrics:
             if f"{m}_mean" in agg:
-                title, fmt = fmts.get(m, (m, ".4g"))
+                title, fmt = metric_format(m)
                 row[title] = _cell(r[f"{m}_mean"], r[f"{m}_std"], fmt, int(r["n"]))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,10 +1,12 @@
-"""ADMM's costs side by side on one model: a plain training step, the same step with the ADMM
-penalty ρ/2 Σ‖W − Z + U‖², a Z/U update (the projection), and one AutoCompress quick evaluation.
+"""ADMM's and SLR's costs side by side on one model: a plain training step, the same step with the
+ADMM penalty ρ/2 Σ‖W − Z + U‖², SLR's step (the same penalty, the batch CE kept for its checks),
+a Z/U update (the projection), SLR's end-of-epoch round (two checks, the projection, up to two
+multiplier updates), and one AutoCompress quick evaluation.
 
     python scripts/bench_admm.py [--model resnet18] [--batch 64] [--image-size 8] [--repeats 20]
 
 Prints milliseconds and the ratios that matter: penalised step / plain step (the W-step's
-overhead) and update / step. Times are medians over `--repeats` after a warm-up.
+overhead), SLR step / plain step, update / step and SLR round / ADMM update. Times are medians over `--repeats` after a warm-up.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 from prunekit.methods.admm import AdmmState
 from prunekit.methods.autocompress import constraints_for, search_units, undone
 from prunekit.methods.autocompress_search import initial_action
+from prunekit.methods.slr import SlrState
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.projection import LayerConstraint, hard_prune
 from prunekit.sparsity.pruner import Pruner, PruneSpec
@@ -60,9 +63,14 @@ def main() -> None:
     state = AdmmState(model, cons, rho=1.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def step(penalty: bool) -> None:
+    slr = SlrState(model, cons, rho=1.0, M=300, r=0.1, initial_step=0.01)
+
+    def step(penalty: bool, surrogate: bool = False) -> None:
         loss = F.cross_entropy(model(x), y)
-        if penalty:
+        if surrogate:
+            slr.add_ce(loss.detach())
+            loss = loss + slr.penalty()
+        elif penalty:
             loss = loss + state.penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,8 +79,11 @@ def main() -> None:
     model.train()
     plain = median_ms(lambda: step(False), args.repeats)
     penalised = median_ms(lambda: step(True), args.repeats)
+    slr_step = median_ms(lambda: step(True, surrogate=True), args.repeats)
     plain_again = median_ms(lambda: step(False), args.repeats)  # drift check
     update = median_ms(state.update, max(3, args.repeats // 4), warmup=1)
+    slr_round = median_ms(lambda: slr.update(slr.epoch_ce()), max(3, args.repeats // 4),
+                          warmup=1)
 
     units, outside, total = search_units(pruner, ("filter", "column"))
     action = initial_action(units, args.sparsity, 0.99, outside, total)
@@ -90,7 +101,9 @@ def main() -> None:
     out = {"model": args.model, "batch": args.batch, "image_size": args.image_size,
            "threads": torch.get_num_threads(), "step_ms": base, "penalised_step_ms": penalised,
            "penalty_overhead": penalised / base, "zu_update_ms": update,
-           "update_per_step": update / base, "quick_evaluation_ms": quick}
+           "update_per_step": update / base, "slr_step_ms": slr_step,
+           "slr_step_overhead": slr_step / base, "slr_round_ms": slr_round,
+           "slr_round_vs_admm_update": slr_round / update, "quick_evaluation_ms": quick}
     emit(out, args.json)
 
 

@@ -79,3 +79,33 @@ def test_multirun_runs_every_job_and_survives_a_failing_one(tmp_path):
             status[(s["hparams"]["lr"], s["seed"])] = s["status"]
     assert status == {(0.01, 0): "ok", (0.01, 1): "ok", (1e12, 0): "failed", (1e12, 1): "failed"}
     assert r.stderr.count("prune-run: error:") == 2 and "Traceback" not in r.stderr
+
+
+def test_loosen_swept_group_keys_only_touches_keys_of_swept_groups():
+    from prunekit.cli import loosen_swept_group_keys
+
+    args = ["-m", "method=slr,admm", "method.retrain_epochs=0", "model.small_input=true",
+            "sparsity=0.5,0.9", "+method.extra=1", "hydra.sweep.dir=x"]
+    assert loosen_swept_group_keys(args) == [
+        "-m", "method=slr,admm", "++method.retrain_epochs=0", "model.small_input=true",
+        "sparsity=0.5,0.9", "+method.extra=1", "hydra.sweep.dir=x"]
+    single = ["method=slr", "method.retrain_epochs=0"]
+    assert loosen_swept_group_keys(single) == single  # not a multirun: Hydra checks it as is
+    swept_model = ["--multirun", "model=glob(lenet*)", "model.small_input=true"]
+    assert loosen_swept_group_keys(swept_model)[2] == "++model.small_input=true"
+
+
+def test_a_multirun_over_methods_takes_a_key_they_share(tmp_path):
+    """The issue's done-when form: the default method lacks retrain_epochs, slr and admm have it;
+    a swept method without it fails in its own job with a one-line error."""
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "model=lenet5", "method=slr,admm,oneshot",
+                 "method.retrain_epochs=0", "sparsity=0.9", "dataset.subset=0.3", *FAST],
+                cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    got = {s["method"]: s for s in map(read_summary, sorted(sweep.glob("[0-9]*")))}
+    for method in ("slr", "admm"):
+        assert got[method]["status"] == "ok" and got[method]["hparams"]["retrain_epochs"] == 0
+        assert got[method]["finetune_count"] == 1  # the method's training, no retraining
+    assert got["oneshot"]["status"] == "failed"
+    assert "method.retrain_epochs is not a key of method=oneshot" in got["oneshot"]["error"]
