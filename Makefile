@@ -53,12 +53,13 @@ reproduce-slr:  ## SLR vs ADMM, resnet18 on CIFAR-10 at 70/80/90%, 50 epochs eac
 	$(BIN)/prune-run -m method=admm model=resnet18 dataset=cifar10 sparsity=0.7,0.8,0.9 \
 		method.iterations=50 method.retrain_epochs=5 pretrain.epochs=160 pretrain.lr=0.1 \
 		hydra.sweep.dir=outputs/reproduce-slr/admm
-	$(BIN)/prune-report outputs/reproduce-slr $(SLR_TABLE)
+	$(BIN)/prune-report outputs/reproduce-slr --out outputs/reproduce-slr/retraining $(SLR_TABLE)
 
 reproduce-slr-smoke:  ## the same on digits (10 epochs each, the defaults), on CPU in about 15 minutes
 	$(BIN)/prune-run -m method=slr,admm model=resnet18 dataset=digits sparsity=0.7,0.8,0.9 \
 		method.retrain_epochs=5 hydra.sweep.dir=outputs/reproduce-slr-smoke
-	$(BIN)/prune-report outputs/reproduce-slr-smoke $(SLR_TABLE)
+	$(BIN)/prune-report outputs/reproduce-slr-smoke --out outputs/reproduce-slr-smoke/retraining \
+		$(SLR_TABLE)
 
 reproduce-gradual:  ## Zhu & Gupta's gradual pruning on resnet18 / CIFAR-10 at 50/75/90%, 3 seeds (a GPU; downloads CIFAR-10)
 	$(BIN)/prune-run -m method=gradual model=resnet18 dataset=cifar10 sparsity=0.5,0.75,0.9 \

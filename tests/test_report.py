@@ -132,3 +132,13 @@ def test_launchers_run_a_tiny_sweep_sharing_one_dense_model(tmp_path, launcher):
     sources = sorted(s["dense_source"].split()[0] for s in runs)
     assert sources == ["cache", "trained"]  # trained once, by whichever job got there first
     assert len(read_csv(sweep / "report.csv")) == 2
+
+
+def test_hard_prune_and_retraining_accuracies_get_titles(tmp_path):
+    for seed, hard in ((0, 80.0), (1, 84.0)):
+        write_summary(tmp_path / "runs" / f"s{seed}", method="slr", seed=seed, top1_hard=hard,
+                      top1_retrain5=hard + 10)
+    report([tmp_path / "runs"], metrics=["top1_hard", "top1_retrain5"], plots=False, show=False)
+    md = (tmp_path / "runs" / "report.md").read_text()
+    assert "| top-1 hard prune % | top-1 +5 retrain ep. % |" in md
+    assert "82.00 ± 2.83" in md and "92.00 ± 2.83" in md
