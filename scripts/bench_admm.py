@@ -6,7 +6,8 @@ multiplier updates), and one AutoCompress quick evaluation.
     python scripts/bench_admm.py [--model resnet18] [--batch 64] [--image-size 8] [--repeats 20]
 
 Prints milliseconds and the ratios that matter: penalised step / plain step (the W-step's
-overhead), SLR step / plain step, update / step and SLR round / ADMM update. Times are medians over `--repeats` after a warm-up.
+overhead), SLR step / plain step, update / step and SLR round / ADMM update. Times are medians
+over `--repeats` after a warm-up.
 """
 from __future__ import annotations
 

@@ -91,7 +91,8 @@ def test_first_round_is_forced_and_matches_hand_computation():
     assert torch.allclose(st.U["fc"], u, atol=1e-7)
     assert out["k"] == (3 if soc2 else 2)
     # the penalty the next W-step trains against: ρ/2‖W − Z + U‖²
-    assert float(st.penalty().detach()) == pytest.approx(0.25 * float((w1 - z + u).pow(2).sum()), rel=1e-6)
+    expected = 0.25 * float((w1 - z + u).pow(2).sum())
+    assert float(st.penalty().detach()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_stored_points_are_clones_not_the_live_parameter():
