@@ -8,7 +8,8 @@ far and the whole state:
 - the masks;
 - the channel groups' dense sizes;
 - the optimiser, scheduler and epoch of a fit in progress;
-- the state of the method's own objects (`ctx.stateful`: ADMM's Z, U and ρ, AutoCompress's RNG);
+- the state of the method's own objects (`ctx.stateful`: ADMM's Z, U and ρ; SLR's Z, U, step
+  size, k and last accepted point; AutoCompress's RNG);
 - every RNG, the data loaders' included;
 - the recorder's rows;
 - the phase clock;

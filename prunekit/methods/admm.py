@@ -47,9 +47,15 @@ from prunekit.sparsity.projection import (FilterConstraint, LayerConstraint, Ten
 log = logging.getLogger(__name__)
 
 
-class AdmmState:
-    """Z and the scaled duals U for constraints on a model's weights; the penalty and updates.
-    Z and U are stored tensors of their own (never views of W)."""
+def to_device(tensors: Tensors, device) -> Tensors:
+    """Detached copies of `tensors` on `device` (checkpoints: cpu; a resumed run: the model's)."""
+    return {n: t.detach().to(device) for n, t in tensors.items()}
+
+
+class PenaltySplit:
+    """The split W = Z of ADMM and SLR for constraints on a model's weights: Z, the scaled duals
+    U = Λ/ρ, and the penalty ρ/2 Σ‖W − Z + U‖². Z and U are tensors of their own, never views
+    of W; how they move is the method's (AdmmState, slr.SlrState)."""
 
     def __init__(self, model: nn.Module, constraints: Sequence, rho: float):
         self.model = model
@@ -73,32 +79,43 @@ class AdmmState:
         return 0.5 * self.rho * sum((w - self.anchor[n]).pow(2).sum()
                                     for n, w in self.weights.items())
 
+    @staticmethod
+    def primal_residual(w: Tensors, z: Tensors) -> float:
+        """‖W − Z‖/‖W‖ over all constrained layers."""
+        primal = math.sqrt(sum(float((w[n] - z[n]).pow(2).sum()) for n in w))
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in w.values()))
+        return primal / max(norm, 1e-12)
+
+    def state_dict(self) -> dict:
+        return {"Z": to_device(self.Z, "cpu"), "U": to_device(self.U, "cpu"), "rho": self.rho}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run: Z, U and ρ as checkpointed, bound to the model's current weights."""
+        self.weights = {n: self.model.get_submodule(n).weight for n in self.weights}
+        self.Z = to_device(state["Z"], self.device)
+        self.U = to_device(state["U"], self.device)
+        self.rho = float(state["rho"])
+        self._anchor()
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.weights.values())).device
+
+
+class AdmmState(PenaltySplit):
+    """ADMM's moves: Z ← Π(W + U), U ← U + W − Z, and ρ changes that keep Λ."""
+
     @torch.no_grad()
     def update(self) -> Dict[str, float]:
         """The Z-step and U-step; returns the residuals: primal ‖W − Z‖/‖W‖, dual ρ‖Z − Z_prev‖."""
         w = self._w()
         z = project_all(self.constraints, {n: w[n] + self.U[n] for n in w})
-        primal = math.sqrt(sum(float((w[n] - z[n]).pow(2).sum()) for n in w))
         dual = self.rho * math.sqrt(sum(float((z[n] - self.Z[n]).pow(2).sum()) for n in w))
-        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in w.values()))
         for n in w:
             self.U[n] += w[n] - z[n]
         self.Z = z
         self._anchor()
-        return {"primal_residual": primal / max(norm, 1e-12), "dual_residual": dual}
-
-    def state_dict(self) -> dict:
-        return {"Z": {n: z.detach().cpu() for n, z in self.Z.items()},
-                "U": {n: u.detach().cpu() for n, u in self.U.items()}, "rho": self.rho}
-
-    def load_state_dict(self, state: dict) -> None:
-        """A resumed run: Z, U and ρ as checkpointed, bound to the model's current weights."""
-        self.weights = {n: self.model.get_submodule(n).weight for n in self.weights}
-        device = next(iter(self.weights.values())).device
-        self.Z = {n: z.to(device) for n, z in state["Z"].items()}
-        self.U = {n: u.to(device) for n, u in state["U"].items()}
-        self.rho = float(state["rho"])
-        self._anchor()
+        return {"primal_residual": self.primal_residual(w, z), "dual_residual": dual}
 
     @torch.no_grad()
     def set_rho(self, rho: float) -> None:

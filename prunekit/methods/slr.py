@@ -45,7 +45,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from prunekit.methods.admm import AdmmState, admm_constraints, hard_prune_and_retrain
+from prunekit.methods.admm import (PenaltySplit, admm_constraints, hard_prune_and_retrain,
+                                   to_device)
 from prunekit.methods.base import Context, Method, register
 from prunekit.sparsity.projection import Tensors, project_all
 
@@ -67,8 +68,8 @@ def _norm_sum(a: Tensors, b: Tensors) -> float:
     return sum(float((a[n] - b[n]).norm()) for n in a)
 
 
-class SlrState(AdmmState):
-    """ADMM's Z, U = Λ/ρ and penalty, with SLR's conditional multiplier updates."""
+class SlrState(PenaltySplit):
+    """ADMM's split and penalty, with SLR's conditional multiplier updates."""
 
     def __init__(self, model: nn.Module, constraints: Sequence, rho: float, M: float, r: float,
                  initial_step: float):
@@ -113,36 +114,33 @@ class SlrState(AdmmState):
         return alpha
 
     @torch.no_grad()
-    def update(self, ce: float) -> Dict[str, object]:  # type: ignore[override]
+    def update(self, ce: float) -> Dict[str, object]:
         """The end-of-epoch round: SOC1, the Z-step, SOC2. `ce` is f(W), the epoch's mean CE."""
         w = self._w()
         alpha = slr_alpha(self.k, self.M, self.r)
         soc1 = self.k == 1 or (self.lagrangian(ce, w, self.Z_prev)
                                < self.lagrangian(self.ce_prev, self.W_prev, self.Z_prev))
         if soc1:
-            self._accept(w, self.Z_prev, self.Z, ce)
+            alpha = self._accept(w, self.Z_prev, self.Z, ce)
         z = project_all(self.constraints, {n: w[n] + self.U[n] for n in w})
         soc2 = self.lagrangian(ce, w, z) < self.lagrangian(ce, w, self.Z_prev)
         self.Z = z
         if soc2:
             alpha = self._accept(w, z, z, ce)
         self._anchor()
-        primal = math.sqrt(sum(float((w[n] - z[n]).pow(2).sum()) for n in w))
-        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in w.values()))
         return {"soc1": soc1, "soc2": soc2, "alpha": alpha, "step_size": self.s, "k": self.k,
-                "primal_residual": primal / max(norm, 1e-12)}
+                "primal_residual": self.primal_residual(w, z)}
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        cpu = lambda d: {n: t.detach().cpu() for n, t in d.items()}  # noqa: E731
-        return {**super().state_dict(), "W_prev": cpu(self.W_prev), "Z_prev": cpu(self.Z_prev),
-                "ce_prev": self.ce_prev, "s": self.s, "k": self.k}
+        return {**super().state_dict(), "W_prev": to_device(self.W_prev, "cpu"),
+                "Z_prev": to_device(self.Z_prev, "cpu"), "ce_prev": self.ce_prev, "s": self.s,
+                "k": self.k}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        device = next(iter(self.weights.values())).device
-        self.W_prev = {n: t.to(device) for n, t in state["W_prev"].items()}
-        self.Z_prev = {n: t.to(device) for n, t in state["Z_prev"].items()}
+        self.W_prev = to_device(state["W_prev"], self.device)
+        self.Z_prev = to_device(state["Z_prev"], self.device)
         self.ce_prev, self.s, self.k = state["ce_prev"], state["s"], state["k"]
         self._ce_sum, self._batches = None, 0
 
