@@ -51,7 +51,7 @@ from prunekit.record import temp_beside
 
 log = logging.getLogger(__name__)
 
-FORMAT = "prunekit-checkpoint/1"
+FORMAT = "prunekit-checkpoint/2"  # /2: ICE's and the baselines' fine-tune plans are journaled
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -148,6 +148,10 @@ class Checkpointer:
                     header = json.loads(line)
                 except ValueError:
                     raise ValueError("not a prunekit checkpoint") from None
+                if str(header.get("format", "")).startswith("prunekit-checkpoint/") and \
+                        header.get("format") != FORMAT:
+                    raise ValueError(f"it is {header['format']}, written by another prunekit "
+                                     f"version (this one reads {FORMAT})")
                 if header.get("format") != FORMAT:
                     raise ValueError("not a prunekit checkpoint")
                 if header.get("config") != self.cfg_hash:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from prunekit.record import Recorder
 from prunekit.resume import Checkpointer
 from prunekit.runner import run
+from prunekit.train import Trainer
 
 from conftest import FAST, make_cfg, read_summary
 
@@ -41,37 +43,126 @@ def stop_after(monkeypatch, n):
     return lambda: monkeypatch.setattr(Checkpointer, "save", saved)
 
 
-@pytest.mark.parametrize("method, overrides, stop", [
-    ("oneshot", ["method.finetune_epochs=3"], 2),  # inside the fine-tune: its optimiser resumes
-    ("iterative", ["method.steps=3"], 4),
-    ("gradual", ["method.epochs=3", "method.frequency=2"], 2),  # mid-fit, with AGP updates
-    ("admm", ["method.iterations=3", "method.retrain_epochs=1"], 2),  # Z, U mid-ADMM
-    ("slr", ["method.epochs=3", "method.retrain_epochs=2"], 2),  # Z, Λ, s, k, W_p mid-SLR
-    ("iterative", ["method.granularity=filter", "method.schedule=blockwise"], 3),  # compacted
-    ("ice", ["method.autotune.trials=2", "method.autotune.train_fraction=0.3"], 3),
-    ("autocompress", ["method.rounds=2", "method.search.evaluations=3", "method.iterations=1",
-                      "method.finetune_epochs=1"], 1),
-])
-def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, method, overrides,
-                                                         stop):
-    args = [f"method={method}", *overrides, *LENET]
-    reference = run(make_cfg(args), tmp_path / "reference", show=False)
-    undo = stop_after(monkeypatch, stop)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(args), tmp_path / "run", show=False)
-    undo()
-    assert read_summary(tmp_path / "run")["status"] == "interrupted"
-    assert list((tmp_path / "run" / "checkpoints").glob("ckpt-*.pt"))
-    resumed = run(make_cfg([*args, "resume=true"]), tmp_path / "run", show=False)
-    assert resumed["status"] == "ok" and "resumed_from" in resumed
-    for key in SAME:
-        assert resumed[key] == reference[key], key
-    resumed_rows, reference_rows = rows(tmp_path / "run"), rows(tmp_path / "reference")
-    if method == "ice":  # its auto-tune weighs measured time: two runs may choose other knobs
-        assert len(resumed_rows) == len(reference_rows)
+class Killed(BaseException):
+    """kill -9 in-process: the run dies where it is, no handler and no checkpoint on the way out
+    (its finally blocks still run, but a resume reads only the checkpoints and steps.csv)."""
+
+
+def strike(how: str) -> None:
+    if how == "sigterm":  # the real handler: the run checkpoints at its next boundary and stops
+        os.kill(os.getpid(), signal.SIGTERM)
     else:
-        assert resumed_rows == reference_rows  # every step, value for value
-    assert not (tmp_path / "run" / "checkpoints").exists()  # finished: nothing left to resume
+        raise Killed()
+
+
+def interrupt(monkeypatch, where: str, how: str, row: int, fit: str):
+    """Strike once: `where="step"` right after steps.csv row `row` is written (a step boundary:
+    SIGTERM checkpoints there, a kill leaves the row on disk without a checkpoint);
+    `where="fit"` in the middle of the second epoch of the first fit whose description contains
+    `fit` (inside a fine-tune: SIGTERM checkpoints at the epoch's end, a kill loses the epoch)."""
+    done = {"struck": False}
+
+    def once() -> None:
+        if not done["struck"]:
+            done["struck"] = True
+            strike(how)
+
+    if where == "step":
+        original_step = Recorder.step
+
+        def step(self, **r):
+            original_step(self, **r)
+            if self.out_dir is not None and len(self.steps) == row:
+                once()
+
+        monkeypatch.setattr(Recorder, "step", step)
+    else:
+        original_fit = Trainer.fit
+
+        def fit_(self, model, epochs, lr, *, desc="train", on_step=None, **kw):
+            if fit not in desc or epochs < 2 or done["struck"]:
+                return original_fit(self, model, epochs, lr, desc=desc, on_step=on_step, **kw)
+            middle = self.steps_per_epoch + self.steps_per_epoch // 2
+
+            def step_hook(t: int) -> None:
+                if on_step is not None:
+                    on_step(t)
+                if t == middle:
+                    once()
+
+            return original_fit(self, model, epochs, lr, desc=desc, on_step=step_hook, **kw)
+
+        monkeypatch.setattr(Trainer, "fit", fit_)
+    return done
+
+
+# method, its overrides, the steps.csv row to strike after, the fit to strike inside
+EVERY_METHOD = [
+    ("dense", ["method.epochs=3"], 1, "dense training"),
+    ("oneshot", ["method.finetune_epochs=3"], 1, "fine-tune"),
+    ("iterative", ["method.steps=3", "method.finetune_epochs=2"], 2, "step 2 fine-tune"),
+    ("iterative", ["method.granularity=filter", "method.schedule=blockwise",
+                   "method.finetune_epochs=2"], 2, "step 2 fine-tune"),  # compacted per step
+    ("gradual", ["method.epochs=3", "method.frequency=2"], 6, "gradual"),  # mid-fit AGP updates
+    ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2",
+             "method.use_threshold=false"], 2, "step 2 fine-tune"),  # lr and x from the model
+    ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2"], 2, "fine-tune"),
+    ("admm", ["method.iterations=3", "method.retrain_epochs=2"], 2, "ADMM"),  # Z, U mid-ADMM
+    ("admm", ["method.granularity=filter", "method.iterations=2", "method.retrain_epochs=2"], 3,
+     "masked retraining"),  # compacted, then retrained
+    ("slr", ["method.epochs=3", "method.retrain_epochs=2"], 2, "SLR"),  # Z, Λ, s, k, W_p mid-SLR
+    ("autocompress", ["method.rounds=2", "method.search.evaluations=3", "method.iterations=1",
+                      "method.finetune_epochs=2"], 12, "round 2 fine-tune"),  # per round
+]
+REFERENCES: dict = {}
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill"])
+@pytest.mark.parametrize("where", ["step", "fit"])
+@pytest.mark.parametrize("method, overrides, row, fit", EVERY_METHOD,
+                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(EVERY_METHOD)])
+def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch,
+                                                     method, overrides, row, fit, where, how):
+    """Every method, stopped by SIGTERM or killed, at a step boundary or inside a fine-tune,
+    resumes to the uninterrupted run's steps.csv in every column but times, and its numbers."""
+    args = [f"method={method}", *overrides, *LENET]
+    key = " ".join(args)
+    if key not in REFERENCES:  # one uninterrupted run per configuration
+        ref_dir = tmp_path_factory.mktemp("reference")
+        REFERENCES[key] = (run(make_cfg(args), ref_dir, show=False), rows(ref_dir))
+    reference, reference_rows = REFERENCES[key]
+    with monkeypatch.context() as m:
+        struck = interrupt(m, where, how, row, fit)
+        with pytest.raises((KeyboardInterrupt, Killed)):
+            run(make_cfg(args), tmp_path, show=False)
+    assert struck["struck"]
+    assert read_summary(tmp_path)["status"] == ("interrupted" if how == "sigterm" else "failed")
+    resumed = run(make_cfg([*args, "resume=true"]), tmp_path, show=False)
+    assert resumed["status"] == "ok" and "resumed_from" in resumed
+    for k in SAME:
+        assert resumed[k] == reference[k], k
+    assert rows(tmp_path) == reference_rows  # every step, value for value
+    assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
+
+
+def test_a_resumed_ice_run_replays_its_tuning(tmp_path, monkeypatch):
+    """With tuning on, the knobs come from the journal: the resumed run does not tune again (its
+    trials weigh measured time, so a second tuning could choose other knobs)."""
+    import prunekit.methods.ice_autotune as ice_autotune
+
+    args = ["method=ice", "method.autotune.trials=2", "method.autotune.train_fraction=0.3",
+            *LENET]
+    undo = stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(args), tmp_path, show=False)
+    undo()
+    chosen = [r for r in csv.DictReader(open(tmp_path / "trials.csv")) if r["chosen"] == "True"]
+    calls = []
+    monkeypatch.setattr(ice_autotune, "autotune", lambda *a, **k: calls.append(1))
+    resumed = run(make_cfg([*args, "resume=true"]), tmp_path, show=False)
+    assert resumed["status"] == "ok" and not calls
+    assert resumed["ice_knobs"] == {k: pytest.approx(float(chosen[0][k]))
+                                    for k in resumed["ice_knobs"]}
 
 
 def test_resume_without_a_checkpoint_starts_over_and_a_corrupt_one_is_skipped(tmp_path,
@@ -128,6 +219,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     a, b = read_summary(tmp_path / "ref"), read_summary(run_dir)
     assert b["resumed_from"] >= 12  # two steps of six operations each
     assert (b["top1"], b["sparsity"]) == (a["top1"], a["sparsity"])
+    assert rows(run_dir) == rows(tmp_path / "ref")
     # a multirun-style rerun with resume=true skips a run that finished
     again = subprocess.run([str(exe), f"hydra.run.dir={run_dir}", *common, "resume=true"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

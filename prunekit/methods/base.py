@@ -283,7 +283,9 @@ def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],
     prune()
     ctx.compact()
     val_pruned = ctx.validate()
-    p = plan(val_pruned)
+    # The plan is journaled: it may read the model (ICE's lr and remaining fraction), which a
+    # resumed run restores only where replay ends, after this decision was made.
+    p = FinetunePlan(**ctx.op(lambda: dataclasses.asdict(plan(val_pruned))))
     ctx.finetune(p.epochs, p.lr, desc=f"step {step} fine-tune", **(fit or {}))
     val = ctx.validate() if p.epochs > 0 else val_pruned
     ctx.steps += 1
