@@ -18,17 +18,37 @@ import hydra
 import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from prunekit.config import ConfigError, known_key, validate
+from prunekit.config import ConfigError, did_you_mean, known_key, schema_keys, validate
 from prunekit.record import write_failed_summary
 
 FAILED: List[str] = []
+PUBLIC_GROUPS = ("model", "dataset", "method", "hardware", "experiment")
+
+
+def group_options() -> str:
+    """`--help`'s group list: the groups users pick from (not the schemas, nor the pairing
+    settings in method_dataset/ and model_dataset/, which apply themselves)."""
+    from importlib.resources import files
+
+    conf = files("prunekit.conf")
+    return "\n".join(f"{group}: " + ", ".join(sorted(
+        p.name[:-len(".yaml")] for p in (conf / group).iterdir() if p.name.endswith(".yaml")))
+        for group in PUBLIC_GROUPS)
+
+
+OmegaConf.register_new_resolver("prunekit_groups", group_options, replace=True)
 
 
 def error_line(msg: str) -> None:
-    print(f"prune-run: error: {msg}", file=sys.stderr, flush=True)
+    """The one line a failure ends with, on stderr and, once a job has a log, in its log file."""
+    line = f"prune-run: error: {msg}"
+    print(line, file=sys.stderr, flush=True)
+    file_only = logging.getLogger("prunekit.trace")  # Hydra's job logging: the log file only
+    if file_only.handlers:
+        file_only.error(line)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunekit.conf", config_name="config")
@@ -83,15 +103,18 @@ def composition_error(ex: CompactHydraException) -> str:
     """Hydra's multi-line composition errors, as one line naming the key and the fix."""
     if isinstance(ex, MissingConfigException) and ex.options and ex.missing_cfg_file:
         group, _, name = ex.missing_cfg_file.rpartition("/")
-        return f"{group}={name} is not an option: choose one of {', '.join(sorted(ex.options))}"
+        options = sorted(o for o in ex.options if not o.startswith("schema"))
+        return (f"{group}={name} is not an option{did_you_mean(name, options)}: choose one of "
+                f"{', '.join(options)}")
     if isinstance(ex, OverrideParseException):
         return f"cannot parse the override '{ex.override}': {ex.message.splitlines()[0]}"
     cause = ex.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return (f"{cause.full_key} is not a known key ({msg}): `prune-run --cfg job` lists "
-                    "the keys")
+            known = schema_keys(getattr(cause, "object_type", None))
+            return (f"{cause.full_key} is not a known key{did_you_mean(cause.key, known)}: "
+                    "`prune-run --cfg job` lists the keys")
+        msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
         return f"{cause.full_key}: {msg}"
     return next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
 

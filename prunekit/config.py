@@ -32,6 +32,19 @@ class ConfigError(ValueError):
     """Bad user input. The message is one line: the key, what is wrong, how to fix it."""
 
 
+def did_you_mean(word: str, candidates) -> str:
+    """' (did you mean `x`?)' for a near miss of one of `candidates`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def schema_keys(schema) -> List[str]:
+    """The keys of a config schema (a dataclass), in declaration order."""
+    return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+
+
 # --------------------------------------------------------------------------- schemas
 @dataclass
 class ModelConfig:
@@ -211,7 +224,11 @@ class LatencyConfig:
     enabled: bool = True
     batch_sizes: List[int] = field(default_factory=lambda: [1, 64])
     warmup: int = 5
-    repeats: int = 20
+    repeats: int = 20  # rounds of one timed forward per model, dense and pruned alternating
+    max_seconds: float = 20.0  # the whole measurement's budget (rounds stop early, never below 3)
+    max_spread: float = 1.5  # p95/median above this on either side: the machine was busy
+    max_over_flops: float = 1.25  # a real speedup above this × the FLOPs ratio is not believed
+    max_cpu_wait: float = 0.1  # CPU: waiting for a core longer than this share, others held them
 
 
 @dataclass
@@ -340,11 +357,12 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
     schema = OmegaConf.get_type(node)
     if not dataclasses.is_dataclass(schema):
         return
-    known = {f.name for f in dataclasses.fields(schema)}
+    known = schema_keys(schema)
     for key in node.keys():
         full = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"{full} is not a known key (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{full} is not a known key{did_you_mean(key, known)}: "
+                              f"`prune-run --cfg job` lists the keys")
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             _unknown_keys(child, full + ".")
@@ -402,8 +420,15 @@ def validate(cfg: DictConfig) -> None:
     # model
     _at_least(cfg, "model.in_channels", 1)
     ckpt = cfg.model.checkpoint
-    if ckpt is not None and not os.path.isfile(os.path.expanduser(str(ckpt))):
-        raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a state dict")
+    if ckpt is not None:
+        path = os.path.expanduser(str(ckpt))
+        if not os.path.isfile(path):
+            raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a state "
+                              "dict")
+        problem = torch_file_problem(path)
+        if problem:
+            raise ConfigError(f"model.checkpoint={ckpt} is not a PyTorch file ({problem}): save "
+                              "one with torch.save(model.state_dict(), path)")
 
     # method
     m = cfg.method
@@ -453,12 +478,36 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "hardware.threads", 0)
     _at_least(cfg, "hardware.latency.warmup", 0)
     _at_least(cfg, "hardware.latency.repeats", 1)
+    _positive(cfg, "hardware.latency.max_seconds")
+    _at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
+    _at_least(cfg, "hardware.latency.max_over_flops", 1.0)
+    _fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
     if h.sparse_2of4 and h.precision == "fp32":
         raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: PyTorch's "
                           "semi-structured sparse kernels take half-precision weights")
     if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
         raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
                           "non-empty list of positive batch sizes")
+
+
+def torch_file_problem(path: str) -> Optional[str]:
+    """None if the file starts as torch.save writes (a zip archive, or a legacy pickle); else
+    what it is instead, read from its first bytes: a check that costs no torch import."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is a gzip archive: unpack it first"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:4].hex(' ')}"
+    if text.lstrip().startswith(("{", "[")):
+        return "it is a JSON or text file"
+    return "it is a text file"
 
 
 def _fraction(cfg: DictConfig, key: str, low_open: bool = True) -> None:

@@ -106,11 +106,42 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images
 
 
+# What a failed fetch says, somewhere in its (multi-line, chained) message -> what it means
+FETCH_FAILURES = (
+    (("name resolution", "name or service not known", "nodename nor servname",
+      "getaddrinfo failed"), "no network: the download host's name could not be resolved"),
+    (("network is unreachable", "no route to host"), "no network: the host is unreachable"),
+    (("connection refused",), "the download host refused the connection"),
+    (("timed out",), "the download timed out"),
+    (("certificate verify failed",), "the download host's TLS certificate was refused"),
+    (("dataset not found",), "the files are not there and dataset.download=false"),
+    (("md5", "integrity", "corrupt"), "a file there is corrupt (checksum mismatch)"),
+)
+
+
+def fetch_failure(err: BaseException) -> str:
+    """Why a dataset could not be fetched, in a few words: the known causes by name, else the
+    first meaningful line of the error or of what caused it."""
+    chain, e = [], err
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain).lower()
+    for needles, meaning in FETCH_FAILURES:
+        if any(n in text for n in needles):
+            return meaning
+    for x in chain:
+        lines = [ln.strip() for ln in str(x).splitlines()
+                 if ln.strip() and not ln.strip().endswith(":")]
+        if lines:
+            return lines[-1][:160]
+    return type(err).__name__
+
+
 def _download_error(name: str, root: str, err: Exception) -> ConfigError:
-    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
     return ConfigError(f"dataset.root={root}: {name} is not there and could not be fetched "
-                       f"({reason}); put the files there, or run once with network access and "
-                       "dataset.download=true")
+                       f"({fetch_failure(err)}); put the files there, or run once with network "
+                       "access and dataset.download=true")
 
 
 def load_digits(cfg) -> Tuple[Images, Images, int]:

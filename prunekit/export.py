@@ -65,10 +65,14 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
     return model.eval()
 
 
+ONNX_INLINE_LIMIT = 1 << 30  # bytes of weights kept inside the .onnx file (protobuf: < 2 GiB)
+
+
 def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
                 input_shape: Optional[Sequence[int]] = None, batch_size: int = 1) -> Path:
     """Write `model` (a module, or the path of a run's model.pt) to ONNX at `out`, traced on a
-    (batch_size, *input_shape) input; a model.pt knows its own input shape. Needs the `onnx`
+    (batch_size, *input_shape) input; a model.pt knows its own input shape. A model whose
+    weights exceed ONNX_INLINE_LIMIT keeps them in `out` + ".data" beside it. Needs the `onnx`
     extra (onnx, onnxscript): pip install "prunekit[onnx]"."""
     try:
         import onnx  # noqa: F401
@@ -85,5 +89,9 @@ def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(batch_size, *shape, device=next(model.parameters()).device)
     model.eval()
-    torch.onnx.export(model, (example,), str(out), verbose=False)
+    # One self-contained file: weights go into a `.onnx.data` sidecar only where protobuf's
+    # 2 GiB limit forces them out (the exporter's default splits every model)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    torch.onnx.export(model, (example,), str(out), verbose=False,
+                      external_data=size > ONNX_INLINE_LIMIT)
     return out

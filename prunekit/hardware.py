@@ -2,10 +2,12 @@
 
 Latency protocol: the model in eval mode under `torch.inference_mode`, a random input of each batch
 size, `warmup` untimed forwards, then `repeats` timed ones (CUDA events on a GPU, perf_counter
-around a synchronised call elsewhere); median and p95 in milliseconds, throughput in images/s. The
-dense and the pruned model are measured back to back under identical settings (`hardware.compile`:
-both compiled; `hardware.sparse_2of4`: both in the autocast dtype, the pruned one with its 2:4
-layers on PyTorch's semi-structured sparse kernels).
+around a synchronised call elsewhere); median and p95 in milliseconds, their ratio (the spread),
+throughput in images/s. The dense and the pruned model are measured side by side, in alternating
+rounds, under identical settings (`hardware.compile`: both compiled; `hardware.sparse_2of4`: both
+in the autocast dtype, the pruned one with its 2:4 layers on PyTorch's semi-structured sparse
+kernels), within a time budget. A measurement whose spread is large, or whose real speedup beats
+the FLOPs ratio by a clear margin, is reported as unreliable (`latency_doubts`), with no speedup.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -136,42 +138,135 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _timed_call(run, x, hw: Hardware) -> float:
+    """Milliseconds of one forward: CUDA events on a GPU, perf_counter around a synchronised
+    call elsewhere."""
+    if hw.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    run(x)
+    hw.sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def latency_stats(times: List[float], batch_size: int) -> Dict[str, float]:
+    """Median, p95, their ratio (the spread: 1 on a quiet machine) and throughput."""
+    times = sorted(times)
+    median = statistics.median(times)
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"median_ms": median, "p95_ms": p95, "spread": p95 / median,
+            "throughput": batch_size / (median / 1e3), "repeats": len(times)}
+
+
+MIN_ROUNDS = 3  # a time budget never cuts a measurement below this many timed forwards
+
+
+def run_delay_s() -> Optional[float]:
+    """Seconds this process's threads have spent ready to run but waiting for a core (Linux's
+    schedstat); None where the kernel does not say."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
+def cpu_wait(delay_s: Optional[float], cpu_s: float) -> Optional[float]:
+    """The fraction of its runnable time the process waited for a core: ~0 when it has the
+    cores to itself, 0.2-0.4 with one busy process beside it on 2 cores."""
+    if delay_s is None:
+        return None
+    delay_s = max(delay_s, 0.0)
+    return delay_s / max(delay_s + cpu_s, 1e-9)
+
+
 @torch.inference_mode()
-def measure_latency(model: nn.Module, input_shape, hw: Hardware, batch_sizes: List[int],
-                    warmup: int, repeats: int) -> Dict[int, Dict[str, float]]:
-    """{batch size: {median_ms, p95_ms, throughput}} of `model` on `hw` (see module docstring)."""
-    was_training = model.training
-    model.eval()
-    results = {}
+def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
+                      batch_sizes: List[int], warmup: int, repeats: int,
+                      max_seconds: Optional[float] = None) -> List[Dict[int, Dict[str, float]]]:
+    """Per model, {batch size: latency_stats} (see module docstring), the models measured side by
+    side: after `warmup` untimed forwards each, `repeats` rounds time one forward of every model,
+    in alternating order (A B, B A, ...), so a machine that gets busier or quieter on the way
+    weighs on all of them alike. `max_seconds` bounds the whole measurement: the rounds of a
+    batch size stop when its share is spent (never below MIN_ROUNDS)."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     fmt = torch.channels_last if hw.channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(0)
-    dtype = next(model.parameters()).dtype  # a half-precision copy (2:4 kernels) gets half input
-    run = torch.compile(model) if hw.compile else model
+    runs = [torch.compile(m) if hw.compile else m for m in models]
+    dtypes = [next(m.parameters()).dtype for m in models]  # half-precision copies get half input
+    results: List[Dict[int, Dict[str, float]]] = [{} for _ in models]
+    budget = None if max_seconds is None else max_seconds / len(batch_sizes)
     for bs in batch_sizes:
-        x = torch.randn(bs, *input_shape, generator=gen).to(hw.device, dtype=dtype,
-                                                              memory_format=fmt)
-        with hw.autocast() if dtype == torch.float32 else contextlib.nullcontext():
-            for _ in range(warmup):
-                run(x)
-            hw.sync()
-            times = []
-            for _ in range(repeats):
-                if hw.is_cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    run(x)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
-                else:
-                    t0 = time.perf_counter()
-                    run(x)
-                    hw.sync()
-                    times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
-        median = statistics.median(times)
-        p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-        results[bs] = {"median_ms": median, "p95_ms": p95, "throughput": bs / (median / 1e3),
-                       "repeats": len(times)}
-    model.train(was_training)
+        started = time.perf_counter()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(bs, *input_shape, generator=gen)
+        inputs = [x.to(hw.device, dtype=dt, memory_format=fmt) for dt in dtypes]
+        contexts = [hw.autocast() if dt == torch.float32 else contextlib.nullcontext()
+                    for dt in dtypes]
+        for run, xi, ctx in zip(runs, inputs, contexts):
+            with ctx:
+                for _ in range(warmup):
+                    run(xi)
+        hw.sync()
+        times: List[List[float]] = [[] for _ in models]
+        delay0, cpu0 = run_delay_s(), time.process_time()
+        for r in range(repeats):
+            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                with contexts[i]:
+                    times[i].append(_timed_call(runs[i], inputs[i], hw))
+            if budget is not None and r + 1 >= MIN_ROUNDS \
+                    and time.perf_counter() - started > budget:
+                break
+        delay1 = run_delay_s()
+        wait = None if hw.device.type != "cpu" or delay0 is None or delay1 is None else cpu_wait(
+            delay1 - delay0, time.process_time() - cpu0)
+        for i in range(len(models)):
+            results[i][bs] = {**latency_stats(times[i], bs), "cpu_wait": wait}
+    for m, mode in zip(models, was_training):
+        m.train(mode)
     return results
+
+
+def measure_latency(model: nn.Module, input_shape, hw: Hardware, batch_sizes: List[int],
+                    warmup: int, repeats: int,
+                    max_seconds: Optional[float] = None) -> Dict[int, Dict[str, float]]:
+    """{batch size: latency_stats} of one model (see measure_latencies)."""
+    return measure_latencies([model], input_shape, hw, batch_sizes, warmup, repeats,
+                             max_seconds)[0]
+
+
+def latency_doubts(dense: Dict[str, float], pruned: Dict[str, float], flops_ratio: float,
+                   real: bool, max_spread: float, max_over_flops: float,
+                   max_cpu_wait: float) -> List[str]:
+    """Why a side-by-side measurement cannot be trusted (empty: it can). On a CPU the process
+    may have waited for a core at most `max_cpu_wait` of its runnable time (other work on the
+    cores slows every forward, evenly or not); each side's spread (p95 / median) must stay within
+    `max_spread`; a real speedup (compacted, sparse kernels) may exceed the FLOPs ratio by at
+    most `max_over_flops` (a model that is 2× smaller in FLOPs and measures 36× faster was timed
+    on a busy machine, not sped up)."""
+    doubts = []
+    wait = dense.get("cpu_wait")
+    if wait is not None and wait > max_cpu_wait:
+        doubts.append(f"it waited for a CPU core {wait:.0%} of the time (> {max_cpu_wait:.0%})")
+    doubts += [f"{side} p95/median {stats['spread']:.2f}× > {max_spread:g}×"
+               for side, stats in (("dense", dense), ("pruned", pruned))
+               if stats["spread"] > max_spread]
+    measured = dense["median_ms"] / pruned["median_ms"]
+    if real and measured > flops_ratio * max_over_flops:
+        doubts.append(f"measured {measured:.2f}× > {max_over_flops:g} × the FLOPs ratio "
+                      f"{flops_ratio:.2f}×")
+    return doubts

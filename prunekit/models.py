@@ -18,7 +18,7 @@ import torchvision
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from prunekit.config import ConfigError
+from prunekit.config import ConfigError, torch_file_problem
 
 
 def _kaiming_conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
@@ -200,6 +200,9 @@ def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
 def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
     """Load a state dict with weights_only=True; accept a bare one or prunekit's {'state_dict': ...}."""
     fix = "save one with torch.save(model.state_dict(), path)"
+    problem = torch_file_problem(path)
+    if problem:
+        raise ConfigError(f"{key}={path} is not a PyTorch file ({problem}): {fix}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
             warnings.simplefilter("ignore")
@@ -220,9 +223,10 @@ def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch
     return state
 
 
-def load_weights(model: nn.Module, path: str, model_name: str) -> None:
-    """Load user weights into `model`, or fail with one line that says what does not fit."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
+                 model_name: str) -> None:
+    """Load the user's weights (`read_state_dict(path)`) into `model`, or fail with one line
+    that says what does not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -39,7 +39,8 @@ class ConsoleLogHandler(RichHandler):
 def make_progress(enabled: bool = True) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=CONSOLE, disable=not enabled, transient=False)
+                    console=CONSOLE, transient=True,  # leaves no blank line behind
+                    disable=not enabled or not CONSOLE.is_terminal)  # bars are for terminals
 
 
 # --------------------------------------------------------------------------- phase clock
@@ -262,16 +263,27 @@ def summary_table(s: dict) -> Table:
         if not batches:
             dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
         speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
-        if kind == "theoretical":
+        if s.get(f"latency_reliable_bs{bs}") is False:
+            ratio = "unreliable (busy machine)"
+        elif kind == "theoretical":
             ratio = "– (dense kernels)"
         else:
             ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
         t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
     phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
     t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
-                 f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. {s.get('steps')} steps, "
-                 f"{s.get('finetune_count')} fine-tunes ({s.get('finetune_epochs')} epochs).")
+                 f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. "
+                 f"{plural(s.get('steps'), 'step')}, {plural(s.get('finetune_count'), 'fine-tune')} "
+                 f"({plural(s.get('finetune_epochs'), 'epoch')}).")
+    if s.get("latency_warning"):
+        t.caption += (f"\nLatency unreliable, no speedup claimed ({s['latency_warning']}): "
+                      "measure on an idle machine.")
     return t
+
+
+def plural(n, noun: str) -> str:
+    """'1 step', '3 steps', '– steps'."""
+    return f"{_fmt(n)} {noun}{'' if n == 1 else 's'}"
 
 
 def print_summary(summary: dict) -> None:

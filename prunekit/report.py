@@ -290,6 +290,8 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, group_by: Sequence[
     runs, failed = collect(dirs)
     runs = add_relative_time(runs)
     agg = aggregate(runs, group_by, metrics)
+    if runs.empty and not failed:  # nothing to report: write nothing (main says so)
+        return {"runs": runs, "aggregate": agg, "failed": failed, "written": []}
     out = Path(out) if out is not None else dirs[0]
     written = write_report(out, runs, agg, failed, group_by, metrics, formats, plots)
     if show:
@@ -339,9 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ap.error(f"not a directory: {', '.join(missing)}")
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()]
     got = report(args.dirs, args.out, group_by, args.metric, formats, not args.no_plots)
-    if got["runs"].empty and not got["failed"]:
-        print(f"prune-report: error: no summary.json under {', '.join(map(str, args.dirs))}",
-              file=sys.stderr)
+    if not got["written"]:
+        print(f"prune-report: error: no summary.json under {', '.join(map(str, args.dirs))}: "
+              "nothing written", file=sys.stderr)
         sys.exit(1)
 
 

@@ -26,12 +26,12 @@ from prunekit.checkpoint import (cache_lock, dense_cache_path, dense_key, load_d
                                  save_model)
 from prunekit.config import ConfigError, validate
 from prunekit.data import Data, build_data
-from prunekit.hardware import (Hardware, measure_latency, seed_everything, setup_hardware,
-                               with_sparse_kernels)
+from prunekit.hardware import (Hardware, latency_doubts, measure_latencies, seed_everything,
+                               setup_hardware, with_sparse_kernels)
 from prunekit.methods import METHODS, Context
 from prunekit.methods.base import build_pruner
 from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
-from prunekit.models import build_model, load_weights
+from prunekit.models import build_model, load_weights, read_state_dict
 from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
                              summary_identity)
 from prunekit.resume import STOP, Checkpointer, Journal, Terminated, config_hash
@@ -41,10 +41,15 @@ log = logging.getLogger(__name__)
 
 
 def versions() -> Dict[str, Optional[str]]:
-    import hydra
-    import omegaconf
-    import torch_pruning
-    import torchvision
+    """What produced the run: installed package versions (from their metadata, which a module's
+    own __version__ can contradict), git commit, Python, CUDA."""
+    from importlib import metadata
+
+    def installed(dist: str) -> Optional[str]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
 
     sha = None
     try:
@@ -52,10 +57,11 @@ def versions() -> Dict[str, Optional[str]]:
                              cwd=Path(prunekit.__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"prunekit": prunekit.__version__, "git_sha": sha, "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cuda": torch.version.cuda, "hydra": hydra.__version__,
-            "omegaconf": omegaconf.__version__, "torch_pruning": getattr(torch_pruning, "__version__", None)}
+    return {"prunekit": installed("prunekit") or prunekit.__version__, "git_sha": sha,
+            "python": platform.python_version(), "torch": torch.__version__,  # with its build tag
+            "torchvision": installed("torchvision"), "cuda": torch.version.cuda,
+            "hydra": installed("hydra-core"), "omegaconf": installed("omegaconf"),
+            "torch_pruning": installed("torch-pruning")}
 
 
 def target_unit(method_cfg) -> str:
@@ -68,12 +74,14 @@ def target_unit(method_cfg) -> str:
     return "weights"
 
 
-def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer) -> dict:
-    """Fill `model` with the dense weights: user checkpoint, cache hit, or training now.
-    Dense training is timed as time_pretrain_s; it is never pruning time. Jobs running in
-    parallel (joblib, SLURM) that need the same dense model wait for the one training it."""
-    if cfg.model.checkpoint:
-        load_weights(model, str(Path(cfg.model.checkpoint).expanduser()), cfg.model.name)
+def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
+                 user_state: Optional[Dict[str, torch.Tensor]]) -> dict:
+    """Fill `model` with the dense weights: the user's (`user_state`, read from
+    model.checkpoint), a cache hit, or training now. Dense training is timed as time_pretrain_s;
+    it is never pruning time. Jobs running in parallel (joblib, SLURM) that need the same dense
+    model wait for the one training it."""
+    if user_state is not None:
+        load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0}
     key, path = dense_key(cfg), dense_cache_path(cfg)
     with cache_lock(path) if cfg.pretrain.cache else contextlib.nullcontext():
@@ -129,7 +137,8 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     lat = cfg.hardware.latency
     if lat.enabled:
         shape = tuple(example.shape[1:])
-        kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats)
+        kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats,
+                  max_seconds=lat.max_seconds)
         timed_dense, timed = dense, model
         if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
             timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
@@ -137,25 +146,38 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
             out["sparse_kernel_layers"] = layers
             if not layers:
                 out["speedup_kind"] = kind = "theoretical"
-        ld = measure_latency(timed_dense, shape, hw, **kw)
-        lp = measure_latency(timed, shape, hw, **kw)
+        ld, lp = measure_latencies([timed_dense, timed], shape, hw, **kw)
         # A masked model runs the same dense kernels as its dense model: a measured ratio would
-        # be noise passed off as speed. Latencies are still reported.
+        # be noise passed off as speed. Nor is one believed from a busy machine (latency_doubts).
         real = kind in ("compacted", "sparse_kernels")
+        doubts = {bs: latency_doubts(ld[bs], lp[bs], out["theoretical_speedup"], real,
+                                     lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
+                  for bs in lat.batch_sizes}
+
+        def speedup(bs: int) -> Optional[float]:
+            return ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs] else None
+
         first = lat.batch_sizes[0]
+        warning = "; ".join(f"batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d)
         out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
-                   latency_ms=lp[first]["median_ms"],
-                   measured_speedup=ld[first]["median_ms"] / lp[first]["median_ms"] if real
-                   else None)
+                   latency_ms=lp[first]["median_ms"], measured_speedup=speedup(first),
+                   latency_reliable=not warning, latency_warning=warning or None)
         for bs in lat.batch_sizes:
             out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
                         f"latency_ms_bs{bs}": lp[bs]["median_ms"],
+                        f"latency_p95_ms_dense_bs{bs}": ld[bs]["p95_ms"],
                         f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
+                        f"latency_rounds_bs{bs}": lp[bs]["repeats"],
+                        f"latency_cpu_wait_bs{bs}": lp[bs]["cpu_wait"],
                         f"throughput_bs{bs}": lp[bs]["throughput"],
-                        f"measured_speedup_bs{bs}": ld[bs]["median_ms"] / lp[bs]["median_ms"]
-                        if real else None})
+                        f"measured_speedup_bs{bs}": speedup(bs),
+                        f"latency_reliable_bs{bs}": not doubts[bs]})
+        if warning:
+            log.warning("latency unreliable, no speedup claimed (%s): measure on an idle "
+                        "machine", warning)
     else:
-        out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None)
+        out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
+                   latency_reliable=None, latency_warning=None)
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
     rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
@@ -163,6 +185,9 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
 
 
 def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) -> None:
+    # the user's weights are read first: a file that is no state dict fails before any data
+    user_state = (read_state_dict(str(Path(cfg.model.checkpoint).expanduser()))
+                  if cfg.model.checkpoint else None)
     hw = setup_hardware(cfg.hardware, cfg.deterministic)
     seed_everything(cfg.seed, cfg.deterministic)
     log.info("hardware  %s", hw.describe())
@@ -173,7 +198,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
     summary.update(device=str(hw.device))
 
     with Trainer(data, cfg.train, hw) as trainer:
-        summary.update(obtain_dense(cfg, model, trainer))
+        summary.update(obtain_dense(cfg, model, trainer, user_state))
         # Same RNG state after the dense model whether it was trained now or loaded, so a cached
         # run prunes exactly as an uncached one does.
         seed_everything(cfg.seed + 1, cfg.deterministic)

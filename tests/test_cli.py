@@ -27,8 +27,11 @@ def test_default_run_on_tiny_settings(tmp_path):
 def test_help_lists_the_groups(tmp_path):
     r = run_cli(["--help"], cwd=tmp_path)
     assert r.returncode == 0
-    for group in ("model", "dataset", "method", "hardware"):
-        assert group in r.stdout
+    for group in ("model", "dataset", "method", "hardware", "experiment"):
+        assert f"\n{group}: " in r.stdout
+    assert "method: admm, autocompress, dense, gradual, ice, iterative, oneshot, slr" in r.stdout
+    for internal in ("schema/", "method_dataset", "model_dataset"):  # not for users to pick
+        assert internal not in r.stdout
 
 
 def write_pickle(path, obj):
@@ -65,6 +68,42 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, case):
     assert errors[0].startswith("prune-run: error:") and key in errors[0]
     if (out / "summary.json").exists():  # nothing half-written passed off as a result
         assert read_summary(out)["status"] == "failed"
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("method.granulrity=filter",
+     "method.granulrity is not a known key (did you mean `granularity`?)"),
+    ("+method.granulrity=filter", "method.granulrity is not a known key (did you mean"),
+    ("hardware.latency.repats=3", "hardware.latency.repats is not a known key (did you mean "
+                                  "`repeats`?)"),
+    ("method=grdual", "method=grdual is not an option (did you mean `gradual`?): choose one of "
+                      "admm, autocompress, dense, gradual, ice, iterative, oneshot, slr"),
+])
+def test_near_misses_get_a_suggestion_and_no_internal_names(tmp_path, arg, says):
+    r = run_cli([f"hydra.run.dir={tmp_path / 'run'}", arg], cwd=tmp_path, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and says in lines[0], r.stderr
+    assert "Config" not in lines[0]  # no schema class names (GradualMethodConfig, ...)
+
+
+@pytest.mark.parametrize("content, says", [
+    ("text", "is not a PyTorch file (it is a text file)"),
+    ("list", "is not a state dict"),  # a torch file, but of something else
+])
+def test_a_bad_checkpoint_fails_before_any_heavy_work(tmp_path, content, says):
+    import torch
+
+    path = tmp_path / "weights"
+    if content == "text":
+        path.write_text("my notes about the model\n")
+    else:
+        torch.save([1, 2, 3], path)
+    r = run_cli([f"hydra.run.dir={tmp_path / 'run'}", f"model.checkpoint={path}", *FAST],
+                cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and says in r.stderr and "(544502645)" not in r.stderr
+    log = (tmp_path / "run" / "prune-run.log").read_text()
+    assert "data " not in log and "dense" not in log  # no data loaded, no dense stage set up
+    assert says in log  # the error line is in the log too
 
 
 def test_multirun_runs_every_job_and_survives_a_failing_one(tmp_path):

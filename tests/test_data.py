@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from prunekit.config import ConfigError
-from prunekit.data import TensorLoader, build_data, random_crop, stratified_split
+from prunekit.data import TensorLoader, build_data, fetch_failure, random_crop, stratified_split
 
 TRAIN = OmegaConf.create({"batch_size": 32, "eval_batch_size": 64})
 
@@ -127,6 +127,44 @@ def test_missing_download_is_a_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset.root=.*CIFAR-10 is not there") as e:
         build_data(dataset_cfg("cifar10", root=str(tmp_path)), TRAIN, channels=3)
     assert "\n" not in str(e.value)
+
+
+def torchvision_mirror_error(reason: str) -> RuntimeError:
+    """What torchvision's MNIST raises when every mirror fails: the reason is on later lines."""
+    return RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                        f"Tried https://mirror-a/, got:\n<urlopen error {reason}>\n"
+                        f"Tried https://mirror-b/, got:\n<urlopen error {reason}>\n")
+
+
+@pytest.mark.parametrize("err, says", [
+    (torchvision_mirror_error("[Errno -3] Temporary failure in name resolution"),
+     "no network: the download host's name could not be resolved"),
+    (torchvision_mirror_error("[Errno 101] Network is unreachable"),
+     "no network: the host is unreachable"),
+    (torchvision_mirror_error("timed out"), "the download timed out"),
+    (RuntimeError("Dataset not found or corrupted. You can use download=True to download it"),
+     "the files are not there and dataset.download=false"),
+    (torchvision_mirror_error("HTTP Error 503: Service Unavailable"),
+     "<urlopen error HTTP Error 503: Service Unavailable>"),
+])
+def test_a_failed_fetch_says_why(err, says):
+    assert fetch_failure(err) == says
+
+
+def test_an_offline_mnist_names_what_failed(tmp_path, monkeypatch):
+    """torchvision's own download code, its network call failing as it does offline."""
+    from urllib.error import URLError
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*a, **k):
+        raise URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(tv_utils, "_urlretrieve", offline)
+    with pytest.raises(ConfigError, match="no network: the download host's name could not be "
+                                          "resolved") as e:
+        build_data(dataset_cfg("mnist", root=str(tmp_path), download=True), TRAIN, channels=1)
+    assert "\n" not in str(e.value) and "()" not in str(e.value)
 
 
 def test_fake_data():

@@ -82,6 +82,11 @@ def test_prune_report_cli_options(tmp_path):
     bad = subprocess.run([str(exe), str(tmp_path / "runs"), "--format", "xlsx"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--format xlsx" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([str(exe), str(tmp_path / "empty")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and "no summary.json" in bad.stderr
+    assert not list((tmp_path / "empty").iterdir())  # no empty report passed off as one
 
 
 def test_a_2x2_multirun_reports_itself_and_prune_report_rewrites_it(tmp_path):

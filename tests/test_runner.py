@@ -46,6 +46,8 @@ def test_summary_contract_and_files(tmp_path):
     assert s["finetune_epochs"] == s["hparams"]["finetune_epochs"]
     assert isinstance(s["params"], int) and s["params"] == s["params_dense"]  # masks: same size
     assert s["versions"]["torch"] == torch.__version__
+    from importlib import metadata  # not torch_pruning.__version__, which can lag its release
+    assert s["versions"]["torch_pruning"] == metadata.version("torch-pruning")
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     assert model["format"] == "prunekit-model/1" and "state_dict" in model
 
