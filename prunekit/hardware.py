@@ -6,8 +6,9 @@ around a synchronised call elsewhere); median and p95 in milliseconds, their rat
 throughput in images/s. The dense and the pruned model are measured side by side, in alternating
 rounds, under identical settings (`hardware.compile`: both compiled; `hardware.sparse_2of4`: both
 in the autocast dtype, the pruned one with its 2:4 layers on PyTorch's semi-structured sparse
-kernels), within a time budget. A measurement whose spread is large, or whose real speedup beats
-the FLOPs ratio by a clear margin, is reported as unreliable (`latency_doubts`), with no speedup.
+kernels), within a time budget. A measurement that waited for a CPU core, whose spread is large,
+or whose real speedup beats the FLOPs ratio by a clear margin is reported as unreliable
+(`latency_doubts`), with no speedup.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """FLOPs against measured speedup for filter pruning: does the smaller model run faster?
 
 For each model and target, the dense model and its filter-pruned, compacted copy are measured side
-by side in one process with the run's latency protocol (`hardware.measure_latency`: warm-up, median
-of timed forwards). Weights are random (speed does not depend on their values).
+by side in one process with the run's latency protocol (`hardware.measure_latencies`: warm-up,
+then rounds that time one forward of each, alternating, median per side). A pair whose measurement
+is unreliable (`hardware.latency_doubts`: a busy machine) is marked with `?` and its reasons
+printed. Weights are random (speed does not depend on their values).
 
     python scripts/bench_speedup.py [--models resnet18 vgg16 mobilenet_v2] [--sparsity 0.3 0.5 0.7]
                                     [--image-size 32] [--batch-sizes 1 64] [--device cpu]
@@ -19,10 +21,14 @@ import json
 import torch
 from omegaconf import OmegaConf
 
-from prunekit.hardware import Hardware, measure_latency
+from prunekit.config import LatencyConfig
+from prunekit.hardware import Hardware, latency_doubts, measure_latencies
 from prunekit.metrics import count_params, layer_flops
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.pruner import Pruner, PruneSpec
+
+
+LATENCY = LatencyConfig()  # a run's default reliability limits
 
 
 def main() -> None:
@@ -45,8 +51,6 @@ def main() -> None:
         cfg = OmegaConf.create({"name": name, "in_channels": 3, "small_input": None})
         torch.manual_seed(0)
         dense = build_model(cfg, 10, args.image_size).eval()
-        dense_lat = measure_latency(dense.to(device), shape, hw, args.batch_sizes, args.warmup,
-                                    args.repeats)
         dense_flops = layer_flops(dense.cpu(), example)["__total__"]
         for s in args.sparsity:
             model = copy.deepcopy(dense).cpu()
@@ -56,8 +60,8 @@ def main() -> None:
             ratios = [float(p.groups.masked_channels(g, p.masks).float().mean())
                       for g in p.groups.groups]
             diff = p.compact(check_input=torch.randn(4, *shape))
-            lat = measure_latency(model.eval().to(device), shape, hw, args.batch_sizes,
-                                  args.warmup, args.repeats)
+            dense_lat, lat = measure_latencies([dense.to(device), model.eval().to(device)], shape,
+                                               hw, args.batch_sizes, args.warmup, args.repeats)
             row = {"model": name, "sparsity": s,
                    "channel_ratio": sum(ratios) / len(ratios),
                    "params_x": count_params(dense) / count_params(model),
@@ -67,9 +71,15 @@ def main() -> None:
                 row[f"dense_ms_bs{bs}"] = dense_lat[bs]["median_ms"]
                 row[f"pruned_ms_bs{bs}"] = lat[bs]["median_ms"]
                 row[f"measured_x_bs{bs}"] = dense_lat[bs]["median_ms"] / lat[bs]["median_ms"]
+                row[f"doubts_bs{bs}"] = latency_doubts(
+                    dense_lat[bs], lat[bs], row["flops_x"], True, LATENCY.max_spread,
+                    LATENCY.max_over_flops, LATENCY.max_cpu_wait)
             rows.append(row)
             print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in row.items()), flush=True)
+                           for k, v in row.items() if not k.startswith("doubts")), flush=True)
+            for bs in args.batch_sizes:
+                if row[f"doubts_bs{bs}"]:
+                    print(f"  batch {bs} unreliable: {'; '.join(row[f'doubts_bs{bs}'])}")
     print()
     head = ["model", "sparsity", "channels removed", "params ×", "FLOPs ×"] + [
         f"measured × (batch {bs})" for bs in args.batch_sizes]
@@ -78,7 +88,8 @@ def main() -> None:
     for r in rows:
         cells = [r["model"], f"{r['sparsity']:.1f}", f"{r['channel_ratio']:.0%}",
                  f"{r['params_x']:.2f}", f"{r['flops_x']:.2f}"] + [
-            f"{r[f'measured_x_bs{bs}']:.2f}" for bs in args.batch_sizes]
+            f"{r[f'measured_x_bs{bs}']:.2f}{'?' if r[f'doubts_bs{bs}'] else ''}"
+            for bs in args.batch_sizes]
         print("| " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:

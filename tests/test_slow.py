@@ -125,14 +125,19 @@ def test_slr_hard_prune_is_not_below_admm(tmp_path):
 
 
 def test_latency_under_load_is_reported_unreliable_and_alone_believed(tmp_path):
-    """Issue 15's done-when: beside CPU-bound processes the filter-pruned resnet18's latency is
-    flagged (never a speedup beyond the FLOPs ratio's margin); alone the speedup is reported."""
+    """Issue 15's done-when: alone, the filter-pruned resnet18's speedup is reported; beside
+    CPU-bound processes its latency is flagged unreliable, with no speedup claimed."""
     import subprocess
     import sys
 
     args = ["method=oneshot", "method.granularity=filter", "train.progress=false"]
+    r = run_cli([f"hydra.run.dir={tmp_path / 'alone'}", *args], cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    alone = read_summary(tmp_path / "alone")
+    assert alone["latency_reliable"] is True
+    assert 1.0 < alone["measured_speedup"] <= 1.25 * alone["theoretical_speedup"]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
+    try:  # the same run again (the dense model is cached now)
         r = run_cli([f"hydra.run.dir={tmp_path / 'loaded'}", *args], cwd=tmp_path, timeout=1200)
     finally:
         for p in busy:
@@ -140,8 +145,5 @@ def test_latency_under_load_is_reported_unreliable_and_alone_believed(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     loaded = read_summary(tmp_path / "loaded")
     assert loaded["latency_reliable"] is False and loaded["measured_speedup"] is None
+    assert all(loaded[f"measured_speedup_bs{bs}"] is None for bs in (1, 64))  # every batch size
     assert "busy machine" in r.stdout
-    r = run_cli([f"hydra.run.dir={tmp_path / 'alone'}", *args], cwd=tmp_path, timeout=1200)
-    alone = read_summary(tmp_path / "alone")
-    assert alone["latency_reliable"] is True
-    assert 1.0 < alone["measured_speedup"] <= 1.25 * alone["theoretical_speedup"]
