@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
+.PHONY: install data demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
         bench-speedup bench-loop clean
@@ -13,6 +13,17 @@ install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[dev]"
+
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+data:  ## Fashion-MNIST, the offline benchmark data: Debian's dataset-fashion-mnist (apt, as root)
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST is in $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y dataset-fashion-mnist; \
+	else \
+		echo "make data installs a Debian package: run  sudo apt-get install dataset-fashion-mnist"; \
+		echo "(or put the four IDX files in a folder and pass dataset.path=FOLDER)"; exit 1; \
+	fi
 
 demo:  ## the default run: resnet18 on digits, gradual pruning to 50%, offline
 	$(BIN)/prune-run

@@ -58,7 +58,8 @@ class ModelConfig:
 class DatasetConfig:
     name: str = MISSING
     root: str = "${oc.env:PRUNEKIT_DATA,'~/.cache/prunekit/data'}"  # where downloads go
-    path: Optional[str] = None  # imagefolder: a folder with train/ and val/ class folders
+    path: Optional[str] = None  # imagefolder: train/ and val/ class folders; mnist, fashion_mnist:
+    # the four IDX files (found without it in Debian's package folder or under root too)
     download: bool = True
     image_size: Optional[int] = None  # None: the dataset's native size
     val_fraction: float = 0.1  # held out from train; every decision uses it

@@ -1,4 +1,4 @@
-"""Model registry: torchvision builders with small-input stems, the CIFAR ResNet-56, LeNet-5.
+"""Model registry: torchvision builders with small-input stems, the CIFAR ResNets, LeNet-5.
 
 Every builder takes (num_classes, in_channels, image_size, small_input) and returns a freshly
 initialised nn.Module. Weights come from training (the dense cache) or `model.checkpoint`; nothing
@@ -123,9 +123,15 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_resnet56(num_classes: int, in_channels: int, image_size: int,
-                   small_input: bool) -> nn.Module:
-    return CifarResNet(56, num_classes, in_channels)
+CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)  # n = 3, 5, 7, 9, 18 blocks per stage
+
+
+def _cifar_resnet(depth: int) -> Callable:
+    def build(num_classes: int, in_channels: int, image_size: int,
+              small_input: bool) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels)
+
+    return build
 
 
 class LeNet5(nn.Module):
@@ -158,7 +164,7 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet50": _torchvision_resnet(torchvision.models.resnet50),
     "vgg16": build_vgg16,
     "mobilenet_v2": build_mobilenet_v2,
-    "resnet56": build_resnet56,
+    **{f"resnet{d}": _cifar_resnet(d) for d in CIFAR_RESNET_DEPTHS},
     "lenet5": build_lenet5,
 }
 

@@ -196,3 +196,78 @@ def test_image_folder(tmp_path, in_memory):
     assert data.train.num_samples + data.val.num_samples == 12 and data.test.num_samples == 12
     x, y = next(iter(data.train))
     assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1}
+
+
+# ---------------------------------------------------------------- MNIST-format (IDX) files
+def write_idx(path, array, compress=True):
+    """An IDX file as LeCun's and Zalando's are: zero, zero, 0x08 (bytes), ndim, big-endian dims."""
+    import gzip
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    raw += array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def write_fashion(folder, n_train=60, n_test=20, compress=True, seed=0):
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)),
+                  compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress)
+
+
+@pytest.mark.parametrize("where", ["path", "debian", "torchvision_layout"])
+def test_fashion_mnist_from_idx_files_offline(tmp_path, monkeypatch, where):
+    import prunekit.data as data_mod
+
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    folder = {"path": tmp_path / "mine", "debian": tmp_path / "debian",
+              "torchvision_layout": tmp_path / "root" / "FashionMNIST" / "raw"}[where]
+    write_fashion(folder, compress=where != "torchvision_layout")  # torchvision unpacks them
+    cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "root"), augment="none",
+                      path=str(folder) if where == "path" else None)
+    data = build_data(cfg, TRAIN, channels=1)
+    assert data.num_classes == 10 and data.image_size == 28
+    assert data.train.num_samples + data.val.num_samples == 60 and data.test.num_samples == 20
+    assert data.test.split.images.shape == (20, 1, 28, 28)
+    assert data.test.split.labels.tolist() == [i % 10 for i in range(20)]
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncate", "is truncated or corrupt"),
+    ("labels", "has label 12, outside 0..9"),
+    ("count", "holds 60 images but"),
+    ("header", "is not an IDX file of bytes"),
+])
+def test_a_damaged_idx_file_is_named_in_one_line(tmp_path, damage, says):
+    write_fashion(tmp_path, compress=False)
+    labels, images = tmp_path / "train-labels-idx1-ubyte", tmp_path / "train-images-idx3-ubyte"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "labels":
+        write_idx(labels, np.full(60, 12), compress=False)
+    elif damage == "count":
+        write_idx(labels, np.zeros(59), compress=False)
+    else:
+        images.write_bytes(b"\x1f\x8b" + images.read_bytes()[2:])
+    cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "root"), path=str(tmp_path))
+    with pytest.raises(ConfigError, match=says) as e:
+        build_data(cfg, TRAIN, channels=1)
+    assert "\n" not in str(e.value) and "train-" in str(e.value)
+
+
+def test_fashion_mnist_absent_offline_says_how_to_get_it(tmp_path, monkeypatch):
+    import prunekit.data as data_mod
+
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "root"))
+    with pytest.raises(ConfigError, match=r"apt-get install dataset-fashion-mnist.*make data.*"
+                                          r"dataset.download=true") as e:
+        build_data(cfg, TRAIN, channels=1)
+    assert "\n" not in str(e.value)

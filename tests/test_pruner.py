@@ -210,3 +210,31 @@ def test_bottleneck_and_vgg_step_units():
     r = model_of("resnet56")
     pr = pruner_for(r, granularity="filter")
     assert len(pr.steps_in_order()) == 27
+
+
+# He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets (option-A shortcuts have none)
+CIFAR_RESNET_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
+
+
+@pytest.mark.parametrize("depth", sorted(CIFAR_RESNET_PARAMS))
+def test_the_cifar_resnet_family_builds_prunes_and_compacts(depth):
+    from prunekit.models import CifarBasicBlock
+
+    m = model_of(f"resnet{depth}", 8, 1)
+    blocks = [b for b in residual_blocks(m).values() if isinstance(b, CifarBasicBlock)]
+    assert len(blocks) == 3 * (depth - 2) // 6  # 3 stages of n blocks, depth 6n + 2
+    params = sum(p.numel() for p in m.parameters())
+    assert params == pytest.approx(CIFAR_RESNET_PARAMS[depth], rel=0.03)
+    x = torch.randn(2, 1, 8, 8)
+    unstructured = pruner_for(m, 8, 1, granularity="unstructured")
+    unstructured.prune_to(0.5)
+    pruned = sum(int((unstructured.weight(n) == 0).sum()) for n in unstructured.layer_names)
+    assert pruned / sum(unstructured.dense_numel.values()) == pytest.approx(0.5, abs=1e-3)
+    m = model_of(f"resnet{depth}", 8, 1)
+    filters = pruner_for(m, 8, 1, granularity="filter")
+    filters.prune_to(0.5)
+    diff = filters.compact(check_input=x)
+    # a deep random network's outputs grow with depth: the tolerance is relative to them
+    scale = float(m.eval()(x).detach().abs().max())
+    assert diff < 1e-5 * max(scale, 10.0) and filters.channels_removed > 0, (diff, scale)
+    assert sum(p.numel() for p in m.parameters()) < params
