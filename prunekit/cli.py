@@ -103,7 +103,7 @@ def composition_error(ex: CompactHydraException) -> str:
     """Hydra's multi-line composition errors, as one line naming the key and the fix."""
     if isinstance(ex, MissingConfigException) and ex.options and ex.missing_cfg_file:
         group, _, name = ex.missing_cfg_file.rpartition("/")
-        options = sorted(o for o in ex.options if not o.startswith("schema"))
+        options = sorted(ex.options)
         return (f"{group}={name} is not an option{did_you_mean(name, options)}: choose one of "
                 f"{', '.join(options)}")
     if isinstance(ex, OverrideParseException):

@@ -426,10 +426,7 @@ def validate(cfg: DictConfig) -> None:
         if not os.path.isfile(path):
             raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a state "
                               "dict")
-        problem = torch_file_problem(path)
-        if problem:
-            raise ConfigError(f"model.checkpoint={ckpt} is not a PyTorch file ({problem}): save "
-                              "one with torch.save(model.state_dict(), path)")
+        check_torch_file(path, f"model.checkpoint={ckpt}")
 
     # method
     m = cfg.method
@@ -489,6 +486,16 @@ def validate(cfg: DictConfig) -> None:
     if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
         raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
                           "non-empty list of positive batch sizes")
+
+
+STATE_DICT_FIX = "save one with torch.save(model.state_dict(), path)"
+
+
+def check_torch_file(path: str, what: str) -> None:
+    """A ConfigError naming `what` (e.g. `model.checkpoint=x`) when `path` is no torch file."""
+    problem = torch_file_problem(path)
+    if problem:
+        raise ConfigError(f"{what} is not a PyTorch file ({problem}): {STATE_DICT_FIX}")
 
 
 def torch_file_problem(path: str) -> Optional[str]:

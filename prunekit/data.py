@@ -120,8 +120,9 @@ FETCH_FAILURES = (
 
 
 def fetch_failure(err: BaseException) -> str:
-    """Why a dataset could not be fetched, in a few words: the known causes by name, else the
-    first meaningful line of the error or of what caused it."""
+    """Why a dataset could not be fetched, in a few words: the known causes by name (anywhere in
+    the chain of errors), else the last line of the first error that has one that is not a
+    heading (torchvision puts the cause below "Error downloading x:")."""
     chain, e = [], err
     while e is not None and e not in chain:
         chain.append(e)
@@ -227,8 +228,8 @@ def find_idx(folders) -> Optional[Dict[str, str]]:
 
 
 def idx_split(files: Dict[str, str], split: str, num_classes: int) -> Images:
-    """A split from its images and labels files, checked: one 28x28-style (N, H, W) image per
-    label, labels in [0, classes)."""
+    """A split from its images and labels files, checked: (N, H, W) images, one per label,
+    labels in [0, num_classes)."""
     images_file, labels_file = (files[stem] for stem in IDX_FILES[split])
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or labels.ndim != 1:
@@ -256,17 +257,17 @@ def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None):
         log.info("%s: IDX files in %s", name, os.path.dirname(files[IDX_FILES["train"][0]]))
         return idx_split(files, "train", 10), idx_split(files, "test", 10), 10
     package = (f"install Debian's package (apt-get install dataset-{name.lower()}, or "
-               "`make data`), " if debian else "")
+               "`make data`)" if debian else None)
     if not cfg.download:
         raise ConfigError(f"dataset={cfg.name}: {name}'s four IDX files are in none of "
-                          f"{', '.join(folders)}: {package}point dataset.path at them, or set "
-                          "dataset.download=true with a network")
+                          f"{', '.join(folders)}: {package + ', ' if package else ''}point "
+                          "dataset.path at them, or set dataset.download=true with a network")
     try:
         return _torchvision_arrays(cls, name, cfg, False)
     except ConfigError as e:
-        if not debian:
+        if package is None:
             raise
-        raise ConfigError(f"{e}; or {package.rstrip(', ')}") from None
+        raise ConfigError(f"{e}; or {package}") from None
 
 
 def load_mnist(cfg):

@@ -18,7 +18,7 @@ import torchvision
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from prunekit.config import ConfigError, torch_file_problem
+from prunekit.config import STATE_DICT_FIX, ConfigError, check_torch_file
 
 
 def _kaiming_conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
@@ -205,10 +205,7 @@ def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
 
 def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
     """Load a state dict with weights_only=True; accept a bare one or prunekit's {'state_dict': ...}."""
-    fix = "save one with torch.save(model.state_dict(), path)"
-    problem = torch_file_problem(path)
-    if problem:
-        raise ConfigError(f"{key}={path} is not a PyTorch file ({problem}): {fix}")
+    check_torch_file(path, f"{key}={path}")  # validate() did this for runs; callers may not
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
             warnings.simplefilter("ignore")
@@ -216,16 +213,16 @@ def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():  # e.g. a whole pickled nn.Module
             raise ConfigError(f"{key}={path} holds pickled Python objects, which loading with "
-                              f"weights_only=True refuses: {fix}") from None
-        raise ConfigError(f"{key}={path} is not a PyTorch file: {fix}") from None
+                              f"weights_only=True refuses: {STATE_DICT_FIX}") from None
+        raise ConfigError(f"{key}={path} is not a PyTorch file: {STATE_DICT_FIX}") from None
     except Exception as e:  # truncated zip, wrong magic number, not a file torch.load knows
         reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}={path} cannot be loaded ({reason}): {fix}") from None
+        raise ConfigError(f"{key}={path} cannot be loaded ({reason}): {STATE_DICT_FIX}") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"{key}={path} is not a state dict (a dict of parameter names to "
-                          f"tensors): {fix}")
+                          f"tensors): {STATE_DICT_FIX}")
     return state
 
 
