@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop clean
+        bench-speedup bench-loop verdicts verdicts-full clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -86,6 +86,12 @@ COMPARE_ARGS ?= model=resnet18 dataset=digits
 compare:  ## all methods x seeds 0,1,2 x sparsities 0.5/0.75/0.9 -> outputs/compare/report.md (digits: hours on CPU)
 	$(BIN)/prune-run -m method=dense,oneshot,iterative,gradual,ice,admm,autocompress,slr \
 		seed=0,1,2 sparsity=0.5,0.75,0.9 $(COMPARE_ARGS) hydra.sweep.dir=outputs/compare
+
+verdicts:  ## each seed paper's claim on Fashion-MNIST with a verdict -> docs/results.md (CPU: dense ~45 min once, then <1 h)
+	$(BIN)/python scripts/verdicts.py
+
+verdicts-full:  ## the same at paper scale (resnet56, 28x28, more epochs): one GPU, ~8 min after the dense models
+	$(BIN)/python scripts/verdicts.py --full
 
 bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation
 	$(BIN)/python scripts/bench_admm.py

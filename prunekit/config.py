@@ -134,6 +134,7 @@ class IceAutotuneConfig:
     val_fraction: float = 0.04  # of the val split, per trial (the paper: 200 images)
     accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, both min-max normalised
     grid: IceGrid = field(default_factory=IceGrid)
+    reference_trial: bool = False  # also try the configured knobs, for reporting (not timed)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class IceMethodConfig(MethodConfig):
     lr_beta: float = 50.0  # steepness of the knee
     lr_delta: float = 7.5e-4  # the LR falls from base to base - delta
     probe_lr: float = 1e-3  # the freezing probe's fixed fine-tuning lr
+    probe_data: str = "trials"  # trials: reuse the tuning stage's probe; train: probe again
     finetune_epochs: int = 1  # per fine-tune (the paper: one)
     use_threshold: bool = True  # ablation: false fine-tunes after every step
     use_freeze: bool = True  # ablation: false freezes nothing (and skips the probe)
@@ -599,6 +601,7 @@ def _validate_ice(cfg: DictConfig) -> None:
                           "block by block; use method.granularity=filter")
     for key in ("probe_lr", "lr_beta", "distill_temperature"):
         _positive(cfg, f"method.{key}")
+    _choice(cfg, "method.probe_data", ("trials", "train"))
     for key in ("threshold", "lr_delta"):
         _at_least(cfg, f"method.{key}", 0)
     _at_least(cfg, "method.finetune_epochs", 1, " (set method.use_threshold to fine-tune less)")

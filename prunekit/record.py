@@ -25,7 +25,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 
 CONSOLE = Console()
-PHASES = ("search", "prune", "finetune", "eval")
+PHASES = ("search", "probe", "prune", "finetune", "eval")
 
 
 class ConsoleLogHandler(RichHandler):
@@ -45,7 +45,7 @@ def make_progress(enabled: bool = True) -> Progress:
 
 # --------------------------------------------------------------------------- phase clock
 class PhaseClock:
-    """Wall-clock seconds per phase (search / prune / finetune / eval).
+    """Wall-clock seconds per phase (search / probe / prune / finetune / eval).
 
     Phases nest with exclusive accounting, like a profiler: time inside an inner phase is the inner
     phase's, not the outer's, so the phases never double count. `sync` (the device synchronise) is
@@ -76,6 +76,11 @@ class PhaseClock:
             self.totals[phase] += now - started
             if self._stack:
                 self._stack[-1][1] = now  # resume the enclosing phase
+
+    def exclude(self, seconds: float) -> None:
+        """Leave the last `seconds` out of the phase running now (reporting-only work)."""
+        if self._stack:
+            self._stack[-1][1] += seconds
 
     def as_summary(self) -> Dict[str, float]:
         return {f"time_{p}_s": round(self.totals[p], 4) for p in PHASES}

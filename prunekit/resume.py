@@ -51,7 +51,7 @@ from prunekit.record import temp_beside
 
 log = logging.getLogger(__name__)
 
-FORMAT = "prunekit-checkpoint/2"  # /2: ICE's and the baselines' fine-tune plans are journaled
+FORMAT = "prunekit-checkpoint/3"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its probe
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -78,11 +78,13 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
                  user_state: Optional[Dict[str, torch.Tensor]]) -> dict:
     """Fill `model` with the dense weights: the user's (`user_state`, read from
     model.checkpoint), a cache hit, or training now. Dense training is timed as time_pretrain_s;
-    it is never pruning time. Jobs running in parallel (joblib, SLURM) that need the same dense
-    model wait for the one training it."""
+    it is never pruning time; `dense_training_s` is what the training took, now or when cached.
+    Jobs running in parallel (joblib, SLURM) that need the same dense model wait for the one
+    training it."""
     if user_state is not None:
         load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
-        return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0}
+        return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
+                "dense_training_s": None}
     key, path = dense_key(cfg), dense_cache_path(cfg)
     with cache_lock(path) if cfg.pretrain.cache else contextlib.nullcontext():
         if cfg.pretrain.cache:
@@ -90,7 +92,8 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
             if meta is not None:
                 log.info("dense model: cached %s (trained in %.1f s)", path,
                          meta["time_pretrain_s"])
-                return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0}
+                return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
+                        "dense_training_s": meta["time_pretrain_s"]}
         started = time.perf_counter()
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
@@ -99,7 +102,7 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         if cfg.pretrain.cache:
             save_dense(path, model, key, {"time_pretrain_s": seconds})
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
-    return {"dense_source": "trained", "time_pretrain_s": seconds}
+    return {"dense_source": "trained", "time_pretrain_s": seconds, "dense_training_s": seconds}
 
 
 def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:

@@ -176,7 +176,9 @@ def test_ice_run_with_autotuning(tmp_path):
     frozen = math.ceil(s["ice_knobs"]["freeze_ratio"] * 16)
     assert len(s["frozen_layers"]) == frozen and int(steps[0]["frozen"]) == frozen
     assert s["steps"] == 8 and s["finetune_count"] == sum(r["finetuned"] == "True" for r in steps)
-    assert s["finetune_epochs"] == s["finetune_count"] + 1  # plus the probe's epoch
+    # the final run froze by the trials' probe (probe_data=trials): no probe epoch of its own
+    assert s["finetune_epochs"] == s["finetune_count"] and s["time_probe_s"] == 0
+    assert s["probe_images"] == s["autotune_train_images"] < 100
     assert s["compacted"] and s["compaction_max_abs_diff"] < 1e-3
     assert s["params"] < s["params_dense"] and s["target_unit"] == "channels per block"
     remaining = [float(r["remaining_conv"]) for r in steps]
@@ -212,6 +214,8 @@ def test_frozen_layers_do_not_train(tmp_path):
     s = run(make_cfg([*ICE, *NO_TUNE, "method.use_threshold=false", "method.freeze_ratio=1.0",
                       "method.val_fraction=0.5"]), tmp_path, show=False)
     assert len(s["frozen_layers"]) == 16 and s["finetune_count"] == 8
+    # no tuning stage: the probe runs on the whole train split, one epoch, in its own phase
+    assert s["finetune_epochs"] == 9 and s["time_probe_s"] > 0 and s["probe_images"] > 200
     pruned = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
     from prunekit.checkpoint import dense_cache_path
     dense = torch.load(dense_cache_path(make_cfg(ICE)), weights_only=True)["state_dict"]

@@ -155,6 +155,12 @@ class Context:
         if self.checkpointer is not None and self.journal is not None and self.checkpointer.due():
             self.checkpointer.save(capture(self, fit))
 
+    def exclude_time(self, seconds: float) -> None:
+        """Leave the last `seconds` (work done only for a report) out of the pruning time and of
+        the phase running now."""
+        self.started += seconds
+        self.clock.exclude(seconds)
+
     def elapsed(self) -> float:
         """Pruning seconds so far, over every segment of a resumed run."""
         return self.elapsed_before + time.perf_counter() - self.started

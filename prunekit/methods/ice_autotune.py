@@ -14,13 +14,17 @@ a slower trial better, and mixes points with seconds on no common scale.
 
 The freezing probe depends on neither the tuned knobs nor the trial, so it runs once on the trial
 data and every trial freezes its own `freeze_ratio` of that ranking.
+
+`method.autotune.reference_trial=true` runs one more trial with the configured knobs (the paper's
+defaults unless overridden) on the same subsets, so a report can show whether tuning beat them.
+It is never chosen, and its seconds (`time_reference_trial_s`) are left out of the pruning time.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import optuna
 from omegaconf import DictConfig
@@ -47,19 +51,41 @@ def grid_of(cfg: DictConfig) -> Dict[str, List[float]]:
     return {k: [float(v) for v in cfg.autotune.grid[k]] for k in IceKnobs.names()}
 
 
-def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
-    """Run the trials; return the chosen knobs (the given ones if every trial diverged)."""
+class TrialBench:
+    """What every trial shares: the subsets, the dense model's val top-1 on them, the probe."""
+
+    def __init__(self, ctx: Context, cfg: DictConfig):
+        a = cfg.autotune
+        self.ctx, self.cfg = ctx, cfg
+        self.data = ctx.data.subset(train=a.train_fraction, val=a.val_fraction, seed=ctx.cfg.seed)
+        template = ctx.fork(self.data, quiet=True)
+        self.dense_top1 = template.validate(ctx.dense_model)
+        self.changes = probe_weight_changes(template, cfg) if cfg.use_freeze else {}
+
+    def trial(self, knobs: IceKnobs) -> dict:
+        """The whole ICE pipeline with `knobs` on the subsets: its drop, seconds and counts.
+        Raises DivergenceError when its training diverged."""
+        trial_ctx = self.ctx.fork(self.data, quiet=True)
+        trial_ctx.dense_val_top1 = self.dense_top1
+        frozen = least_changed(self.changes, knobs.freeze_ratio) if self.cfg.use_freeze else []
+        started = time.perf_counter()
+        top1 = ice_prune(trial_ctx, self.cfg, knobs, frozen, log_level=logging.DEBUG)
+        trial_ctx.hw.sync()
+        return dict(status="ok", val_top1=top1, drop=self.dense_top1 - top1,
+                    time_s=time.perf_counter() - started, finetunes=trial_ctx.finetune_count,
+                    steps=trial_ctx.steps)
+
+
+def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, Dict[str, float]]:
+    """Run the trials; return the chosen knobs (the given ones if every trial diverged) and the
+    trials' freezing probe (its weight change per candidate conv; empty without freezing)."""
     a = cfg.autotune
     grid = grid_of(cfg)
     size = math.prod(len(values) for values in grid.values())
     n_trials = min(a.trials, size)
-    data = ctx.data.subset(train=a.train_fraction, val=a.val_fraction, seed=ctx.cfg.seed)
+    bench = TrialBench(ctx, cfg)
     log.info("ICE autotune: %d of %d grid points, trials on %d train / %d val images", n_trials,
-             size, data.train.num_samples, data.val.num_samples)
-
-    template = ctx.fork(data, quiet=True)
-    dense_top1 = template.validate(ctx.dense_model)
-    changes = probe_weight_changes(template, cfg) if cfg.use_freeze else {}
+             size, bench.data.train.num_samples, bench.data.val.num_samples)
 
     rows: List[dict] = []
     progress = ctx.trainer.progress
@@ -67,22 +93,13 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
 
     def objective(trial: optuna.Trial):
         knobs = given.with_values(**{k: trial.suggest_categorical(k, v) for k, v in grid.items()})
-        trial_ctx = ctx.fork(data, quiet=True)
-        trial_ctx.dense_val_top1 = dense_top1
-        frozen = least_changed(changes, knobs.freeze_ratio) if cfg.use_freeze else []
         row = {"trial": trial.number + 1, **knobs.as_dict()}
-        started = time.perf_counter()
         try:
-            top1 = ice_prune(trial_ctx, cfg, knobs, frozen, log_level=logging.DEBUG)
-            trial_ctx.hw.sync()
-            seconds = time.perf_counter() - started
-            drop = dense_top1 - top1
-            row.update(status="ok", val_top1=top1, drop=drop, time_s=seconds,
-                       finetunes=trial_ctx.finetune_count, steps=trial_ctx.steps)
+            row.update(bench.trial(knobs))
             log.info("ICE autotune trial %d/%d: %s -> drop %.2f points, %.1f s, %d/%d fine-tunes",
-                     trial.number + 1, n_trials, knobs, drop, seconds, trial_ctx.finetune_count,
-                     trial_ctx.steps)
-            return drop, seconds
+                     trial.number + 1, n_trials, knobs, row["drop"], row["time_s"],
+                     row["finetunes"], row["steps"])
+            return row["drop"], row["time_s"]
         except DivergenceError as e:
             row.update(status="diverged", error=str(e))
             raise optuna.TrialPruned(str(e)) from e
@@ -110,7 +127,27 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> IceKnobs:
             r["chosen"] = i == best
         ctx.recorder.table("trials", rows)
         log.info("ICE autotune chose trial %d: %s", ok[best]["trial"], chosen)
-    ctx.results.update(autotune_trials=len(rows), autotune_dense_val_top1=dense_top1,
-                       autotune_train_images=data.train.num_samples,
-                       autotune_val_images=data.val.num_samples)
-    return chosen
+    if a.reference_trial:
+        reference_trial(ctx, bench, given, rows)
+    ctx.results.update(autotune_trials=n_trials, autotune_dense_val_top1=bench.dense_top1,
+                       autotune_train_images=bench.data.train.num_samples,
+                       autotune_val_images=bench.data.val.num_samples)
+    return chosen, bench.changes
+
+
+def reference_trial(ctx: Context, bench: TrialBench, knobs: IceKnobs, rows: List[dict]) -> None:
+    """One more trial with the configured knobs, for comparison only: recorded in trials.csv as
+    `chosen=reference`, its seconds excluded from the pruning time (the run's start moves)."""
+    started = time.perf_counter()
+    row = {"trial": len(rows) + 1, **knobs.as_dict(), "chosen": "reference"}
+    try:
+        row.update(bench.trial(knobs))
+        log.info("ICE autotune reference trial (the configured knobs %s): drop %.2f points, "
+                 "%.1f s", knobs, row["drop"], row["time_s"])
+    except DivergenceError as e:
+        row.update(status="diverged", error=str(e))
+    rows.append(row)
+    ctx.recorder.table("trials", rows)
+    seconds = time.perf_counter() - started
+    ctx.exclude_time(seconds)
+    ctx.results.update(time_reference_trial_s=seconds, reference_trial_drop=row.get("drop"))
