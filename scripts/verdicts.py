@@ -70,7 +70,7 @@ def cpu_tier() -> Tier:
     return Tier(
         name="cpu",
         common=["dataset=fashion_mnist", "dataset.image_size=16", "pretrain.epochs=15",
-                "seed=0", "hardware=cpu"],
+                "seed=0", "hardware=cpu", "hardware.latency.max_seconds=10"],
         budget="under 1 hour of comparisons on 2 CPU cores",
         notes=["Images are shrunk to 16x16 (`dataset.image_size=16`): a ResNet step costs about "
                "3x less than at 28x28, which is what lets the whole set fit the hour.",
@@ -223,6 +223,10 @@ def verdict_ice(base: dict, ice: dict) -> Tuple[str, str, dict]:
     verdict = HOLDS if fast and close else PART if (ratio > 1.0 and close) or fast else NOT
     why = (f"ICE fine-tuned after {ice['finetune_count']} of {ice['steps']} blocks; the "
            f"standard pipeline after {base['finetune_count']} of {base['steps']}")
+    drops = step_drops(ice) if ice.get("run_dir") else []
+    if drops:
+        why += (f"; a block's prune cost {min(drops):.1f}–{max(drops):.1f} val points, against "
+                f"a threshold of {_f((ice.get('ice_knobs') or {}).get('threshold'), 'g')}")
     if not fast:
         why += (f"; ICE spent {_f(ice.get('time_search_s'), '.0f')} s tuning, "
                 f"{_f(ice.get('time_probe_s'), '.0f')} s on the freezing probe and "
@@ -246,8 +250,11 @@ def verdict_slr(admm: dict, slr: dict) -> Tuple[str, str, dict]:
     accurate = hard >= retrained - 2.0
     better = hard > admm["top1_hard"]
     verdict = HOLDS if accurate and better else PART if accurate or better else NOT
-    why = (f"hard prune: SLR {hard:.2f} % vs ADMM {admm['top1_hard']:.2f} %; after 1 retrain "
-           f"epoch {retrained:.2f} % vs {admm['top1_retrain1']:.2f} %")
+    why = (f"SLR's hard-pruned model is {hard - admm['top1_hard']:+.2f} points against ADMM's, "
+           f"and {retrained - hard:.2f} points below its own accuracy after one retrain epoch"
+           + ("" if accurate else " (within 2 counts as accurate without retraining here)")
+           + f"; one retrain epoch brings SLR to {retrained:.2f} % and ADMM to "
+           f"{admm['top1_retrain1']:.2f} %")
     return verdict, why, figures
 
 
@@ -280,6 +287,11 @@ def verdict_gradual(runs: Sequence[dict]) -> Tuple[str, str, dict]:
     verdict = HOLDS if small and as_good else PART if small or as_good else NOT
     why = (f"AGP {agp['top1']:.2f} % ({loss:.2f} points below dense); "
            + ", ".join(f"{o['label']} {o['top1']:.2f} %" for o in others))
+    epochs = agp.get("finetune_epochs")
+    if not as_good and epochs and (agp.get("hparams") or {}).get("end_step") is None:
+        why += (f"; AGP's schedule reaches 90 % at 75 % of its steps, so of its {epochs} epochs "
+                f"it trains {0.25 * epochs:.1f} at the final sparsity, where one-shot pruning "
+                f"trains all {epochs}")
     return verdict, why, figures
 
 
@@ -334,27 +346,45 @@ def run_one(name: str, label: str, overrides: List[str], out: Path, results: Res
 
 
 def run_tier(tier: Tier, out: Path, only: Sequence[str]) -> Results:
+    """Run the tier into OUT/results.json. With `only`, run just those comparisons and replace
+    their runs in an existing results.json (the document then says which were rerun, when)."""
     out.mkdir(parents=True, exist_ok=True)
-    results = Results(out / "results.json")
-    results.put("tier", tier.name)
-    results.put("started", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    results.put("command", " ".join(["python", "scripts/verdicts.py", *sys.argv[1:]]))
-    results.put("machine", machine())
-    started = time.perf_counter()
-    for model in tier.models:  # the dense models first, timed apart from the comparisons
-        run_one(f"dense_{model}", "dense", [*tier.common, f"model={model}", "method=dense",
-                                             *NO_LATENCY], out, results)
-    results.put("dense_wall_s", time.perf_counter() - started)
-    started = time.perf_counter()
+    path = out / "results.json"
+    now = lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z")  # noqa: E731
+    command = " ".join(["python", "scripts/verdicts.py", *sys.argv[1:]])
+    merge = bool(only) and path.is_file()
+    if merge:
+        results = Results.load(path)
+        if results.data.get("tier") != tier.name:
+            raise SystemExit(f"{path} holds the {results.data.get('tier')} tier, not "
+                             f"{tier.name}: pass another --out")
+        results.data.setdefault("reruns", []).append(
+            {"only": list(only), "started": now(), "command": command, "machine": machine()})
+        results.save()
+    else:
+        results = Results(path)
+        for key, value in (("tier", tier.name), ("started", now()), ("command", command),
+                           ("machine", machine())):
+            results.put(key, value)
+        started = time.perf_counter()
+        for model in tier.models:  # the dense models first, timed apart from the comparisons
+            run_one(f"dense_{model}", "dense", [*tier.common, f"model={model}", "method=dense",
+                                                 *NO_LATENCY], out, results)
+        results.put("dense_wall_s", time.perf_counter() - started)
     for c in tier.comparisons:
-        if only and c.key not in only:
-            continue
         for i, (label, overrides) in enumerate(c.runs):
+            if only and c.key not in only and f"{c.key}_{i}" not in only:
+                continue
             run_one(f"{c.key}_{i}", label, [*tier.common, f"model={c.model}", *overrides], out,
                     results)
-    results.put("comparisons_wall_s", time.perf_counter() - started)
-    results.put("finished", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    results.put("finished", now())
     return results
+
+
+def comparisons_seconds(results: dict) -> float:
+    """Wall seconds of every comparison run recorded (dense models not included)."""
+    return sum(r.get("wall_s", 0.0) for k, r in results["runs"].items()
+               if not k.startswith("dense_"))
 
 
 def machine() -> str:
@@ -384,12 +414,18 @@ def runs_of(results: dict, key: str) -> List[dict]:
                                     key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
-def trials_of(run_dir: str) -> List[dict]:
-    path = Path(run_dir) / "trials.csv"
+def csv_rows(run_dir: str, name: str) -> List[dict]:
+    path = Path(run_dir) / f"{name}.csv"
     if not path.is_file():
         return []
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def step_drops(run: dict) -> List[float]:
+    """Val points below dense right after each block's prune (before its fine-tune)."""
+    return [run["val_top1_dense"] - float(r["val_top1_pruned"])
+            for r in csv_rows(run["run_dir"], "steps")]
 
 
 def ice_section(tier: Tier, c: Comparison, runs: List[dict]) -> List[str]:
@@ -410,7 +446,23 @@ def ice_section(tier: Tier, c: Comparison, runs: List[dict]) -> List[str]:
     if ice.get("time_reference_trial_s"):
         lines += ["", f"ICE's pruning time leaves out the {ice['time_reference_trial_s']:.0f} s "
                       "reference trial below (run for this report only)."]
-    trials = trials_of(ice["run_dir"])
+    per_epoch = [r["time_finetune_s"] / r["finetune_epochs"] for r in (base, ice)
+                 if r.get("finetune_epochs")]
+    if len(per_epoch) == 2:
+        lines += ["", f"A fine-tune epoch cost ICE {per_epoch[1]:.1f} s on average against the "
+                      f"standard pipeline's {per_epoch[0]:.1f} s ({per_epoch[1] / per_epoch[0]:.2f}"
+                      "x): ICE's distillation adds a forward pass of the unpruned teacher to every "
+                      f"step, and freezing {len(ice.get('frozen_layers') or [])} layers saves "
+                      "their weight gradients."]
+    drops = step_drops(ice)
+    if drops:
+        threshold = (ice.get("ice_knobs") or {}).get("threshold")
+        lines += ["", f"Right after each block's prune ICE's model was {min(drops):.1f}–"
+                      f"{max(drops):.1f} val points below dense (median "
+                      f"{sorted(drops)[len(drops) // 2]:.1f}); with the chosen threshold of "
+                      f"{_f(threshold, 'g')} points, rule i fine-tuned at "
+                      f"{ice['finetune_count']} of {ice['steps']} steps."]
+    trials = csv_rows(ice["run_dir"], "trials")
     if trials:
         knobs = ["threshold", "freeze_ratio", "lr", "lr_p", "lr_beta", "lr_delta"]
         lines += ["", f"The tuning trials ({ice.get('autotune_train_images')} train / "
@@ -456,8 +508,11 @@ def render(results: dict, tier: Tier) -> Tuple[str, str]:
              f"- Tier: **{tier.name}**, sized for {tier.budget}.",
              f"- Machine: {results.get('machine')}.",
              f"- Run: {results.get('started')} to {results.get('finished')}; the comparisons "
-             f"took **{results.get('comparisons_wall_s', 0) / 60:.1f} min**, the dense models "
-             f"{results.get('dense_wall_s', 0) / 60:.1f} min more (below).",
+             f"took **{comparisons_seconds(results) / 60:.1f} min** (the runs' wall time), the "
+             f"dense models {results.get('dense_wall_s', 0) / 60:.1f} min more (below).",
+             *(f"- Rerun: the {', '.join(r['only'])} comparison(s), {r['started']} "
+               f"(`{r['command']}`); their figures below are from that rerun."
+               for r in results.get("reruns", [])),
              f"- Settings common to every run: `{' '.join(tier.common)}`.", *(
                  f"- {n}" for n in tier.notes), "",
              "Test top-1 is on the data set's test split, used only for reporting; every "
@@ -501,7 +556,7 @@ def render(results: dict, tier: Tier) -> Tuple[str, str]:
                   "make data && make verdicts-full   # python scripts/verdicts.py --full", "```"]
     readme = [f"Measured by `make verdicts` ({tier.name} tier, Fashion-MNIST at "
               f"{'16x16' if tier.name == 'cpu' else 'native size'}, "
-              f"{results.get('comparisons_wall_s', 0) / 60:.0f} min on "
+              f"{comparisons_seconds(results) / 60:.0f} min on "
               f"{results.get('machine', '').split(', torch')[0]}); details, settings and the "
               "reasons in [docs/results.md](docs/results.md).", ""]
     readme += table(["paper", "claim", "measured here", "verdict"], summary_rows)
@@ -546,8 +601,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="the GPU tier (paper-scale)")
     ap.add_argument("--tier", choices=sorted(TIERS), help="cpu (default), full, smoke")
-    ap.add_argument("--only", nargs="+", choices=["ice", "slr", "autocompress", "gradual"],
-                    default=[], help="run only these comparisons")
+    ap.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                    help="run only these comparisons (ice, slr, autocompress, gradual) or runs "
+                         "(ice_1: the second run of ice), replacing them in OUT/results.json")
     ap.add_argument("--out", default=None, help="run directories and results.json "
                                                 "(default outputs/verdicts-TIER)")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
@@ -557,6 +613,11 @@ def main(argv=None) -> int:
                     help="rewrite the documents from OUT/results.json without running")
     args = ap.parse_args(argv)
     tier = TIERS[args.tier or ("full" if args.full else "cpu")]()
+    names = {c.key for c in tier.comparisons} | {
+        f"{c.key}_{i}" for c in tier.comparisons for i in range(len(c.runs))}
+    if set(args.only) - names:
+        ap.error(f"--only {' '.join(sorted(set(args.only) - names))}: not a comparison or run; "
+                 f"choose from {', '.join(sorted(names))}")
     out = Path(args.out or ROOT / "outputs" / f"verdicts-{tier.name}")
     if args.render:
         results = Results.load(out / "results.json")

@@ -127,13 +127,19 @@ def test_blockwise_removal_keeps_every_model_valid(name, size):
 # ---------------------------------------------------------------- auto-tuning objective
 def test_choose_trial_weighs_normalised_drop_and_time():
     drops, times = [2.0, 1.0, 3.0], [10.0, 30.0, 5.0]
-    # normalised: drops 0.5, 0, 1; times 0.2, 1, 0 -> equal weights: 0.35, 0.5, 0.5
+    # over the largest: drops 2/3, 1/3, 1; times 1/3, 1, 1/6 -> equal weights: 0.5, 0.67, 0.58
     assert choose_trial(drops, times, 0.5) == 0
     assert choose_trial(drops, times, 1.0) == 1  # accuracy only
     assert choose_trial(drops, times, 0.0) == 2  # time only
     # the reference's 1 + D/T would prefer the slower of two equally accurate trials; not here
     assert choose_trial([1.0, 1.0], [50.0, 10.0], 0.5) == 1
     assert choose_trial([1.0], [5.0], 0.5) == 0
+    # a narrow spread of time does not outweigh a wide spread of drop (min-max scaling would
+    # give both the full [0, 1] range and pick the 18-point trial to save 7 of 27 s)
+    assert choose_trial([17.9, 6.25, 42.9], [20.2, 27.0, 20.1], 0.5) == 1
+    # gains count as no drop: two trials that beat dense differ by time alone
+    assert choose_trial([-1.0, -3.0, 2.0], [10.0, 20.0, 10.0], 0.5) == 0
+    assert choose_trial([-1.0, -3.0], [10.0, 10.0], 0.5) == 1  # the tie goes to the larger gain
 
 
 # ---------------------------------------------------------------- config

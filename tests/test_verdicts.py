@@ -125,3 +125,20 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert doc.read_text() == text
+
+
+def test_the_phase_clock_leaves_out_excluded_time():
+    """Reporting-only work (ICE's reference trial) is no phase's time and no pruning time."""
+    import time
+
+    from prunekit.record import PhaseClock
+    clock = PhaseClock()
+    with clock.phase("search"):
+        time.sleep(0.05)  # counted
+        with clock.phase("eval"):
+            time.sleep(0.3)
+            clock.exclude(0.3)  # left out of eval, the phase running now
+        time.sleep(0.3)
+        clock.exclude(0.3)  # left out of search
+    assert clock.totals["eval"] < 0.05
+    assert 0.05 <= clock.totals["search"] < 0.15
