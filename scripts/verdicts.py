@@ -503,15 +503,17 @@ def render(results: dict, tier: Tier) -> Tuple[str, str]:
     dense = {m: results["runs"].get(f"dense_{m}") for m in tier.models}
     lines = ["# Does it reproduce the papers? Verdicts on Fashion-MNIST", "",
              "Written by `scripts/verdicts.py` "
-             f"(`{results.get('command', 'python scripts/verdicts.py')}`); every figure below "
-             "is from that one run. Do not edit by hand: rerun `make verdicts`.", "",
+             f"(`{results.get('command', 'python scripts/verdicts.py')}`"
+             + (" and the reruns listed below" if results.get("reruns") else "")
+             + "); every figure below is from those runs, on this machine. Do not edit by "
+             "hand: rerun `make verdicts`.", "",
              f"- Tier: **{tier.name}**, sized for {tier.budget}.",
              f"- Machine: {results.get('machine')}.",
              f"- Run: {results.get('started')} to {results.get('finished')}; the comparisons "
              f"took **{comparisons_seconds(results) / 60:.1f} min** (the runs' wall time), the "
              f"dense models {results.get('dense_wall_s', 0) / 60:.1f} min more (below).",
-             *(f"- Rerun: the {', '.join(r['only'])} comparison(s), {r['started']} "
-               f"(`{r['command']}`); their figures below are from that rerun."
+             *(f"- Rerun of {', '.join(r['only'])} at {r['started']} (`{r['command']}`): "
+               "those figures are from the rerun."
                for r in results.get("reruns", [])),
              f"- Settings common to every run: `{' '.join(tier.common)}`.", *(
                  f"- {n}" for n in tier.notes), "",
