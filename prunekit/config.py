@@ -132,7 +132,7 @@ class IceAutotuneConfig:
     trials: int = 6  # grid points tried (the paper: 6 for ResNet, 3 DenseNet, 7 WRN)
     train_fraction: float = 0.02  # of the train split, per trial (the paper: 2% of CIFAR-10)
     val_fraction: float = 0.04  # of the val split, per trial (the paper: 200 images)
-    accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, both min-max normalised
+    accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, each over its max
     grid: IceGrid = field(default_factory=IceGrid)
     reference_trial: bool = False  # also try the configured knobs, for reporting (not timed)
 

@@ -65,8 +65,69 @@ class Tier:
 NO_LATENCY = ["hardware.latency.enabled=false"]  # masked models: dense kernels, no speedup to time
 
 
+@dataclass
+class Budget:
+    """What one tier spends per comparison; the four comparisons are built from it alike."""
+
+    ice_model: str
+    model: str  # SLR, AutoCompress and AGP
+    ice_ratio: float = 0.7  # the middle of the paper's 0.6 / 0.7 / 0.8
+    slr_epochs: int = 3  # SLR epochs = ADMM iterations (one epoch each), then 1 retrain epoch
+    filter_sparsity: float = 0.93  # of the prunable weights: >= 10x fewer parameters
+    filter_epochs: int = 4  # even: iterative E x 1; ADMM E-1 + 1 retrain; AC E/2 x (1 + 1)
+    agp_epochs: int = 2
+    ice_extra: List[str] = field(default_factory=list)  # overrides for the ICE side only
+    agp_extra: List[str] = field(default_factory=list)  # overrides for the AGP run only
+
+
+def comparisons(b: Budget) -> List[Comparison]:
+    ratio, e, sp = b.ice_ratio, b.filter_epochs, b.filter_sparsity
+    return [
+        Comparison(
+            "ice", "ICE-Pruning vs the standard pipeline", b.ice_model,
+            [("standard pipeline", ["experiment=ice_baseline", f"sparsity={ratio}"]),
+             ("ICE-Pruning", ["experiment=ice_paper", f"sparsity={ratio}",
+                              "method.autotune.reference_trial=true", *b.ice_extra])],
+            f"ratio {ratio:g} (the paper's ratios are 0.6/0.7/0.8), the paper's trial fraction (2 %"
+            " of train, 4 % of val per trial, 6 trials), the whole train split for the final "
+            "run, distillation at T = 2 as in its ResNet runs."),
+        Comparison(
+            "slr", "SLR vs ADMM at 0.9 unstructured", b.model,
+            [("ADMM", ["method=admm", "sparsity=0.9", f"method.iterations={b.slr_epochs}",
+                       "method.retrain_epochs=1", *NO_LATENCY]),
+             ("SLR", ["method=slr", "sparsity=0.9", f"method.epochs={b.slr_epochs}",
+                      "method.retrain_epochs=1", *NO_LATENCY])],
+            f"{b.slr_epochs} epochs of ADMM (one Z/U update per epoch) against {b.slr_epochs} "
+            "epochs of SLR, each then hard-pruned and retrained 1 epoch with the mask fixed."),
+        Comparison(
+            "autocompress", "AutoCompress vs ADMM and iterative filter pruning", b.model,
+            [("iterative (filter)", ["method=iterative", "method.granularity=filter",
+                                     f"sparsity={sp}", f"method.steps={e}",
+                                     "method.finetune_epochs=1"]),
+             ("ADMM (filter)", ["method=admm", "method.granularity=filter", f"sparsity={sp}",
+                                f"method.iterations={e - 1}", "method.retrain_epochs=1"]),
+             ("AutoCompress", ["method=autocompress", f"sparsity={sp}",
+                               f"method.rounds={e // 2}", "method.iterations=1",
+                               "method.finetune_epochs=1"])],
+            f"{sp:.0%} of the prunable weights (>= 10x fewer parameters), {e} training epochs "
+            f"each: iterative {e} steps x 1 epoch, ADMM {e - 1} iterations + 1 retrain epoch, "
+            f"AutoCompress {e // 2} rounds x (1 ADMM epoch + 1 fine-tune epoch) plus its "
+            "search's quick evaluations."),
+        Comparison(
+            "gradual", "Gradual (AGP) vs one-shot and iterative at 0.9", b.model,
+            [("one-shot", ["method=oneshot", "sparsity=0.9",
+                           f"method.finetune_epochs={b.agp_epochs}", *NO_LATENCY]),
+             ("iterative", ["method=iterative", "sparsity=0.9", f"method.steps={b.agp_epochs}",
+                            "method.finetune_epochs=1", *NO_LATENCY]),
+             ("gradual (AGP)", ["method=gradual", "sparsity=0.9",
+                                f"method.epochs={b.agp_epochs}", *NO_LATENCY, *b.agp_extra])],
+            f"{b.agp_epochs} training epochs each: one-shot prune + {b.agp_epochs} epochs, "
+            f"iterative {b.agp_epochs} steps x 1 epoch, AGP's cubic schedule over "
+            f"{b.agp_epochs} epochs (to 75 % of its steps)."),
+    ]
+
+
 def cpu_tier() -> Tier:
-    ice_ratio = "0.7"
     return Tier(
         name="cpu",
         common=["dataset=fashion_mnist", "dataset.image_size=16", "pretrain.epochs=15",
@@ -78,46 +139,7 @@ def cpu_tier() -> Tier:
                "the standard pipeline fine-tunes one full epoch per block, 15 epochs.",
                "resnet20 for the other three: their claims do not depend on depth, and its "
                "epoch costs about 0.6 of resnet32's."],
-        comparisons=[
-            Comparison(
-                "ice", "ICE-Pruning vs the standard pipeline", "resnet32",
-                [("standard pipeline", ["experiment=ice_baseline", f"sparsity={ice_ratio}"]),
-                 ("ICE-Pruning", ["experiment=ice_paper", f"sparsity={ice_ratio}",
-                                  "method.autotune.reference_trial=true"])],
-                f"ratio {ice_ratio} (the middle of the paper's 0.6/0.7/0.8), the paper's trial "
-                "fraction (2 % of train, 4 % of val per trial, 6 trials), the full 54,000-image "
-                "train split for the final run, distillation at T = 2 as in its ResNet runs."),
-            Comparison(
-                "slr", "SLR vs ADMM at 0.9 unstructured", "resnet20",
-                [("ADMM", ["method=admm", "sparsity=0.9", "method.iterations=3",
-                           "method.retrain_epochs=1", *NO_LATENCY]),
-                 ("SLR", ["method=slr", "sparsity=0.9", "method.epochs=3",
-                          "method.retrain_epochs=1", *NO_LATENCY])],
-                "3 epochs of ADMM (one Z/U update per epoch) against 3 epochs of SLR, each then "
-                "hard-pruned and retrained 1 epoch with the mask fixed."),
-            Comparison(
-                "autocompress", "AutoCompress vs ADMM and iterative filter pruning", "resnet20",
-                [("iterative (filter)", ["method=iterative", "method.granularity=filter",
-                                         "sparsity=0.93", "method.steps=4",
-                                         "method.finetune_epochs=1"]),
-                 ("ADMM (filter)", ["method=admm", "method.granularity=filter", "sparsity=0.93",
-                                    "method.iterations=3", "method.retrain_epochs=1"]),
-                 ("AutoCompress", ["method=autocompress", "sparsity=0.93", "method.rounds=2",
-                                   "method.iterations=1", "method.finetune_epochs=1"])],
-                "93 % of the prunable weights (>= 10x fewer parameters), 4 training epochs each: "
-                "iterative 4 steps x 1 epoch, ADMM 3 iterations + 1 retrain epoch, AutoCompress 2 "
-                "rounds x (1 ADMM epoch + 1 fine-tune epoch) plus its search's quick evaluations."),
-            Comparison(
-                "gradual", "Gradual (AGP) vs one-shot and iterative at 0.9", "resnet20",
-                [("one-shot", ["method=oneshot", "sparsity=0.9", "method.finetune_epochs=2",
-                               *NO_LATENCY]),
-                 ("iterative", ["method=iterative", "sparsity=0.9", "method.steps=2",
-                                "method.finetune_epochs=1", *NO_LATENCY]),
-                 ("gradual (AGP)", ["method=gradual", "sparsity=0.9", "method.epochs=2",
-                                    *NO_LATENCY])],
-                "2 training epochs each: one-shot prune + 2 epochs, iterative 2 steps x 1 epoch, "
-                "AGP's cubic schedule over 2 epochs (masks every 100 steps, to 75 % of them)."),
-        ])
+        comparisons=comparisons(Budget("resnet32", "resnet20")))
 
 
 def gpu_tier() -> Tier:
@@ -127,63 +149,22 @@ def gpu_tier() -> Tier:
         common=["dataset=fashion_mnist", "pretrain.epochs=30", "seed=0", "hardware=cuda",
                 "dataset.batch_size=256", "dataset.in_memory=true"],
         budget="about 8 minutes of comparisons on one current GPU",
-        notes=["Native 28x28 images; resnet56 (27 blocks) and resnet110 (54 blocks) for ICE, "
-               "the paper's networks; resnet56 for the rest."],
-        comparisons=[
-            Comparison(
-                "ice", "ICE-Pruning vs the standard pipeline", "resnet56",
-                [("standard pipeline", ["experiment=ice_baseline", "sparsity=0.7"]),
-                 ("ICE-Pruning", ["experiment=ice_paper", "sparsity=0.7",
-                                  "method.autotune.reference_trial=true"])],
-                "ratio 0.7 on resnet56, the paper's trial fraction, distillation at T = 2."),
-            Comparison(
-                "slr", "SLR vs ADMM at 0.9 unstructured", "resnet56",
-                [("ADMM", ["method=admm", "sparsity=0.9", "method.iterations=10",
-                           "method.retrain_epochs=1", *NO_LATENCY]),
-                 ("SLR", ["method=slr", "sparsity=0.9", "method.epochs=10",
-                          "method.retrain_epochs=1", *NO_LATENCY])],
-                "10 epochs each, then the hard prune and 1 retrain epoch."),
-            Comparison(
-                "autocompress", "AutoCompress vs ADMM and iterative filter pruning", "resnet56",
-                [("iterative (filter)", ["method=iterative", "method.granularity=filter",
-                                         "sparsity=0.95", "method.steps=6",
-                                         "method.finetune_epochs=2"]),
-                 ("ADMM (filter)", ["method=admm", "method.granularity=filter", "sparsity=0.95",
-                                    "method.iterations=8", "method.retrain_epochs=4"]),
-                 ("AutoCompress", ["method=autocompress", "sparsity=0.95", "method.rounds=3",
-                                   "method.iterations=2", "method.finetune_epochs=2"])],
-                "95 % of the prunable weights, 12 training epochs each."),
-            Comparison(
-                "gradual", "Gradual (AGP) vs one-shot and iterative at 0.9", "resnet56",
-                [("one-shot", ["method=oneshot", "sparsity=0.9", "method.finetune_epochs=6",
-                               *NO_LATENCY]),
-                 ("iterative", ["method=iterative", "sparsity=0.9", "method.steps=3",
-                                "method.finetune_epochs=2", *NO_LATENCY]),
-                 ("gradual (AGP)", ["method=gradual", "sparsity=0.9", "method.epochs=6",
-                                    *NO_LATENCY])],
-                "6 training epochs each."),
-        ])
+        notes=["Native 28x28 images; resnet56 (27 blocks), one of the paper's networks, for "
+               "every comparison."],
+        comparisons=comparisons(Budget("resnet56", "resnet56", slr_epochs=10,
+                                       filter_sparsity=0.95, filter_epochs=12, agp_epochs=6)))
 
 
 def smoke_tier() -> Tier:
     """Seconds on digits: exercises every code path of the script (the tests use it)."""
-    fast = ["pretrain.epochs=2", "dataset.subset=0.3", "train.progress=false",
-            "hardware.latency.enabled=false", "checkpoint.enabled=false"]
-    cpu = cpu_tier()
-    shrink = {"method.iterations=3": "method.iterations=1", "method.epochs=3": "method.epochs=1",
-              "method.steps=4": "method.steps=2", "method.rounds=2": "method.rounds=1",
-              "method.finetune_epochs=2": "method.finetune_epochs=1",
-              "method.epochs=2": "method.epochs=1 method.frequency=1"}
-    comparisons = []
-    for c in cpu.comparisons:
-        runs = [(label, [part for o in overrides for part in shrink.get(o, o).split()]
-                 + (["method.autotune.trials=2", "model=lenet5"] if c.key == "ice" and
-                    "experiment=ice_paper" in overrides else [])
-                 + (["model=lenet5"] if c.key == "ice" else []))
-                for label, overrides in c.runs]
-        comparisons.append(Comparison(c.key, c.title, "lenet5", runs, c.why))
-    return Tier("smoke", ["dataset=digits", "seed=0", "hardware=cpu", *fast], comparisons,
-                "seconds (a test of the script, not evidence)")
+    return Tier(
+        "smoke", ["dataset=digits", "seed=0", "hardware=cpu", "pretrain.epochs=2",
+                  "dataset.subset=0.3", "train.progress=false", "hardware.latency.enabled=false",
+                  "checkpoint.enabled=false"],
+        comparisons(Budget("lenet5", "lenet5", slr_epochs=1, filter_epochs=2, agp_epochs=1,
+                           ice_extra=["method.autotune.trials=2"],
+                           agp_extra=["method.frequency=1"])),
+        "seconds (a test of the script, not evidence)")
 
 
 TIERS: Dict[str, Callable[[], Tier]] = {"cpu": cpu_tier, "full": gpu_tier, "smoke": smoke_tier}
