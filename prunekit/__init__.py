@@ -3,6 +3,7 @@
 `prunekit.load_pruned(path)` rebuilds a run's pruned model from its model.pt;
 `prunekit.export_onnx(path_or_module, out)` writes it to ONNX (the `onnx` extra).
 """
+import prunekit.methods  # noqa: F401  (fills the method registry, schemas included)
 from prunekit.config import register_configs
 
 __version__ = "0.1.0"

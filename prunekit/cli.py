@@ -21,7 +21,8 @@ from hydra.errors import CompactHydraException, MissingConfigException, Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from prunekit.config import ConfigError, did_you_mean, known_key, schema_keys, validate
+from prunekit.config import known_key, schema_keys, validate
+from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
 
 FAILED: List[str] = []

@@ -11,33 +11,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, get_type_hints
+from typing import Any, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from prunekit.errors import ConfigError, did_you_mean
+from prunekit.registry import Registry
+
 GRANULARITIES = ("unstructured", "filter", "channel", "column", "nm")
-AUTOCOMPRESS_SCHEMES = ("filter+column", "filter", "column")  # what its search may choose
-CRITERIA = ("l1", "l2", "random")
-ACTIVATION_CRITERIA = ("mean_activation", "entropy")  # ice only: scored on data, not weights
 SCOPES = ("layerwise", "global")
-ITERATIVE_SCHEDULES = ("geometric", "linear", "blockwise")
 AUGMENTS = ("none", "crop", "crop_flip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "constant")
-
-
-class ConfigError(ValueError):
-    """Bad user input. The message is one line: the key, what is wrong, how to fix it."""
-
-
-def did_you_mean(word: str, candidates) -> str:
-    """' (did you mean `x`?)' for a near miss of one of `candidates`, else ''."""
-    import difflib
-
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def schema_keys(schema) -> List[str]:
@@ -85,141 +72,7 @@ class MethodConfig:
     prune_first_conv: bool = False
     prune_classifier: bool = False
     lr: float = 0.01  # learning rate of the method's own training / fine-tuning
-
-
-@dataclass
-class DenseMethodConfig(MethodConfig):
-    epochs: int = 0  # extra dense training, to give the baseline the same budget as a method
-
-
-@dataclass
-class OneshotMethodConfig(MethodConfig):
-    finetune_epochs: int = 3
-
-
-@dataclass
-class IterativeMethodConfig(MethodConfig):
-    steps: int = 5
-    schedule: str = "geometric"
-    finetune_epochs: int = 1  # after every step
-
-
-@dataclass
-class GradualMethodConfig(MethodConfig):
-    epochs: int = 10
-    initial_sparsity: float = 0.0
-    begin_step: int = 0
-    end_step: Optional[int] = None  # None: 75% of the optimiser steps of the run
-    frequency: int = 100  # Δt: optimiser steps between mask updates
-    power: int = 3
-
-
-@dataclass
-class IceGrid:
-    """The auto-tuning grid of the ICE-Pruning paper (ResNet settings); each key is a method key."""
-
-    threshold: List[float] = field(default_factory=lambda: [0.5, 1.5])
-    freeze_ratio: List[float] = field(default_factory=lambda: [0.3, 0.9])
-    lr: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
-    lr_p: List[float] = field(default_factory=lambda: [0.1, 0.15, 0.2])
-    lr_beta: List[float] = field(default_factory=lambda: [40.0, 50.0, 60.0])
-    lr_delta: List[float] = field(default_factory=lambda: [6e-4, 7e-4, 8e-4])
-
-
-@dataclass
-class IceAutotuneConfig:
-    enabled: bool = True
-    trials: int = 6  # grid points tried (the paper: 6 for ResNet, 3 DenseNet, 7 WRN)
-    train_fraction: float = 0.02  # of the train split, per trial (the paper: 2% of CIFAR-10)
-    val_fraction: float = 0.04  # of the val split, per trial (the paper: 200 images)
-    accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, each over its max
-    grid: IceGrid = field(default_factory=IceGrid)
-    reference_trial: bool = False  # also try the configured knobs, for reporting (not timed)
-
-
-@dataclass
-class IceMethodConfig(MethodConfig):
-    granularity: str = "filter"
-    lr: float = 1e-3  # the pruning-aware LR's base (and the constant lr without it)
-    threshold: float = 1.5  # fine-tune when dense val top-1 - val top-1 >= this (points)
-    freeze_ratio: float = 0.3  # fraction of the candidate conv+BN pairs frozen
-    lr_p: float = 0.12  # the LR's knee sits at remaining fraction 1 - p
-    lr_beta: float = 50.0  # steepness of the knee
-    lr_delta: float = 7.5e-4  # the LR falls from base to base - delta
-    probe_lr: float = 1e-3  # the freezing probe's fixed fine-tuning lr
-    probe_data: str = "trials"  # trials: reuse the tuning stage's probe; train: probe again
-    finetune_epochs: int = 1  # per fine-tune (the paper: one)
-    use_threshold: bool = True  # ablation: false fine-tunes after every step
-    use_freeze: bool = True  # ablation: false freezes nothing (and skips the probe)
-    use_adaptive_lr: bool = True  # ablation: false fine-tunes at the constant `lr`
-    distill: bool = False  # fine-tune with CE + KL to the dense model (the paper's ResNet runs)
-    distill_temperature: float = 2.0
-    val_fraction: float = 1.0  # of the val split used for the fine-tune decisions
-    activation_batches: int = 4  # train batches that score mean_activation / entropy
-    autotune: IceAutotuneConfig = field(default_factory=IceAutotuneConfig)
-
-
-@dataclass
-class AdmmSolverConfig(MethodConfig):
-    """The ADMM solver's keys, shared by admm and autocompress (which runs it every round)."""
-
-    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
-    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + U‖²
-    rho_growth: float = 1.0  # ρ ← min(ρ · growth, rho_max) after every ADMM iteration
-    rho_max: float = 1.0
-    iterations: int = 10  # ADMM iterations (Z/U updates)
-    epochs_per_iteration: int = 1  # W-step epochs between Z/U updates
-
-
-@dataclass
-class AdmmMethodConfig(AdmmSolverConfig):
-    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
-    retrain_lr: Optional[float] = None  # None: lr
-    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
-
-
-@dataclass
-class SlrMethodConfig(MethodConfig):
-    """SLR's keys (Gurevin et al. 2020; defaults from the reference code)."""
-
-    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
-    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + Λ/ρ‖² (fixed)
-    epochs: int = 10  # SLR training epochs, one multiplier update round after each
-    M: float = 300.0  # α_k = 1 − 1/(M·k^(1 − 1/k^r))
-    r: float = 0.1
-    initial_step: float = 0.01  # s₀, the multipliers' first step size
-    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
-    retrain_lr: Optional[float] = None  # None: lr
-    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
-
-
-@dataclass
-class AutocompressSearchConfig:
-    evaluations: int = 40  # quick evaluations per round, the initial action included
-    temperature: float = 2.0  # T0, in points of val top-1 (the energy's unit)
-    final_temperature: float = 0.1
-    cooling: float = 0.9  # T <- T * cooling per accepted move
-    perturbation: float = 0.35  # rates move by U(-m, m), m = perturbation * T / T0
-    scheme_flip: float = 0.2  # a unit flips its scheme with probability scheme_flip * T / T0
-    max_rate: float = 0.99  # no unit loses more of its weights
-    val_fraction: float = 0.2  # of the val split, for the quick evaluations
-
-
-@dataclass
-class PurifyConfig:
-    enabled: bool = True
-    thresholds: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3])
-    tolerance: float = 0.5  # points of val top-1 a threshold may cost
-
-
-@dataclass
-class AutocompressMethodConfig(AdmmSolverConfig):
-    granularity: str = "filter+column"
-    rounds: int = 3  # cumulative targets 1 - (1 - S)^(i / rounds)
-    iterations: int = 3  # ADMM iterations per round
-    finetune_epochs: int = 2  # after every round
-    search: AutocompressSearchConfig = field(default_factory=AutocompressSearchConfig)
-    purify: PurifyConfig = field(default_factory=PurifyConfig)
+    criterion_batches: int = 4  # train batches a data-driven criterion reads per decision
 
 
 @dataclass
@@ -295,17 +148,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-METHOD_SCHEMAS = {
-    "dense": DenseMethodConfig,
-    "oneshot": OneshotMethodConfig,
-    "iterative": IterativeMethodConfig,
-    "gradual": GradualMethodConfig,
-    "ice": IceMethodConfig,
-    "admm": AdmmMethodConfig,
-    "autocompress": AutocompressMethodConfig,
-    "slr": SlrMethodConfig,
-}
-
+METHODS: Registry = Registry("method")  # name -> method unit (prunekit.methods fills it)
 
 GROUP_SCHEMAS = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig}
 
@@ -314,7 +157,8 @@ def known_key(cfg: DictConfig, key: str) -> bool:
     """Whether `key` (e.g. `method.retrain_epochs`) is in the schema of the option `cfg` chose
     for its group (method: the chosen method's); keys outside the typed groups count as known."""
     group, _, path = key.partition(".")
-    schema = METHOD_SCHEMAS.get(cfg.method.name) if group == "method" else GROUP_SCHEMAS.get(group)
+    unit = METHODS.get(cfg.method.name) if group == "method" else None
+    schema = unit.schema if unit is not None else GROUP_SCHEMAS.get(group)
     if schema is None or not path:
         return True
     for part in path.split("."):
@@ -326,30 +170,31 @@ def known_key(cfg: DictConfig, key: str) -> bool:
 
 
 def register_configs() -> None:
-    """Schemas live under schema/ so they never show up as `method=...` options."""
+    """Schemas live under schema/ so they never show up as `method=...` options. Each method's
+    comes from its unit (prunekit.methods, imported first)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
-    for name, schema in METHOD_SCHEMAS.items():
-        cs.store(group="schema/method", name=name, node=schema)
+    for name, unit in METHODS.items():
+        cs.store(group="schema/method", name=name, node=unit.schema)
 
 
 # --------------------------------------------------------------------------- validation
-def _choice(cfg: DictConfig, key: str, choices) -> None:
+def choice(cfg: DictConfig, key: str, choices) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices:
         raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}")
 
 
-def _at_least(cfg: DictConfig, key: str, low, what: str = "") -> None:
+def at_least(cfg: DictConfig, key: str, low, what: str = "") -> None:
     value = OmegaConf.select(cfg, key)
     if value is not None and value < low:
         raise ConfigError(f"{key}={value} must be >= {low}{what}")
 
 
-def _positive(cfg: DictConfig, key: str) -> None:
+def positive(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is not None and not value > 0:
         raise ConfigError(f"{key}={value} must be > 0")
@@ -381,22 +226,22 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "dataset", "method", "hardware"):
         _unknown_keys(cfg[group], group + ".")
 
-    _at_least(cfg, "checkpoint.keep", 1)
-    _at_least(cfg, "checkpoint.min_interval_s", 0)
+    at_least(cfg, "checkpoint.keep", 1)
+    at_least(cfg, "checkpoint.min_interval_s", 0)
     s = cfg.sparsity
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")
 
     # training
     for key in ("train.batch_size", "train.eval_batch_size", "pretrain.lr", "method.lr"):
-        _positive(cfg, key)
+        positive(cfg, key)
     for key in ("train.weight_decay", "train.momentum", "train.label_smoothing"):
-        _at_least(cfg, key, 0)
-    _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
-    _choice(cfg, "pretrain.lr_schedule", LR_SCHEDULES)
-    _at_least(cfg, "pretrain.weight_decay", 0)
-    _at_least(cfg, "train.val_max_batches", 1)
-    _at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
+        at_least(cfg, key, 0)
+    choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    choice(cfg, "pretrain.lr_schedule", LR_SCHEDULES)
+    at_least(cfg, "pretrain.weight_decay", 0)
+    at_least(cfg, "train.val_max_batches", 1)
+    at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
 
     # dataset
     d = cfg.dataset
@@ -406,11 +251,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
     if not 0.0 < d.subset <= 1.0:
         raise ConfigError(f"dataset.subset={d.subset} must be in (0, 1]: the fraction kept")
-    _choice(cfg, "dataset.augment", AUGMENTS)
-    _at_least(cfg, "dataset.image_size", 4)
-    _at_least(cfg, "dataset.num_workers", 0)
-    _at_least(cfg, "dataset.num_samples", 10)
-    _at_least(cfg, "dataset.num_classes", 2)
+    choice(cfg, "dataset.augment", AUGMENTS)
+    at_least(cfg, "dataset.image_size", 4)
+    at_least(cfg, "dataset.num_workers", 0)
+    at_least(cfg, "dataset.num_samples", 10)
+    at_least(cfg, "dataset.num_classes", 2)
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("dataset.path is not set: imagefolder needs dataset.path=DIR "
@@ -421,7 +266,7 @@ def validate(cfg: DictConfig) -> None:
                               "with train/ and val/ class folders (ImageNet layout)")
 
     # model
-    _at_least(cfg, "model.in_channels", 1)
+    at_least(cfg, "model.in_channels", 1)
     ckpt = cfg.model.checkpoint
     if ckpt is not None:
         path = os.path.expanduser(str(ckpt))
@@ -430,58 +275,20 @@ def validate(cfg: DictConfig) -> None:
                               "dict")
         check_torch_file(path, f"model.checkpoint={ckpt}")
 
-    # method
-    m = cfg.method
-    _choice(cfg, "method.granularity",
-            AUTOCOMPRESS_SCHEMES if m.name == "autocompress" else GRANULARITIES)
-    _choice(cfg, "method.criterion",
-            CRITERIA + ACTIVATION_CRITERIA if m.name == "ice" else CRITERIA)
-    _choice(cfg, "method.scope", SCOPES)
-    if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:
-        raise ConfigError(f"method.nm={list(m.nm)} must be [N, M] with 0 < N < M, e.g. [2, 4]")
-    if m.granularity == "nm":
-        implied = 1.0 - m.nm[0] / m.nm[1]
-        if abs(implied - s) > 1e-9:
-            raise ConfigError(f"sparsity={s} does not match method.nm={list(m.nm)}, which removes "
-                              f"{implied:g}: set sparsity={implied:g}")
-        if m.name not in ("oneshot", "admm", "slr"):
-            raise ConfigError(f"method.granularity=nm needs one prune step: use method=oneshot, "
-                              f"admm or slr, not method={m.name}")
-    for key in ("epochs", "finetune_epochs"):
-        _at_least(cfg, f"method.{key}", 0, " (epochs cannot be negative)")
-    if m.name == "iterative":
-        _at_least(cfg, "method.steps", 1)
-        _choice(cfg, "method.schedule", ITERATIVE_SCHEDULES)
-        if m.schedule == "blockwise" and m.granularity != "filter":
-            raise ConfigError("method.schedule=blockwise prunes filters block by block: "
-                              "set method.granularity=filter")
-    if m.name == "ice":
-        _validate_ice(cfg)
-    if m.name in ("admm", "autocompress", "slr"):
-        _validate_admm(cfg)
-    if m.name == "gradual":
-        _at_least(cfg, "method.frequency", 1)
-        _at_least(cfg, "method.begin_step", 0)
-        _at_least(cfg, "method.power", 1)
-        _at_least(cfg, "method.epochs", 1, " (gradual pruning happens during training)")
-        if not 0.0 <= m.initial_sparsity <= s:
-            raise ConfigError(f"method.initial_sparsity={m.initial_sparsity} must be in "
-                              f"[0, sparsity={s}]")
-        if m.end_step is not None and m.end_step <= m.begin_step:
-            raise ConfigError(f"method.end_step={m.end_step} must be greater than "
-                              f"method.begin_step={m.begin_step}")
+    # method: its unit checks its own keys
+    METHODS.choose(cfg.method.name, "method.name").check(cfg)
 
     # hardware
     h = cfg.hardware
-    _choice(cfg, "hardware.device", DEVICES)
-    _choice(cfg, "hardware.precision", PRECISIONS)
-    _at_least(cfg, "hardware.threads", 0)
-    _at_least(cfg, "hardware.latency.warmup", 0)
-    _at_least(cfg, "hardware.latency.repeats", 1)
-    _positive(cfg, "hardware.latency.max_seconds")
-    _at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
-    _at_least(cfg, "hardware.latency.max_over_flops", 1.0)
-    _fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
+    choice(cfg, "hardware.device", DEVICES)
+    choice(cfg, "hardware.precision", PRECISIONS)
+    at_least(cfg, "hardware.threads", 0)
+    at_least(cfg, "hardware.latency.warmup", 0)
+    at_least(cfg, "hardware.latency.repeats", 1)
+    positive(cfg, "hardware.latency.max_seconds")
+    at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
+    at_least(cfg, "hardware.latency.max_over_flops", 1.0)
+    fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
     if h.sparse_2of4 and h.precision == "fp32":
         raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: PyTorch's "
                           "semi-structured sparse kernels take half-precision weights")
@@ -520,115 +327,7 @@ def torch_file_problem(path: str) -> Optional[str]:
     return "it is a text file"
 
 
-def _fraction(cfg: DictConfig, key: str, low_open: bool = True) -> None:
+def fraction(cfg: DictConfig, key: str, low_open: bool = True) -> None:
     value = OmegaConf.select(cfg, key)
     if not ((0.0 < value) if low_open else (0.0 <= value)) or not value <= 1.0:
         raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}0, 1]")
-
-
-def parse_layer_rates(items) -> Dict[str, float]:
-    """["pattern:rate", ...] -> {pattern: rate}, or a ConfigError naming the bad item."""
-    out: Dict[str, float] = {}
-    for item in items:
-        pattern, _, rate = str(item).rpartition(":")
-        try:
-            value = float(rate)
-        except ValueError:
-            value = None
-        if not pattern or value is None or not 0.0 <= value < 1.0:
-            raise ConfigError(f"method.layer_rates: '{item}' is not 'layer:rate' with a rate in "
-                              "[0, 1) (the fraction removed), e.g. method.layer_rates=[layer4.*:0.95]")
-        out[pattern] = value
-    return out
-
-
-def _validate_admm(cfg: DictConfig) -> None:
-    """admm, autocompress and slr: the projection-based methods."""
-    m = cfg.method
-    if m.criterion != "l2":
-        raise ConfigError(f"method.criterion={m.criterion}: {m.name} projects onto the sparse set by "
-                          "keeping the largest-L2 structures (the exact Euclidean projection); "
-                          "use method.criterion=l2")
-    if m.scope != "layerwise":
-        raise ConfigError(f"method.scope={m.scope}: {m.name} constrains every layer (or channel "
-                          "group) at its own rate; use method.scope=layerwise")
-    _positive(cfg, "method.rho")
-    if m.name in ("admm", "slr"):
-        _at_least(cfg, "method.retrain_epochs", 0, " (epochs cannot be negative)")
-        _positive(cfg, "method.retrain_lr")
-        parse_layer_rates(m.layer_rates)
-    if m.name == "slr":
-        _at_least(cfg, "method.epochs", 1, " (SLR prunes by training)")
-        for key in ("M", "initial_step"):
-            _positive(cfg, f"method.{key}")
-        _at_least(cfg, "method.r", 0)
-        return
-    _positive(cfg, "method.rho_max")
-    _at_least(cfg, "method.rho_growth", 1.0, " (ρ may only grow)")
-    if m.rho_max < m.rho:
-        raise ConfigError(f"method.rho_max={m.rho_max} must be >= method.rho={m.rho}")
-    _at_least(cfg, "method.iterations", 1)
-    _at_least(cfg, "method.epochs_per_iteration", 1)
-    if m.name == "admm":
-        return
-    s = m.search
-    _at_least(cfg, "method.rounds", 1)
-    _at_least(cfg, "method.finetune_epochs", 0, " (epochs cannot be negative)")
-    _at_least(cfg, "method.search.evaluations", 1)
-    for key in ("temperature", "final_temperature"):
-        _positive(cfg, f"method.search.{key}")
-    if s.final_temperature > s.temperature:
-        raise ConfigError(f"method.search.final_temperature={s.final_temperature} must not exceed "
-                          f"method.search.temperature={s.temperature}")
-    if not 0.0 < s.cooling < 1.0:
-        raise ConfigError(f"method.search.cooling={s.cooling} must be in (0, 1)")
-    _at_least(cfg, "method.search.perturbation", 0)
-    _fraction(cfg, "method.search.scheme_flip", low_open=False)
-    _fraction(cfg, "method.search.val_fraction")
-    if not cfg.sparsity < s.max_rate < 1.0:
-        raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity={cfg.sparsity}"
-                          ", 1): no layer may lose more, and the target must be reachable")
-    t = list(m.purify.thresholds)
-    if any(v < 0 for v in t) or t != sorted(t):
-        raise ConfigError(f"method.purify.thresholds={t} must be non-negative and ascending")
-    _at_least(cfg, "method.purify.tolerance", 0)
-
-
-def _validate_ice(cfg: DictConfig) -> None:
-    m = cfg.method
-    if m.granularity != "filter":
-        raise ConfigError(f"method.granularity={m.granularity}: ICE-Pruning removes filters "
-                          "block by block; use method.granularity=filter")
-    for key in ("probe_lr", "lr_beta", "distill_temperature"):
-        _positive(cfg, f"method.{key}")
-    _choice(cfg, "method.probe_data", ("trials", "train"))
-    for key in ("threshold", "lr_delta"):
-        _at_least(cfg, f"method.{key}", 0)
-    _at_least(cfg, "method.finetune_epochs", 1, " (set method.use_threshold to fine-tune less)")
-    _at_least(cfg, "method.activation_batches", 1)
-    _at_least(cfg, "method.autotune.trials", 1)
-    for key in ("val_fraction", "autotune.train_fraction", "autotune.val_fraction"):
-        value = OmegaConf.select(m, key)
-        if not 0.0 < value <= 1.0:
-            raise ConfigError(f"method.{key}={value} must be in (0, 1]: the fraction used")
-    if not 0.0 <= m.autotune.accuracy_weight <= 1.0:
-        raise ConfigError(f"method.autotune.accuracy_weight={m.autotune.accuracy_weight} must be "
-                          "in [0, 1]")
-    grid = m.autotune.grid
-    for key in grid:
-        if len(grid[key]) == 0:
-            raise ConfigError(f"method.autotune.grid.{key} is empty: give at least one value")
-    # every value the run can use: the given ones, and the grid's when tuning
-    values = {k: [m[k]] + (list(grid[k]) if m.autotune.enabled else []) for k in grid}
-    if min(values["threshold"]) < 0:
-        raise ConfigError("method.threshold values must be >= 0 (points of val top-1)")
-    if not all(0.0 <= v <= 1.0 for v in values["freeze_ratio"]):
-        raise ConfigError("method.freeze_ratio values must be in [0, 1]")
-    if not all(0.0 <= v < 0.5 for v in values["lr_p"]):
-        raise ConfigError("method.lr_p values must be in [0, 0.5): the LR's knee is at remaining "
-                          "fraction 1 - p, and x / (2(1 - p) - x) needs 2(1 - p) > 1")
-    if min(values["lr_beta"]) <= 0 or min(values["lr"]) <= 0 or min(values["lr_delta"]) < 0:
-        raise ConfigError("method.lr and method.lr_beta values must be > 0, method.lr_delta >= 0")
-    if max(values["lr_delta"]) >= min(values["lr"]):
-        raise ConfigError(f"method.lr_delta={max(values['lr_delta'])} must be below method.lr="
-                          f"{min(values['lr'])}: the pruning-aware LR falls to lr - delta")

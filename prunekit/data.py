@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision import transforms as T
 
-from prunekit.config import ConfigError
+from prunekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

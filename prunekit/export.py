@@ -15,34 +15,9 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from prunekit.checkpoint import MODEL_FORMAT
-from prunekit.config import ConfigError
-from prunekit.models import build_model
-
-
-def _resize(module: nn.Module, state: dict, prefix: str) -> None:
-    """Give one layer the shapes its entries in `state` have."""
-    w = state.get(f"{prefix}weight")
-    if isinstance(module, nn.Conv2d) and w is not None and w.shape != module.weight.shape:
-        depthwise = module.groups > 1 and module.groups == module.in_channels
-        if module.groups > 1 and not depthwise:
-            raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
-        module.out_channels = w.shape[0]
-        module.in_channels = w.shape[0] if depthwise else w.shape[1]
-        if depthwise:
-            module.groups = w.shape[0]
-    elif isinstance(module, nn.Linear) and w is not None and w.shape != module.weight.shape:
-        module.out_features, module.in_features = w.shape
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w is not None \
-            and w.shape != module.weight.shape:
-        module.num_features = w.shape[0]
-    else:
-        return
-    for name, p in list(module.named_parameters(recurse=False)):
-        setattr(module, name, nn.Parameter(torch.empty_like(state[f"{prefix}{name}"])))
-    for name, b in list(module.named_buffers(recurse=False)):
-        if b is not None and b.dim() > 0:
-            module.register_buffer(name, torch.empty_like(state[f"{prefix}{name}"]))
+from prunekit.artifacts import MODEL_FORMAT
+from prunekit.errors import ConfigError
+from prunekit.models import build_model, resize_to_state
 
 
 def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
@@ -58,8 +33,7 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
                           "model.pt a run wrote")
     model = build_model(OmegaConf.create(blob["model"]), blob["num_classes"], blob["image_size"])
     state = blob["state_dict"]
-    for name, module in model.named_modules():
-        _resize(module, state, f"{name}." if name else "")
+    resize_to_state(model, state)
     model.load_state_dict(state)
     model.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])
     return model.eval()

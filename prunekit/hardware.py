@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from prunekit.config import ConfigError
+from prunekit.errors import ConfigError
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

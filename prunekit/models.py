@@ -18,7 +18,8 @@ import torchvision
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from prunekit.config import STATE_DICT_FIX, ConfigError, check_torch_file
+from prunekit.config import STATE_DICT_FIX, check_torch_file
+from prunekit.errors import ConfigError
 
 
 def _kaiming_conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
@@ -248,3 +249,35 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
                           f"{', '.join(parts)}; check model=, dataset= (classes, channels) and "
                           "dataset.image_size")
     model.load_state_dict(state)
+
+
+def resize_to_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Give every layer of `model` the shapes its entries in `state` have (a compacted model's
+    state dict), so `model.load_state_dict(state)` fits."""
+    for name, module in model.named_modules():
+        _resize_layer(module, state, f"{name}." if name else "")
+
+
+def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:
+    """Give one layer the shapes its entries in `state` have."""
+    w = state.get(f"{prefix}weight")
+    if isinstance(module, nn.Conv2d) and w is not None and w.shape != module.weight.shape:
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        if module.groups > 1 and not depthwise:
+            raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
+        module.out_channels = w.shape[0]
+        module.in_channels = w.shape[0] if depthwise else w.shape[1]
+        if depthwise:
+            module.groups = w.shape[0]
+    elif isinstance(module, nn.Linear) and w is not None and w.shape != module.weight.shape:
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w is not None \
+            and w.shape != module.weight.shape:
+        module.num_features = w.shape[0]
+    else:
+        return
+    for name, p in list(module.named_parameters(recurse=False)):
+        setattr(module, name, nn.Parameter(torch.empty_like(state[f"{prefix}{name}"])))
+    for name, b in list(module.named_buffers(recurse=False)):
+        if b is not None and b.dim() > 0:
+            module.register_buffer(name, torch.empty_like(state[f"{prefix}{name}"]))

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,10 +32,16 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from rich.table import Table
 
-from prunekit.record import CONSOLE, PHASES, atomic_write_text
+from prunekit.clock import PHASES
+from prunekit.config import METHODS
+from prunekit.console import CONSOLE
+from prunekit.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+# the method whose pruning time the others are measured against (its unit declares it)
+REFERENCE = next(name for name, unit in METHODS.items() if unit.time_reference)
+RELATIVE_TIME = f"time_vs_{REFERENCE}"
 GROUP_BY = ["dataset", "model", "method", "target_sparsity"]
 # (summary key, column title, format); the default metrics of the table, in order
 METRICS = [
@@ -49,7 +54,7 @@ METRICS = [
     ("theoretical_speedup", "FLOPs ×", ".2f"),
     ("measured_speedup", "measured ×", ".2f"),
     ("time_total_s", "pruning time s", ".1f"),
-    ("time_vs_iterative", "time / iterative", ".2f"),
+    (RELATIVE_TIME, f"time / {REFERENCE}", ".2f"),
 ]
 METRIC_TITLES = {title for _, title, _ in METRICS}
 FORMATS = ("md", "csv", "tex")
@@ -78,18 +83,18 @@ def collect(dirs: Sequence[Path]) -> Tuple[pd.DataFrame, List[dict]]:
 
 
 def add_relative_time(runs: pd.DataFrame) -> pd.DataFrame:
-    """time_vs_iterative: each run's pruning time over the mean of the `iterative` runs of its
-    (dataset, model, target sparsity); absent where no such baseline ran."""
+    """time_vs_<reference>: each run's pruning time over the mean of the reference method's runs
+    (the standard pipeline) of its (dataset, model, target sparsity); absent where none ran."""
     runs = runs.copy()
-    runs["time_vs_iterative"] = math.nan
-    if runs.empty or "time_total_s" not in runs or not (runs["method"] == "iterative").any():
+    runs[RELATIVE_TIME] = math.nan
+    if runs.empty or "time_total_s" not in runs or not (runs["method"] == REFERENCE).any():
         return runs
     keys = ["dataset", "model", "target_sparsity"]
-    base = runs[runs["method"] == "iterative"].groupby(keys)["time_total_s"].mean()
+    base = runs[runs["method"] == REFERENCE].groupby(keys)["time_total_s"].mean()
     for i, r in runs.iterrows():
         b = base.get(tuple(r[k] for k in keys))
         if b is not None and b > 0:
-            runs.at[i, "time_vs_iterative"] = r["time_total_s"] / b
+            runs.at[i, RELATIVE_TIME] = r["time_total_s"] / b
     return runs
 
 
@@ -123,16 +128,15 @@ def _cell(mean, std, fmt: str, n: int) -> str:
 
 
 def metric_format(key: str) -> Tuple[str, str]:
-    """(column title, number format) of a summary key: the standard metrics', ADMM's and SLR's
-    retraining accuracies, or the key itself."""
+    """(column title, number format) of a summary key: the standard metrics', a method's own keys
+    (as its unit declares them), or the key itself."""
     for k, title, fmt in METRICS:
         if k == key:
             return title, fmt
-    if key == "top1_hard":
-        return "top-1 hard prune %", ".2f"
-    retrain = re.fullmatch(r"top1_retrain(\d+)", key)
-    if retrain:
-        return f"top-1 +{retrain.group(1)} retrain ep. %", ".2f"
+    for unit in METHODS.values():  # a method's own summary keys
+        known = unit.summary_format(key)
+        if known:
+            return known
     return key, ".4g"
 
 

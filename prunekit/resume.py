@@ -32,12 +32,10 @@ named and skipped for the one before it, and one from another configuration is r
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -47,11 +45,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.record import temp_beside
+from prunekit.files import atomic_write
+from prunekit.models import resize_to_state
 
 log = logging.getLogger(__name__)
 
-FORMAT = "prunekit-checkpoint/3"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its probe
+FORMAT = "prunekit-checkpoint/4"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
+# probe; /4: the pruner's and the tally's own state dicts
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -117,16 +117,7 @@ class Checkpointer:
         self.count += 1
         path = self.dir / f"ckpt-{payload['journal_position']:05d}-{self.count:05d}.pt"
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = temp_beside(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header)
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: (f.write(header), f.write(data)), binary=True)
         for old in self.files()[:-self.keep]:
             old.unlink(missing_ok=True)
         self.last = time.perf_counter()
@@ -210,55 +201,33 @@ def loaders_of(ctx) -> list:
 
 def capture(ctx, fit: Optional[dict] = None) -> dict:
     """Everything needed to continue the run from here."""
-    masks = {n: m.detach().cpu().bool() for n, m in ctx.masks.items()}
-    groups = ctx.pruner.groups
     return {
-        "journal": list(ctx.journal.results),
-        "journal_position": len(ctx.journal.results),
+        "journal": list(ctx.replay.journal.results),
+        "journal_position": len(ctx.replay.journal.results),
         "fit": fit,
         "model": {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()},
-        "masks": masks,
-        "dense_numel": dict(ctx.pruner.dense_numel),
-        "dense_sizes": dict(groups._dense_sizes) if groups is not None else None,
-        "channels_removed": ctx.pruner.channels_removed,
-        "pruner_rng": ctx.pruner.generator.get_state(),
+        "pruner": ctx.pruner.state_dict(),
         "rng": rng_state(loaders_of(ctx)),
         "steps_rows": list(ctx.recorder.steps),
         "clock": dict(ctx.clock.totals),
         "elapsed": ctx.elapsed(),
         "stateful": {k: v.state_dict() for k, v in ctx.stateful.items()},
-        "context": {"steps": ctx.steps, "finetune_count": ctx.finetune_count,
-                    "finetune_epochs": ctx.finetune_epochs,
-                    "compaction_max_abs_diff": ctx.compaction_max_abs_diff,
-                    "compacted": ctx.compacted, "frozen": list(ctx.frozen),
-                    "results": ctx.results, "layer_info": ctx.layer_info,
-                    "dense_val_top1": ctx.dense_val_top1},
+        "tally": ctx.tally.state_dict(),
+        "frozen": list(ctx.frozen.names),
+        "dense_val_top1": ctx.dense_val_top1,
     }
 
 
-def restore(ctx, state: dict, rebuild_pruner: Callable) -> None:
+def restore(ctx, state: dict) -> None:
     """Put the run back where `capture` left it (the model resized to its compacted shapes)."""
-    from prunekit.export import _resize
-
-    model_state = state["model"]
-    for name, module in ctx.model.named_modules():
-        _resize(module, model_state, f"{name}." if name else "")
-    ctx.model.load_state_dict(model_state)
+    resize_to_state(ctx.model, state["model"])
+    ctx.model.load_state_dict(state["model"])
     ctx.model.to(ctx.hw.device)
-    ctx.pruner = rebuild_pruner(ctx.model)
-    ctx.pruner.dense_numel = dict(state["dense_numel"])
-    if ctx.pruner.groups is not None and state["dense_sizes"] is not None:
-        ctx.pruner.groups._dense_sizes = dict(state["dense_sizes"])
-        ctx.pruner.groups.refresh()
-    ctx.pruner.channels_removed = state["channels_removed"]
-    ctx.pruner.generator.set_state(state["pruner_rng"])
-    for name, mask in state["masks"].items():
-        ctx.masks.set(name, mask)
-    c = state["context"]
-    for key in ("steps", "finetune_count", "finetune_epochs", "compaction_max_abs_diff",
-                "compacted", "results", "layer_info", "dense_val_top1"):
-        setattr(ctx, key, c[key])
-    ctx.freeze(c["frozen"])
+    ctx.pruner = ctx.rebuild_pruner(ctx.model)
+    ctx.pruner.load_state_dict(state["pruner"])
+    ctx.tally.load_state_dict(state["tally"])
+    ctx.dense_val_top1 = state["dense_val_top1"]
+    ctx.freeze(state["frozen"])
     ctx.recorder.reset(state["steps_rows"])
     ctx.clock.totals.update(state["clock"])
     ctx.elapsed_before = state["elapsed"]
@@ -268,3 +237,64 @@ def restore(ctx, state: dict, rebuild_pruner: Callable) -> None:
     set_rng_state(state["rng"], loaders_of(ctx))
     log.info("resumed from %s (%d operations replayed)", state.get("path"),
              state["journal_position"])
+
+
+class Replay:
+    """A method's operations run through the journal. While a resumed run replays, a journaled
+    operation returns its recorded result instead of running; where replay ends, the
+    checkpoint's state is restored first (`restore`). Without a journal (a fork's side work)
+    operations simply run. Operations inside another run directly, unjournaled."""
+
+    def __init__(self, journal: Optional[Journal] = None,
+                 checkpointer: Optional[Checkpointer] = None):
+        self.journal = journal
+        self.checkpointer = checkpointer
+        self.ctx = None  # the context whose state checkpoints capture and replay restores
+        self._fit_state: Optional[dict] = None
+
+    def attach(self, ctx) -> "Replay":
+        self.ctx = ctx
+        return self
+
+    def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
+        j = self.journal
+        if j is None:
+            return fn()
+        top = j.depth == 0  # a nested operation is part of the enclosing one
+        if top:
+            i = j.position
+            j.position += 1
+            if j.pending is not None and i < j.resume_at:  # replay: the recorded result
+                return j.results[i]
+            self.finish()
+        j.depth += 1
+        try:
+            result = fn()
+        finally:
+            j.depth -= 1
+        if top:
+            j.results.append(result)
+            if checkpoint:
+                self.checkpoint()
+        return result
+
+    def finish(self) -> None:
+        """Restore the checkpoint's state if a resumed run's replay has not yet done so."""
+        j = self.journal
+        if j is not None and j.pending is not None:
+            state, j.pending = j.pending, None
+            restore(self.ctx, state)
+            self._fit_state = state["fit"]
+
+    def checkpoint(self, fit: Optional[dict] = None) -> None:
+        if self.checkpointer is not None and self.journal is not None and self.checkpointer.due():
+            self.checkpointer.save(capture(self.ctx, fit))
+
+    def in_top_level_op(self) -> bool:
+        """Inside a journaled operation that is not nested in another one."""
+        return self.journal is not None and self.journal.depth == 1
+
+    def take_fit_state(self) -> Optional[dict]:
+        """The state of the fit a resumed run was in (once; then None)."""
+        state, self._fit_state = self._fit_state, None
+        return state

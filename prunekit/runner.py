@@ -22,19 +22,40 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 import prunekit
-from prunekit.checkpoint import (cache_lock, dense_cache_path, dense_key, load_dense, save_dense,
-                                 save_model)
-from prunekit.config import ConfigError, validate
+from prunekit.artifacts import (
+    cache_lock,
+    dense_cache_path,
+    dense_key,
+    load_dense,
+    save_dense,
+    save_model,
+)
+from prunekit.clock import PhaseClock
+from prunekit.config import validate
+from prunekit.console import CONSOLE, print_summary
 from prunekit.data import Data, build_data
-from prunekit.hardware import (Hardware, latency_doubts, measure_latencies, seed_everything,
-                               setup_hardware, with_sparse_kernels)
+from prunekit.errors import ConfigError
+from prunekit.files import atomic_write_text
+from prunekit.hardware import (
+    Hardware,
+    latency_doubts,
+    measure_latencies,
+    seed_everything,
+    setup_hardware,
+    with_sparse_kernels,
+)
 from prunekit.methods import METHODS, Context
-from prunekit.methods.base import build_pruner
-from prunekit.metrics import count_nonzero, count_params, effective_flops, layer_rows, prunable_sparsity
+from prunekit.methods.context import build_pruner
+from prunekit.metrics import (
+    count_nonzero,
+    count_params,
+    effective_flops,
+    layer_rows,
+    prunable_sparsity,
+)
 from prunekit.models import build_model, load_weights, read_state_dict
-from prunekit.record import (CONSOLE, PhaseClock, Recorder, atomic_write_text, print_summary,
-                             summary_identity)
-from prunekit.resume import STOP, Checkpointer, Journal, Terminated, config_hash
+from prunekit.record import Recorder, summary_identity
+from prunekit.resume import STOP, Checkpointer, Journal, Replay, Terminated, config_hash
 from prunekit.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -62,16 +83,6 @@ def versions() -> Dict[str, Optional[str]]:
             "torchvision": installed("torchvision"), "cuda": torch.version.cuda,
             "hydra": installed("hydra-core"), "omegaconf": installed("omegaconf"),
             "torch_pruning": installed("torch-pruning")}
-
-
-def target_unit(method_cfg) -> str:
-    if method_cfg.name == "dense":
-        return "none"
-    if method_cfg.granularity == "nm":
-        return f"{method_cfg.nm[0]}:{method_cfg.nm[1]}"
-    if method_cfg.name == "ice" or method_cfg.get("schedule") == "blockwise":
-        return "channels per block"
-    return "weights"
 
 
 def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
@@ -110,7 +121,7 @@ def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
     kernels), `sparse_kernels` (2:4 layers on PyTorch's semi-structured kernels), `theoretical`
     (masked weights: dense kernels still multiply the zeros, only FLOPs fall) or `none` (dense)."""
     m = cfg.method
-    if m.name == "dense":
+    if not METHODS[m.name].prunes:
         return "none"
     if hw.sparse_2of4 and m.granularity == "nm" and list(m.nm) == [2, 4]:
         return "sparse_kernels"
@@ -220,9 +231,11 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
         ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
                       pruner=pruner, recorder=recorder, clock=clock, hw=hw, target=cfg.sparsity,
                       dense_val_top1=dense_val, check_input=data.example_input(32),
-                      journal=journal, checkpointer=checkpointer, started=started,
+                      replay=Replay(journal, checkpointer), started=started,
                       rebuild_pruner=lambda m: build_pruner(cfg, m, example))
-        METHODS[cfg.method.name](cfg.method).run(ctx)
+        ctx.replay.attach(ctx)
+        unit = METHODS[cfg.method.name]
+        unit(cfg.method).run(ctx)
         ctx.finish_replay()  # a run stopped after its method's last operation
         hw.sync()
         summary.update(time_total_s=ctx.elapsed(), **clock.as_summary())
@@ -231,17 +244,19 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
         model = ctx.model
         final_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
 
+        tally = ctx.tally
         numbers, rows = measure(cfg, model, dense, trainer, hw, data, ctx.pruner.dense_numel,
-                                layers, ctx.compacted)
+                                layers, tally.compacted)
     summary.update(numbers)
-    summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=ctx.steps,
-                   finetune_count=ctx.finetune_count, finetune_epochs=ctx.finetune_epochs,
-                   compacted=ctx.compacted, compaction_max_abs_diff=ctx.compaction_max_abs_diff,
-                   target_unit=target_unit(cfg.method), scope=cfg.method.scope,
-                   criterion=cfg.method.criterion, prunable_layers=len(layers), **ctx.results)
-    recorder.layers([{**row, **ctx.layer_info.get(row["layer"], {})} for row in rows])
+    summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=tally.steps,
+                   finetune_count=tally.finetune_count, finetune_epochs=tally.finetune_epochs,
+                   compacted=tally.compacted,
+                   compaction_max_abs_diff=tally.compaction_max_abs_diff,
+                   target_unit=unit.target_unit(cfg), scope=cfg.method.scope,
+                   criterion=cfg.method.criterion, prunable_layers=len(layers), **tally.results)
+    recorder.layers([{**row, **tally.layer_info.get(row["layer"], {})} for row in rows])
     save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
-               compacted=ctx.compacted)
+               compacted=tally.compacted)
     if checkpointer is not None:
         checkpointer.clear()  # the results are written: nothing left to resume
 

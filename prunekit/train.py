@@ -11,15 +11,15 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prunekit.console import make_progress
 from prunekit.data import Data
 from prunekit.hardware import Hardware
-from prunekit.record import make_progress
 from prunekit.sparsity.masks import MaskSet
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,44 @@ class Evaluation:
     top5: float  # percent
     loss: float
     samples: int
+
+
+@dataclass
+class FitHooks:
+    """What a method plugs into a fit (every hook optional): `before_step(t)` before optimiser
+    step t (0-based over the fit; gradual pruning updates its masks there), `after_epoch(epoch,
+    mean loss)` after each epoch (0-based; ADMM's Z/U updates, SLR's multipliers), and
+    `checkpoint(fit state)` after that, with what a resumed fit needs (the epochs done, optimiser,
+    scheduler, scaler; pass it back as `fit(resume=...)`)."""
+
+    before_step: Optional[Callable[[int], None]] = None
+    after_epoch: Optional[Callable[[int, float], None]] = None
+    checkpoint: Optional[Callable[[dict], None]] = None
+
+
+class Freezer:
+    """The layers whose parameters are not trained (ICE's rule ii). Kept across compactions, which
+    replace parameter objects (`reapply`); their BatchNorm running statistics still update."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.names: List[str] = []
+
+    def freeze(self, modules: Sequence[str]) -> None:
+        self.names = list(modules)
+        self._set(False)
+
+    def unfreeze(self) -> None:
+        self._set(True)
+        self.names = []
+
+    def reapply(self) -> None:
+        self._set(False)
+
+    def _set(self, trainable: bool) -> None:
+        for name in self.names:
+            for p in self.model.get_submodule(name).parameters(recurse=False):
+                p.requires_grad_(trainable)
 
 
 @dataclass
@@ -81,21 +119,17 @@ class Trainer:
                                weight_decay=wd)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
-            desc: str = "train", on_step: Optional[Callable[[int], None]] = None,
+            desc: str = "train", hooks: Optional[FitHooks] = None,
             loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None,
-            weight_decay: Optional[float] = None,
-            on_epoch_end: Optional[Callable[[int, float], None]] = None,
-            checkpoint: Optional[Callable[[dict], None]] = None,
-            resume: Optional[dict] = None) -> FitResult:
+            weight_decay: Optional[float] = None, resume: Optional[dict] = None) -> FitResult:
         """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
         decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
         are trained (frozen layers stay as they are).
 
-        `on_step(t)` runs before optimiser step t (0-based, counted over this call): gradual
-        pruning updates its masks there. `on_epoch_end(epoch, mean loss)` runs after each epoch
-        (0-based): ADMM's Z/U updates. `loss_fn(logits, labels, inputs)` replaces cross-entropy
-        (distillation, ADMM penalties). `checkpoint(fit state)` runs after each epoch with what a
-        resumed fit needs (`resume=` that state: the epochs done, optimiser, scheduler, scaler)."""
+        `hooks` (FitHooks) is what the caller runs inside the loop; `loss_fn(logits, labels,
+        inputs)` replaces cross-entropy (distillation, ADMM penalties); `resume` is a checkpoint
+        hook's fit state, to continue from its next epoch."""
+        hooks = hooks or FitHooks()
         if epochs <= 0:
             return FitResult(0, 0, float("nan"))
         loader = self.data.train
@@ -122,8 +156,8 @@ class Trainer:
             for epoch in range(first, epochs):
                 loss_sum = torch.zeros((), device=self.hw.device)
                 for x, y in loader:
-                    if on_step is not None:
-                        on_step(step)
+                    if hooks.before_step is not None:
+                        hooks.before_step(step)
                     with self.hw.autocast():
                         out = model(x)
                         if loss_fn is None:
@@ -145,10 +179,10 @@ class Trainer:
                     raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
                                           f"'{desc}': lower the learning rate")
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, last_loss)
-                if checkpoint is not None:
-                    checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
+                if hooks.after_epoch is not None:
+                    hooks.after_epoch(epoch, last_loss)
+                if hooks.checkpoint is not None:
+                    hooks.checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                 "scaler": scaler.state_dict()})
         finally:

@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from benchutil import emit
 from omegaconf import OmegaConf
 
 from prunekit.methods.admm import AdmmState
@@ -26,8 +27,6 @@ from prunekit.methods.slr import SlrState
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.projection import LayerConstraint, hard_prune
 from prunekit.sparsity.pruner import Pruner, PruneSpec
-
-from benchutil import emit
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

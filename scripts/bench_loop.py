@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
+from benchutil import alternate, emit
 from omegaconf import OmegaConf
 
 from prunekit.config import TrainConfig
@@ -35,8 +36,6 @@ from prunekit.hardware import Hardware
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.train import Trainer
-
-from benchutil import alternate, emit
 
 
 class Batches:

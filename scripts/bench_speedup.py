@@ -27,7 +27,6 @@ from prunekit.metrics import count_params, layer_flops
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 
-
 LATENCY = LatencyConfig()  # a run's default reliability limits
 
 

@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_module
 from rich.console import Console
 
 import prunekit  # noqa: F401  (registers the config schemas)
-from prunekit.record import atomic_write_text
+from prunekit.files import atomic_write_text
 from prunekit.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,17 +4,23 @@ import random
 
 import pytest
 import torch
+from test_pruner import model_of, pruner_for
 
-from prunekit.config import ConfigError
+from conftest import FAST, make_cfg
+from prunekit.errors import ConfigError
 from prunekit.methods.autocompress import round_targets
-from prunekit.methods.autocompress_search import (Action, SearchUnit, anneal, fit_to_target,
-                                                  initial_action, neighbour, nominal_sparsity)
+from prunekit.methods.autocompress_search import (
+    Action,
+    SearchUnit,
+    anneal,
+    fit_to_target,
+    initial_action,
+    neighbour,
+    nominal_sparsity,
+)
 from prunekit.runner import run
 from prunekit.sparsity.purify import mask_near_zero, mask_unread
 from prunekit.sparsity.units import expand_units
-
-from conftest import FAST, make_cfg
-from test_pruner import model_of, pruner_for
 
 
 def some_units(seed=0, n=7):

@@ -8,8 +8,8 @@ import torchvision
 from omegaconf import OmegaConf
 from PIL import Image
 
-from prunekit.config import ConfigError
 from prunekit.data import TensorLoader, build_data, fetch_failure, random_crop, stratified_split
+from prunekit.errors import ConfigError
 
 TRAIN = OmegaConf.create({"batch_size": 32, "eval_batch_size": 64})
 

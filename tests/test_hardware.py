@@ -7,14 +7,12 @@ import torch
 import torch.nn as nn
 
 import prunekit
-from prunekit.config import ConfigError
 import prunekit.hardware as hardware
-from prunekit.hardware import (Hardware, is_2of4, latency_doubts, measure_latencies,
-                               measure_latency)
+from conftest import FAST, make_cfg, read_summary
+from prunekit.errors import ConfigError
+from prunekit.hardware import Hardware, is_2of4, latency_doubts, measure_latencies, measure_latency
 from prunekit.runner import run
 from prunekit.sparsity.units import nm_mask
-
-from conftest import FAST, make_cfg, read_summary
 
 CPU = Hardware("cpu", torch.device("cpu"), None, False)
 LENET = ["model=lenet5", "dataset.subset=0.4", *FAST]

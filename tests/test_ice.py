@@ -5,16 +5,21 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
-from prunekit.config import ConfigError, validate
-from prunekit.methods.ice import (freeze_candidates, least_changed, pruning_aware_lr,
-                                  should_finetune, weight_change_scores)
-from prunekit.methods.ice_autotune import choose_trial
-from prunekit.runner import run
-from prunekit.sparsity.activations import activation_scores, entropy
+from test_pruner import REGISTRY, model_of, pruner_for
 
 from conftest import FAST, make_cfg
-from test_pruner import REGISTRY, model_of, pruner_for
+from prunekit.config import validate
+from prunekit.errors import ConfigError
+from prunekit.methods.ice_autotune import choose_trial
+from prunekit.methods.ice_pipeline import (
+    freeze_candidates,
+    least_changed,
+    pruning_aware_lr,
+    should_finetune,
+    weight_change_scores,
+)
+from prunekit.runner import run
+from prunekit.sparsity.activations import activation_scores, entropy
 
 # resnet18 on a fifth of digits, one dense epoch: a real residual network in seconds
 ICE = ["method=ice", "dataset.subset=0.25", "pretrain.epochs=1", *FAST]
@@ -92,7 +97,7 @@ def test_entropy_of_constructed_columns():
 
 def test_activation_criteria_rank_a_silenced_channel_first():
     m = model_of("resnet18").eval()
-    p = pruner_for(m, granularity="filter")
+    p = pruner_for(m, granularity="filter", criterion="entropy")
     groups = dict(p.steps_in_order())["layer1.0"]
     bn = m.layer1[0].bn1
     with torch.no_grad():  # channel 7 emits nothing after ReLU; channel 3 a constant
@@ -103,8 +108,9 @@ def test_activation_criteria_rank_a_silenced_channel_first():
     ent = activation_scores(m, groups, batches, "entropy", 2)["layer1.0.conv1"]
     assert mean.shape == (64,) and int(mean.argmin()) == 7 and mean[3] == pytest.approx(2.0)
     assert ent[7] == 0 and ent[3] == 0 and ent.max() > 1.0
-    # the pruner takes them: the silenced channels go first
-    p.prune_groups(groups, 2 / 64, scores=lambda g: ent)
+    # the pruner's criterion (the registry's entropy) scores them: the silenced channels go first
+    p.prepare(batches, 2)
+    p.prune_groups(groups, 2 / 64)
     assert p.groups.masked_channels(groups[0], p.masks).nonzero().flatten().tolist() == [3, 7]
 
 
@@ -145,7 +151,7 @@ def test_choose_trial_weighs_normalised_drop_and_time():
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("override,key", [
     ("method.granularity=unstructured", "method.granularity"),
-    ("method.criterion=taylor", "method.criterion"),
+    ("method.criterion=hessian", "method.criterion"),
     ("method.lr_p=0.5", "method.lr_p"),
     ("method.autotune.grid.lr_delta=[0.002]", "method.lr_delta"),
     ("method.autotune.trials=0", "method.autotune.trials"),
@@ -223,7 +229,7 @@ def test_frozen_layers_do_not_train(tmp_path):
     # no tuning stage: the probe runs on the whole train split, one epoch, in its own phase
     assert s["finetune_epochs"] == 9 and s["time_probe_s"] > 0 and s["probe_images"] > 200
     pruned = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
-    from prunekit.checkpoint import dense_cache_path
+    from prunekit.artifacts import dense_cache_path
     dense = torch.load(dense_cache_path(make_cfg(ICE)), weights_only=True)["state_dict"]
     # layer4.1.conv2 lost input channels (block 4.1's conv1 filters) but, frozen, every column it
     # kept is the dense one; its BN (on the residual stream) is untouched

@@ -3,8 +3,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunekit.metrics import (count_nonzero, count_params, effective_flops, layer_flops, layer_rows,
-                              prunable_sparsity)
+from prunekit.metrics import (
+    count_nonzero,
+    count_params,
+    effective_flops,
+    layer_flops,
+    layer_rows,
+    prunable_sparsity,
+)
 
 
 def tiny():

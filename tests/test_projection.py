@@ -3,12 +3,16 @@ import itertools
 
 import pytest
 import torch
-
-from prunekit.sparsity.projection import (FilterConstraint, LayerConstraint, hard_prune,
-                                          project_all, zero_count)
-from prunekit.sparsity.units import expand_units, num_units, pruned_units
-
 from test_pruner import model_of, pruner_for
+
+from prunekit.sparsity.projection import (
+    FilterConstraint,
+    LayerConstraint,
+    hard_prune,
+    project_all,
+    zero_count,
+)
+from prunekit.sparsity.units import expand_units, num_units, pruned_units
 
 
 def brute_force_distance(w, granularity, n_zero):

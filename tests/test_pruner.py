@@ -7,7 +7,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 import prunekit
-from prunekit.checkpoint import save_model
+from prunekit.artifacts import save_model
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity import MaskSet, Pruner, PruneSpec

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.report import report
-
 from conftest import FAST, read_summary, run_cli
+from prunekit.report import report
 
 TINY = ["model=lenet5", "dataset.subset=0.4", *FAST]
 

@@ -1,5 +1,6 @@
 """Runs that survive: checkpoints, resume=true ends where an uninterrupted run ends, integrity."""
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -9,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FAST, make_cfg, read_summary
 from prunekit.record import Recorder
 from prunekit.resume import Checkpointer
 from prunekit.runner import run
-from prunekit.train import Trainer
-
-from conftest import FAST, make_cfg, read_summary
+from prunekit.train import FitHooks, Trainer
 
 LENET = ["model=lenet5", "dataset.subset=0.4", "checkpoint.min_interval_s=0", *FAST]
 SAME = ("top1", "sparsity", "val_top1", "steps", "finetune_count", "finetune_epochs",
@@ -79,18 +79,20 @@ def interrupt(monkeypatch, where: str, how: str, row: int, fit: str):
     else:
         original_fit = Trainer.fit
 
-        def fit_(self, model, epochs, lr, *, desc="train", on_step=None, **kw):
+        def fit_(self, model, epochs, lr, *, desc="train", hooks=None, **kw):
             if fit not in desc or epochs < 2 or done["struck"]:
-                return original_fit(self, model, epochs, lr, desc=desc, on_step=on_step, **kw)
+                return original_fit(self, model, epochs, lr, desc=desc, hooks=hooks, **kw)
             middle = self.steps_per_epoch + self.steps_per_epoch // 2
+            hooks = hooks or FitHooks()
 
             def step_hook(t: int) -> None:
-                if on_step is not None:
-                    on_step(t)
+                if hooks.before_step is not None:
+                    hooks.before_step(t)
                 if t == middle:
                     once()
 
-            return original_fit(self, model, epochs, lr, desc=desc, on_step=step_hook, **kw)
+            return original_fit(self, model, epochs, lr, desc=desc,
+                                hooks=dataclasses.replace(hooks, before_step=step_hook), **kw)
 
         monkeypatch.setattr(Trainer, "fit", fit_)
     return done

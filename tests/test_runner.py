@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 
-from prunekit.checkpoint import dense_cache_path
-from prunekit.config import ConfigError
+from conftest import FAST, make_cfg
+from prunekit.artifacts import dense_cache_path
+from prunekit.errors import ConfigError
 from prunekit.models import LeNet5
 from prunekit.runner import run
 from prunekit.sparsity.schedules import AGPSchedule
-
-from conftest import FAST, make_cfg
 
 CONTRACT_KEYS = (
     "status method model dataset hardware seed granularity target_sparsity sparsity sparsity_total "

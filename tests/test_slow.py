@@ -6,9 +6,9 @@ multirun, and the dense cache across runs, at the shipped settings (no tiny over
 import time
 
 import pytest
+from test_runner import CONTRACT_KEYS
 
 from conftest import read_summary, run_cli
-from test_runner import CONTRACT_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes each, longer on a busy machine
 

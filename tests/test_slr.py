@@ -7,12 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunekit.config import ConfigError
+from conftest import FAST, make_cfg
+from prunekit.errors import ConfigError
 from prunekit.methods.slr import SlrState, slr_alpha, slr_step
 from prunekit.runner import run
 from prunekit.sparsity.projection import LayerConstraint
-
-from conftest import FAST, make_cfg
 
 LENET = ["model=lenet5", "dataset.subset=0.4", *FAST]
 

@@ -2,8 +2,16 @@
 import pytest
 import torch
 
-from prunekit.sparsity.units import (expand_units, keep_vector, lowest, nm_mask, num_units,
-                                     pruned_units, ranking, unit_scores)
+from prunekit.sparsity.criteria import unit_scores
+from prunekit.sparsity.units import (
+    expand_units,
+    keep_vector,
+    lowest,
+    nm_mask,
+    num_units,
+    pruned_units,
+    ranking,
+)
 
 
 def conv_weight(seed=0, shape=(6, 4, 3, 3)):

@@ -131,7 +131,7 @@ def test_the_phase_clock_leaves_out_excluded_time():
     """Reporting-only work (ICE's reference trial) is no phase's time and no pruning time."""
     import time
 
-    from prunekit.record import PhaseClock
+    from prunekit.clock import PhaseClock
     clock = PhaseClock()
     with clock.phase("search"):
         time.sleep(0.05)  # counted

@@ -1,31 +1,9 @@
 """admm: structured or unstructured pruning by ADMM (Zhang et al. 2018), the solver on its own.
 
-Pruning is posed as min f(W) s.t. W_i ∈ S_i per layer and split with Z_i = W_i. Each ADMM
-iteration:
-
-1. W-step: train `epochs_per_iteration` epochs on f(W) + Σ ρ/2‖W_i − Z_i + U_i‖²_F (the squared
-   Frobenius norm, in the loss);
-2. Z-step: Z_i ← Π_{S_i}(W_i + U_i), the exact Euclidean projection (`sparsity.projection`);
-3. U-step: U_i ← U_i + W_i − Z_i.
-
-Z⁰ = Π(W⁰), U⁰ = 0. ρ may grow by `rho_growth` per iteration up to `rho_max`; U is the scaled
-dual Λ/ρ, so it is rescaled by ρ_old/ρ_new when ρ changes (Boyd et al. 2011, §3.4.1), which keeps
-the multipliers Λ unchanged. After `iterations`, W is hard-pruned onto the sets (mask from W,
-exact top-k, as both reference codes do; Z differs from W), `top1_hard` is measured, and the
-model is retrained with its masks for `retrain_epochs` with a fresh optimiser.
-
-One `fit` covers all W-steps, so the optimiser's momentum and LR schedule run across the ADMM
-iterations as in a single training run; Z/U are updated between epochs (`on_epoch_end`).
-
-Sets, per `granularity` (groups always ranked by L2 norm, which is what makes Π exact):
-`unstructured`, `channel`, `column`, `nm` per layer; `filter` per channel group (coupled filters
-across residual adds are one structure), with per-group counts from the pruner's filter plan so
-`sparsity` means what it means for every other method. `layer_rates` ("layer or glob:rate" items)
-overrides the rate of the layers (filter: groups, by root layer) it names:
-`method.layer_rates=[layer4.*:0.95]`.
-
-Not copied from NNI (see the reference notes): v2's square-root norm penalty, v1's fixed direct
-step without the loss term, Z⁰ aliasing W, and the L1 ranking that is not the exact projection.
+min f(W) s.t. W_i ∈ S_i, split with Z_i = W_i: W-steps train on f(W) + Σ ρ/2‖W_i − Z_i + U_i‖²,
+Z ← Π(W + U) (the exact Euclidean projection, `sparsity.projection`), U ← U + W − Z; then a hard
+prune from W and masked retraining. The update rules, the sets per granularity, `layer_rates` and
+what is deliberately not copied from NNI: docs/methods/admm.md.
 """
 from __future__ import annotations
 
@@ -33,18 +11,101 @@ import fnmatch
 import logging
 import math
 import time
-from typing import Dict, List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from prunekit.config import ConfigError, parse_layer_rates
-from prunekit.methods.base import Context, Method, register
-from prunekit.sparsity.projection import (FilterConstraint, LayerConstraint, Tensors, hard_prune,
-                                          project_all)
+from prunekit.config import GRANULARITIES, MethodConfig, at_least, positive
+from prunekit.errors import ConfigError
+from prunekit.methods.base import Method, register
+from prunekit.methods.context import Context
+from prunekit.sparsity.projection import (
+    FilterConstraint,
+    LayerConstraint,
+    Tensors,
+    hard_prune,
+    project_all,
+)
+from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdmmSolverConfig(MethodConfig):
+    """The ADMM solver's keys, shared by admm and autocompress (which runs it every round)."""
+
+    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
+    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + U‖²
+    rho_growth: float = 1.0  # ρ ← min(ρ · growth, rho_max) after every ADMM iteration
+    rho_max: float = 1.0
+    iterations: int = 10  # ADMM iterations (Z/U updates)
+    epochs_per_iteration: int = 1  # W-step epochs between Z/U updates
+
+
+@dataclass
+class AdmmConfig(AdmmSolverConfig):
+    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
+    retrain_lr: Optional[float] = None  # None: lr
+    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
+
+
+class ProjectionMethod(Method):
+    """What admm, slr and autocompress share: they project onto the sparse set by keeping the
+    largest-L2 structures of each layer (or channel group), each at its own rate."""
+
+    criteria = ("l2",)
+    scopes = ("layerwise",)
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        m = cfg.method
+        if m.criterion != "l2":
+            raise ConfigError(f"method.criterion={m.criterion}: {m.name} projects onto the sparse "
+                              "set by keeping the largest-L2 structures (the exact Euclidean "
+                              "projection); use method.criterion=l2")
+        if m.scope != "layerwise":
+            raise ConfigError(f"method.scope={m.scope}: {m.name} constrains every layer (or "
+                              "channel group) at its own rate; use method.scope=layerwise")
+        super().check(cfg)
+        positive(cfg, "method.rho")
+
+    @staticmethod
+    def check_solver(cfg: DictConfig) -> None:
+        """The ADMM solver's keys (admm, autocompress)."""
+        m = cfg.method
+        positive(cfg, "method.rho_max")
+        at_least(cfg, "method.rho_growth", 1.0, " (ρ may only grow)")
+        if m.rho_max < m.rho:
+            raise ConfigError(f"method.rho_max={m.rho_max} must be >= method.rho={m.rho}")
+        at_least(cfg, "method.iterations", 1)
+        at_least(cfg, "method.epochs_per_iteration", 1)
+
+    @staticmethod
+    def check_retraining(cfg: DictConfig) -> None:
+        """The keys of the hard prune and masked retraining (admm, slr)."""
+        positive(cfg, "method.retrain_lr")
+        parse_layer_rates(cfg.method.layer_rates)
+
+
+def parse_layer_rates(items) -> Dict[str, float]:
+    """["pattern:rate", ...] -> {pattern: rate}, or a ConfigError naming the bad item."""
+    out: Dict[str, float] = {}
+    for item in items:
+        pattern, _, rate = str(item).rpartition(":")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = None
+        if not pattern or value is None or not 0.0 <= value < 1.0:
+            raise ConfigError(f"method.layer_rates: '{item}' is not 'layer:rate' with a rate in "
+                              "[0, 1) (the fraction removed), e.g. "
+                              "method.layer_rates=[layer4.*:0.95]")
+        out[pattern] = value
+    return out
 
 
 def to_device(tensors: Tensors, device) -> Tensors:
@@ -132,11 +193,10 @@ def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str =
                **row) -> AdmmState:
     """`cfg.iterations` ADMM iterations of `cfg.epochs_per_iteration` epochs each toward the
     constraint sets; one steps.csv row (event=admm) per iteration."""
-    state = AdmmState(ctx.model, constraints, cfg.rho)
-    ctx.stateful["admm"] = state  # checkpointed with the run, so a resumed ADMM goes on from it
+    state = ctx.keep_state("admm", AdmmState(ctx.model, constraints, cfg.rho))
     per = cfg.epochs_per_iteration
 
-    def on_epoch_end(epoch: int, loss: float) -> None:
+    def after_epoch(epoch: int, loss: float) -> None:
         if (epoch + 1) % per:
             return
         k = (epoch + 1) // per
@@ -146,7 +206,8 @@ def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str =
         state.set_rho(min(state.rho * cfg.rho_growth, cfg.rho_max))
 
     ctx.finetune(cfg.iterations * per, cfg.lr, desc=desc,
-                 loss_fn=ctx.trainer.penalised_loss(state.penalty), on_epoch_end=on_epoch_end)
+                 loss_fn=ctx.trainer.penalised_loss(state.penalty),
+                 hooks=FitHooks(after_epoch=after_epoch))
     return state
 
 
@@ -208,26 +269,41 @@ def hard_prune_and_retrain(ctx: Context, constraints: Sequence, cfg: DictConfig)
     ctx.compact()
     val_hard = ctx.validate()
     top1_hard = ctx.test_top1()
-    ctx.steps += 1
+    ctx.tally.count_step()
     ctx.record_step(event="hard_prune", step=1, target=ctx.target, sparsity=ctx.sparsity(),
                     val_top1=val_hard, top1_hard=top1_hard, time_s=time.perf_counter() - started)
-    ctx.results.update(top1_hard=top1_hard, val_top1_hard=val_hard)
-    ctx.layer_info = constraint_rows(constraints)
+    ctx.tally.report(top1_hard=top1_hard, val_top1_hard=val_hard)
+    ctx.tally.layer_columns(constraint_rows(constraints))
 
-    def on_epoch_end(epoch: int, loss: float) -> None:
+    def after_epoch(epoch: int, loss: float) -> None:
         top1 = ctx.test_top1()
-        ctx.results[f"top1_retrain{epoch + 1}"] = top1
+        ctx.tally.report(**{f"top1_retrain{epoch + 1}": top1})
         ctx.record_step(event="retrain", step=1, epoch=epoch + 1, loss=loss,
                         sparsity=ctx.sparsity(), val_top1=ctx.validate(), top1=top1)
 
     if cfg.retrain_epochs > 0:
         ctx.finetune(cfg.retrain_epochs, cfg.retrain_lr or cfg.lr, desc="masked retraining",
-                     on_epoch_end=on_epoch_end)
+                     hooks=FitHooks(after_epoch=after_epoch))
+
+
+RETRAIN_FORMATS = {r"top1_hard": ("top-1 hard prune %", ".2f"),
+                   r"top1_retrain(\d+)": ("top-1 +{} retrain ep. %", ".2f")}
 
 
 @register
-class Admm(Method):
+class Admm(ProjectionMethod):
     name = "admm"
+    schema = AdmmConfig
+    summary = "ADMM (Zhang et al. 2018): the constraint solver on its own, hard prune, retrain"
+    quick = ("method.iterations=2", "method.retrain_epochs=1")
+    granularities = GRANULARITIES  # N:M included: one projection
+    summary_formats = RETRAIN_FORMATS
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        cls.check_retraining(cfg)
+        cls.check_solver(cfg)
 
     def run(self, ctx: Context) -> None:
         c = self.cfg

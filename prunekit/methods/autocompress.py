@@ -1,42 +1,9 @@
-"""autocompress: AutoCompress (Liu, Ma et al., AAAI 2020): per-layer rates and schemes (filter +
-column) found by a guided simulated-annealing search, enforced by ADMM, then purification.
+"""autocompress: AutoCompress (Liu, Ma et al., AAAI 2020).
 
-The run is `rounds` rounds N with cumulative targets 1 − (1 − S)^{i/N} (fractions of the dense
-prunable weights). Each round runs four steps.
-
-1. Action sampling (`autocompress_search`): simulated annealing over one (rate, scheme) per unit,
-   with scheme ∈ {filter, column}. A unit is a channel group's coupled filters, or a layer outside
-   every group (column only).
-   - The experience rule holds: a larger unit never gets a lower rate.
-   - Rates are rescaled to hit the round's target exactly.
-   - Perturbations shrink with the temperature.
-   - Acceptance uses a temperature in points of val top-1.
-2. Quick evaluation: each action is a one-shot hard prune of the current weights, with no
-   fine-tuning. It is scored by top-1 on `search.val_fraction` of the val split, then undone.
-3. Decision: the best action evaluated.
-4. Actual pruning:
-   - ADMM toward that action (`iterations` × `epochs_per_iteration` epochs, the `admm` solver);
-   - a hard prune from W;
-   - purification (`sparsity.purify`);
-   - physical compaction, checked against the masked model;
-   - `finetune_epochs` of masked fine-tuning with a fresh optimiser.
-
-Purification first removes, exactly, every channel that nothing reads. It then tries the
-relative thresholds `purify.thresholds` in order. A threshold τ removes filters, reader channels
-and columns whose L2 norm is at most τ × their neighbours' mean, together with what that strands.
-It keeps the largest τ whose val top-1 is within `purify.tolerance` points of the accuracy after
-the hard prune, and stops at the first τ that is not.
-
-Deviations and choices, deliberate:
-- The paper's rounds grow the rate about 2× each, checking accuracy. Here they follow the
-  cumulative geometric schedule of the issue (and of NNI v2).
-- Rates are fractions of each unit's own dense weights. Removing a filter also removes its
-  readers' input channels, and purification removes more. So the achieved sparsity can exceed the
-  nominal target, and the summary reports both.
-- The search starts from the uniform action (every unit at the round's rate, filter where
-  possible), so the decision is never worse on validation than uniform pruning.
-- Quick evaluations undo their masks on the model in place instead of deep-copying it. This is the
-  same arithmetic, without a copy per evaluation.
+Rounds of rising cumulative targets; in each, guided simulated annealing chooses per-unit rates
+and schemes (filter or column, `autocompress_search.py`), ADMM enforces them, a hard prune and a
+purification remove what is left useless, and a fine-tune follows. The rules and the deviations
+from the paper and NNI: docs/methods/autocompress.md.
 """
 from __future__ import annotations
 
@@ -44,21 +11,62 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
 
-from prunekit.config import ConfigError
-from prunekit.methods.admm import admm_train, constraint_rows
-from prunekit.methods.autocompress_search import (Action, SearchUnit, Trial, anneal,
-                                                  initial_action, neighbour, nominal_sparsity)
-from prunekit.methods.base import Context, Method, register
+from prunekit.config import at_least, fraction, positive
+from prunekit.errors import ConfigError
+from prunekit.methods.admm import AdmmSolverConfig, ProjectionMethod, admm_train, constraint_rows
+from prunekit.methods.autocompress_search import (
+    Action,
+    SearchUnit,
+    Trial,
+    anneal,
+    initial_action,
+    neighbour,
+    nominal_sparsity,
+)
+from prunekit.methods.base import register
+from prunekit.methods.context import Context
 from prunekit.metrics import count_params
 from prunekit.sparsity.projection import FilterConstraint, LayerConstraint, hard_prune
 from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread
 
 log = logging.getLogger(__name__)
+
+SCHEMES = ("filter+column", "filter", "column")  # what its search may choose
+
+
+@dataclass
+class AutocompressSearchConfig:
+    evaluations: int = 40  # quick evaluations per round, the initial action included
+    temperature: float = 2.0  # T0, in points of val top-1 (the energy's unit)
+    final_temperature: float = 0.1
+    cooling: float = 0.9  # T <- T * cooling per accepted move
+    perturbation: float = 0.35  # rates move by U(-m, m), m = perturbation * T / T0
+    scheme_flip: float = 0.2  # a unit flips its scheme with probability scheme_flip * T / T0
+    max_rate: float = 0.99  # no unit loses more of its weights
+    val_fraction: float = 0.2  # of the val split, for the quick evaluations
+
+
+@dataclass
+class PurifyConfig:
+    enabled: bool = True
+    thresholds: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3])
+    tolerance: float = 0.5  # points of val top-1 a threshold may cost
+
+
+@dataclass
+class AutocompressConfig(AdmmSolverConfig):
+    granularity: str = "filter+column"
+    rounds: int = 3  # cumulative targets 1 - (1 - S)^(i / rounds)
+    iterations: int = 3  # ADMM iterations per round
+    finetune_epochs: int = 2  # after every round
+    search: AutocompressSearchConfig = field(default_factory=AutocompressSearchConfig)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
 
 
 def round_targets(sparsity: float, rounds: int) -> List[float]:
@@ -176,7 +184,7 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
 
 
 class RandomState:
-    """The search's random.Random as a checkpointed object (ctx.stateful)."""
+    """The search's random.Random as a checkpointed object (ctx.keep_state)."""
 
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
@@ -189,16 +197,47 @@ class RandomState:
 
 
 @register
-class Autocompress(Method):
+class Autocompress(ProjectionMethod):
     """One round is one journaled operation: a resumed run continues after the last finished
     round (a round's ADMM and fine-tune epochs are not checkpointed one by one)."""
 
     name = "autocompress"
+    schema = AutocompressConfig
+    summary = "AutoCompress (Liu et al. 2020): searched rates and schemes, ADMM, purification"
+    quick = ("method.rounds=1", "method.search.evaluations=3", "method.iterations=1",
+             "method.finetune_epochs=1")
+    granularities = SCHEMES
+    channel_groups = True  # purification removes channels whatever the schemes
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        cls.check_solver(cfg)
+        m, s = cfg.method, cfg.method.search
+        at_least(cfg, "method.rounds", 1)
+        at_least(cfg, "method.search.evaluations", 1)
+        for key in ("temperature", "final_temperature"):
+            positive(cfg, f"method.search.{key}")
+        if s.final_temperature > s.temperature:
+            raise ConfigError(f"method.search.final_temperature={s.final_temperature} must not "
+                              f"exceed method.search.temperature={s.temperature}")
+        if not 0.0 < s.cooling < 1.0:
+            raise ConfigError(f"method.search.cooling={s.cooling} must be in (0, 1)")
+        at_least(cfg, "method.search.perturbation", 0)
+        fraction(cfg, "method.search.scheme_flip", low_open=False)
+        fraction(cfg, "method.search.val_fraction")
+        if not cfg.sparsity < s.max_rate < 1.0:
+            raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity="
+                              f"{cfg.sparsity}, 1): no layer may lose more, and the target must "
+                              "be reachable")
+        t = list(m.purify.thresholds)
+        if any(v < 0 for v in t) or t != sorted(t):
+            raise ConfigError(f"method.purify.thresholds={t} must be non-negative and ascending")
+        at_least(cfg, "method.purify.tolerance", 0)
 
     def run(self, ctx: Context) -> None:
         c = self.cfg
-        rng = RandomState(ctx.cfg.seed)
-        ctx.stateful["search_rng"] = rng
+        rng = ctx.keep_state("search_rng", RandomState(ctx.cfg.seed))
         search_data = (ctx.data.subset(val=c.search.val_fraction, seed=ctx.cfg.seed)
                        if c.search.val_fraction < 1.0 else ctx.data)
         search = ctx.trainer.with_data(search_data, logging.DEBUG)
@@ -207,7 +246,7 @@ class Autocompress(Method):
             got = ctx.op(lambda: self.round(ctx, i, target, search, rng.rng), checkpoint=True)
             for k in totals:
                 totals[k] += got[k]
-        ctx.results.update(totals)
+        ctx.tally.report(**totals)
 
     def round(self, ctx: Context, i: int, target: float, search, rng: random.Random) -> dict:
         c = self.cfg
@@ -233,7 +272,7 @@ class Autocompress(Method):
         val_purified = ctx.validate()
         ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")
         val = ctx.validate()
-        ctx.steps += 1
+        ctx.tally.count_step()
         ctx.record_step(event="round", step=i, round=i, target=target,
                         nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
                         sparsity=ctx.sparsity(), val_top1_search=value,
@@ -241,10 +280,11 @@ class Autocompress(Method):
                         purified_channels=got.channels, purified_columns=got.columns,
                         val_top1_purified=val_purified, val_top1=val,
                         params=count_params(ctx.model), time_s=time.perf_counter() - started)
-        ctx.layer_info = constraint_rows(constraints)
+        columns = constraint_rows(constraints)
         for u, rate in zip(units, action.rates):
             for n in u.layers:
-                ctx.layer_info[n].update(unit=u.name, rate=rate)
-        ctx.stateful.pop("admm", None)  # the round's ADMM is over: nothing of it to checkpoint
+                columns[n].update(unit=u.name, rate=rate)
+        ctx.tally.layer_columns(columns)
+        ctx.drop_state("admm")  # the round's ADMM is over: nothing of it to checkpoint
         return {"search_evaluations": n_trials, "purified_channels": got.channels,
                 "purified_columns": got.columns}

@@ -1,25 +1,6 @@
 """AutoCompress's action sampling: simulated annealing over per-unit (rate, scheme), guided by the
-experience rule. Pure functions of lists, so every rule is testable without a model.
-
-A *unit* is what one rate applies to: a channel group's coupled filters (which can take the
-`filter` or the `column` scheme) or a prunable layer outside every group (`column` only). Rates are
-cumulative fractions of the unit's dense weights.
-
-- Experience rule: the sorted rates go to the units sorted by dense size, so a larger unit never
-  gets a lower rate than a smaller one (ties in size keep index order).
-- Exact target: the rates are scaled (bisection on one factor, each rate clipped to
-  [its lower bound, `max_rate`], kept monotone in size) until Σ size·rate (plus what lies outside
-  the units) over the total is the round's target, to within 1e-9 where the bounds allow it. A
-  unit's lower bound is what it has already lost in earlier rounds: pruning never revives.
-- Perturbation: each rate moves by U(−m, m), m = `perturbation`·T/T₀, and each unit that has a
-  choice flips its scheme with probability `scheme_flip`·T/T₀; both shrink as the search cools.
-- Acceptance: a better action always; a worse one with probability exp(ΔE/T), where E is val top-1
-  in percent and T is in the same points. NNI's defaults (T from 100 to 20 with E in [0, 1])
-  accept almost every worse move (exp(−0.05/100) ≈ 0.9995), which makes the search a random walk;
-  here T₀ = 2 points rejects a move 5 points worse 92% of the time.
-- T cools by `cooling` per accepted move (rejected moves are redrawn at the same T, as in NNI);
-  the search stops at `final_temperature` or after `evaluations` evaluations, whichever is first.
-  The decision is the best action evaluated, not the last accepted one.
+experience rule (a larger unit never gets a lower rate). Pure functions of lists, so every rule is
+testable without a model; the rules: docs/methods/autocompress.md, "The search".
 """
 from __future__ import annotations
 

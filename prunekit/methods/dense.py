@@ -2,12 +2,24 @@
 gets the same training budget as the methods it is compared with."""
 from __future__ import annotations
 
-from prunekit.methods.base import Context, Method, register
+from dataclasses import dataclass
+
+from prunekit.config import MethodConfig
+from prunekit.methods.base import Method, register
+from prunekit.methods.context import Context
+
+
+@dataclass
+class DenseConfig(MethodConfig):
+    epochs: int = 0  # extra dense training, to give the baseline the same budget as a method
 
 
 @register
 class Dense(Method):
     name = "dense"
+    schema = DenseConfig
+    summary = "no pruning: the reference row, optionally trained `epochs` more"
+    prunes = False
 
     def run(self, ctx: Context) -> None:
         ctx.finetune(self.cfg.epochs, self.cfg.lr, desc="dense training")

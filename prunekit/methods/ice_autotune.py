@@ -1,26 +1,7 @@
-"""ICE-Pruning's auto-tuning stage: an Optuna grid search with whole-pipeline trials.
-
-Each trial runs the complete ICE pipeline (every block, the three rules) on a fresh copy of the
-dense model with small stratified subsets of train and val (`method.autotune.train_fraction`,
-`val_fraction`), with one point of the grid (`method.autotune.grid`, the paper's by default) drawn
-by Optuna's `GridSampler`. A trial yields D, the drop of val top-1 on the subset from the dense
-model's, and T, its wall-clock seconds. `method.autotune.trials` points are tried (the paper: 6
-for ResNets); all of it is pruning time (`time_search_s`).
-
-Choosing the best trial: D and T are each divided by their largest value over the trials and the
-trial with the lowest w·D/D_max + (1 − w)·T/T_max wins (w = `accuracy_weight`; ties go to the
-smaller drop). Deviation: the reference code returns T/max(D, T) + D/max(D, T) ≈ 1 + D/T, which for
-the same accuracy drop scores a slower trial better, and mixes points with seconds on no common
-scale. Dividing by the largest value (not min-max scaling) keeps each spread's size: on
-Fashion-MNIST six trials spanned 6–43 points of drop but only 20–27 s, and min-max scaling made
-those 7 s weigh as much as the 37 points, choosing a trial with three times the best drop.
-
-The freezing probe depends on neither the tuned knobs nor the trial, so it runs once on the trial
-data and every trial freezes its own `freeze_ratio` of that ranking.
-
-`method.autotune.reference_trial=true` runs one more trial with the configured knobs (the paper's
-defaults unless overridden) on the same subsets, so a report can show whether tuning beat them.
-It is never chosen, and its seconds (`time_reference_trial_s`) are left out of the pruning time.
+"""ICE-Pruning's auto-tuning stage: an Optuna grid search with whole-pipeline trials on small
+subsets of train and val; each trial yields its val top-1 drop D and seconds T, and the trial with
+the lowest w·D/D_max + (1 − w)·T/T_max wins. All of it is pruning time (`time_search_s`); an
+optional reference trial with the configured knobs is not. Details: docs/methods/ice.md.
 """
 from __future__ import annotations
 
@@ -29,11 +10,10 @@ import math
 import time
 from typing import Dict, List, Sequence, Tuple
 
-import optuna
 from omegaconf import DictConfig
 
-from prunekit.methods.base import Context
-from prunekit.methods.ice import IceKnobs, ice_prune, least_changed, probe_weight_changes
+from prunekit.methods.context import Context
+from prunekit.methods.ice_pipeline import IceKnobs, ice_prune, least_changed, probe_weight_changes
 from prunekit.train import DivergenceError
 
 log = logging.getLogger(__name__)
@@ -77,13 +57,15 @@ class TrialBench:
         top1 = ice_prune(trial_ctx, self.cfg, knobs, frozen, log_level=logging.DEBUG)
         trial_ctx.hw.sync()
         return dict(status="ok", val_top1=top1, drop=self.dense_top1 - top1,
-                    time_s=time.perf_counter() - started, finetunes=trial_ctx.finetune_count,
-                    steps=trial_ctx.steps)
+                    time_s=time.perf_counter() - started,
+                    finetunes=trial_ctx.tally.finetune_count, steps=trial_ctx.tally.steps)
 
 
 def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, Dict[str, float]]:
     """Run the trials; return the chosen knobs (the given ones if every trial diverged) and the
     trials' freezing probe (its weight change per candidate conv; empty without freezing)."""
+    import optuna  # imported when tuning runs, not with the package
+
     a = cfg.autotune
     grid = grid_of(cfg)
     size = math.prod(len(values) for values in grid.values())
@@ -96,7 +78,7 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
     progress = ctx.trainer.progress
     task = progress.add_task("ICE autotune", total=n_trials, info="")
 
-    def objective(trial: optuna.Trial):
+    def objective(trial: "optuna.Trial"):
         knobs = given.with_values(**{k: trial.suggest_categorical(k, v) for k, v in grid.items()})
         row = {"trial": trial.number + 1, **knobs.as_dict()}
         try:
@@ -134,7 +116,7 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
         log.info("ICE autotune chose trial %d: %s", ok[best]["trial"], chosen)
     if a.reference_trial:
         reference_trial(ctx, bench, given, rows)
-    ctx.results.update(autotune_trials=n_trials, autotune_dense_val_top1=bench.dense_top1,
+    ctx.tally.report(autotune_trials=n_trials, autotune_dense_val_top1=bench.dense_top1,
                        autotune_train_images=bench.data.train.num_samples,
                        autotune_val_images=bench.data.val.num_samples)
     return chosen, bench.changes
@@ -155,4 +137,4 @@ def reference_trial(ctx: Context, bench: TrialBench, knobs: IceKnobs, rows: List
     ctx.recorder.table("trials", rows)
     seconds = time.perf_counter() - started
     ctx.exclude_time(seconds)
-    ctx.results.update(time_reference_trial_s=seconds, reference_trial_drop=row.get("drop"))
+    ctx.tally.report(time_reference_trial_s=seconds, reference_trial_drop=row.get("drop"))

@@ -1,56 +1,50 @@
 """slr: pruning by surrogate Lagrangian relaxation (Gurevin et al. 2020), accurate at hard prune.
 
-The split is ADMM's (`methods.admm`): min f(W) s.t. W_i ∈ S_i, relaxed with multipliers Λ_i and
-the quadratic penalty ρ. With U = Λ/ρ the loss per minibatch is CE + Σ ρ/2‖W_i − Z_i + U_i‖²_F.
-What SLR changes is how the multipliers move: by a surrogate step size s, and only when a
-surrogate optimality condition says the last subproblem step decreased the Lagrangian
-
-    L(W, Z) = f(W) + Σ ρ/2‖W − Z + U‖²   (its −ρ/2‖U‖² is the same on both sides of a check)
-
-where f(W) is the reference code's surrogate: the mean training CE of the epoch that ended at W.
-After every epoch, with (W_p, Z_p) the last accepted point and k the accepted-update count:
-
-1. SOC1, after the W-step: L(W, Z_p) < L(W_p, Z_p), or k = 1. If it holds: s ← α_k·s·n1/n2 with
-   n1 = Σ_i‖W_p − Z_p‖, n2 = Σ_i‖W − Z_p‖ (per-layer Frobenius norms, summed), k += 1,
-   Λ ← Λ + s(W − Z_p), and (W, Z) is accepted.
-2. Z-step: Z ← Π(W + U), the shared exact projections (`sparsity.projection`).
-3. SOC2, after the Z-step: L(W, Z) < L(W, Z_p). If it holds: s ← α_k·s·n1/n2 with n2 = Σ‖W − Z‖,
-   k += 1, Λ ← Λ + s(W − Z), and (W, Z) is accepted.
-
-α_k = 1 − 1/(M·k^(1 − 1/k^r)), computed with k before it is incremented; the step size stays as
-it is when n1 or n2 is 0. Defaults are the reference's: M = 300, r = 0.1, s₀ = 0.01, ρ = 0.1
-(digits: ρ = 1, as method=admm). Then the hard prune from W (exact top-k; Z differs from W),
-`top1_hard` before any retraining, and optional masked retraining with a fresh optimiser, as ADMM.
-
-Deliberate deviations from the reference code (`slr_pruning/slr/admm.py`):
-- W_p, Z_p and Λ are clones. The reference stores the live parameter as W_prev, so after the first
-  update n1 == n2 and SOC1 reduces to "the epoch's CE went down"; its first, forced update uses
-  Z_p = 0 (Λ = s·W). Here the first accepted point is (W⁰, Z⁰ = Π(W⁰)).
-- Each side of a check uses the CE of the W it evaluates (W_p's is kept with it). The reference
-  puts the last epoch's CE on the left and the one before on the right of both checks; SOC2 has
-  the same W on both sides, so here its CE cancels and SOC2 asks whether the Z-step lowered the
-  penalty. Π minimises ‖W + U − Z‖ over S exactly, so SOC2 fails only when the Z-step leaves the
-  penalty where it was (as SLR expects of a subproblem solved to optimality).
-- The checks run after every epoch, the last included (the reference: at the start of epochs
-  2..E), so every epoch has its row in steps.csv; the last update moves Z and Λ, never W.
-- The hard-prune mask is an exact top-k (ties in index order), not np.percentile with strict
-  inequalities, whose counts are inexact.
+ADMM's split (`methods.admm`) with multipliers that move by a surrogate step size, and only when a
+surrogate optimality condition (SOC1 after the W-step, SOC2 after the Z-step) says the Lagrangian
+went down. The update rules, the defaults and the deliberate deviations from the reference code:
+docs/methods/slr.md.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from prunekit.methods.admm import (PenaltySplit, admm_constraints, hard_prune_and_retrain,
-                                   to_device)
-from prunekit.methods.base import Context, Method, register
+from prunekit.config import GRANULARITIES, MethodConfig, at_least, positive
+from prunekit.methods.admm import (
+    RETRAIN_FORMATS,
+    PenaltySplit,
+    ProjectionMethod,
+    admm_constraints,
+    hard_prune_and_retrain,
+    to_device,
+)
+from prunekit.methods.base import register
+from prunekit.methods.context import Context
 from prunekit.sparsity.projection import Tensors, project_all
+from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlrConfig(MethodConfig):
+    """SLR's keys (Gurevin et al. 2020; defaults from the reference code)."""
+
+    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
+    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + Λ/ρ‖² (fixed)
+    epochs: int = 10  # SLR training epochs, one multiplier update round after each
+    M: float = 300.0  # α_k = 1 − 1/(M·k^(1 − 1/k^r))
+    r: float = 0.1
+    initial_step: float = 0.01  # s₀, the multipliers' first step size
+    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
+    retrain_lr: Optional[float] = None  # None: lr
+    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
 
 
 def slr_alpha(k: int, M: float, r: float) -> float:
@@ -147,10 +141,10 @@ class SlrState(PenaltySplit):
 
 def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
     """`cfg.epochs` epochs of SLR training; one steps.csv row (event=slr) per epoch."""
-    state = SlrState(ctx.model, constraints, cfg.rho, cfg.M, cfg.r, cfg.initial_step)
-    ctx.stateful["slr"] = state  # checkpointed with the run, so a resumed SLR goes on from it
+    state = ctx.keep_state("slr", SlrState(ctx.model, constraints, cfg.rho, cfg.M, cfg.r,
+                                           cfg.initial_step))
 
-    def on_epoch_end(epoch: int, loss: float) -> None:
+    def after_epoch(epoch: int, loss: float) -> None:
         ce = state.epoch_ce()
         checks = state.update(ce)
         ctx.record_step(event="slr", epoch=epoch + 1, **checks, rho=state.rho, loss=loss, ce=ce,
@@ -158,13 +152,27 @@ def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
 
     ctx.finetune(cfg.epochs, cfg.lr, desc="SLR",
                  loss_fn=ctx.trainer.penalised_loss(state.penalty, on_ce=state.add_ce),
-                 on_epoch_end=on_epoch_end)
+                 hooks=FitHooks(after_epoch=after_epoch))
     return state
 
 
 @register
-class Slr(Method):
+class Slr(ProjectionMethod):
     name = "slr"
+    schema = SlrConfig
+    summary = "SLR (Gurevin et al. 2020): ADMM's split, surrogate multiplier steps"
+    quick = ("method.epochs=2", "method.retrain_epochs=1")
+    granularities = GRANULARITIES  # N:M included: one projection
+    summary_formats = RETRAIN_FORMATS
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        cls.check_retraining(cfg)
+        at_least(cfg, "method.epochs", 1, " (SLR prunes by training)")
+        for key in ("M", "initial_step"):
+            positive(cfg, f"method.{key}")
+        at_least(cfg, "method.r", 0)
 
     def run(self, ctx: Context) -> None:
         c = self.cfg

@@ -106,6 +106,14 @@ class ChannelGroups:
         self.groups: List[ChannelGroup] = []
         self.refresh()
 
+    def state_dict(self) -> Dict[str, int]:
+        """What a compaction leaves that the model does not show: each group's dense size."""
+        return dict(self._dense_sizes)
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self._dense_sizes = dict(state)
+        self.refresh()
+
     def _names(self) -> Dict[nn.Module, str]:
         return {m: n for n, m in self.model.named_modules()}
 
@@ -204,25 +212,6 @@ class ChannelGroups:
             return torch.zeros(group.size, dtype=torch.bool)
         dead_rows = mask.reshape(mask.shape[0], -1).eq(0).all(1).cpu()
         return root.reduce(dead_rows, "all")
-
-    # ------------------------------------------------------------------ scores
-    def channel_scores(self, group: ChannelGroup, criterion: str,
-                       generator: Optional[torch.Generator] = None,
-                       per_element: bool = False) -> torch.Tensor:
-        """Importance of each group channel from the weights of its output members (filters):
-        the root's filter norm for a block-inner group (as ICE scores it), the coupled filters'
-        joint norm across a residual add."""
-        if criterion == "random":
-            return torch.rand(group.size, generator=generator,
-                              device=generator.device if generator else "cpu").cpu()
-        weights = {m.module: self.model.get_submodule(m.module).weight for m in group.members}
-        total = group.per_channel(weights, lambda rows: rows.double().abs().sum(1)
-                                  if criterion == "l1" else rows.double().pow(2).sum(1))
-        elems = group.per_channel(weights, lambda rows: torch.full((rows.shape[0],), rows.shape[1]))
-        score = total if criterion == "l1" else total.sqrt()
-        if per_element:
-            score = score / (elems if criterion == "l1" else elems.sqrt()).clamp_min(1)
-        return score.float()
 
     # ------------------------------------------------------------------ compaction
     def compact(self, masks: MaskSet) -> int:

@@ -20,16 +20,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from prunekit.sparsity.criteria import Criterion, criterion_named
 from prunekit.sparsity.groups import ChannelGroup, ChannelGroups
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.purify import mask_unread
-from prunekit.sparsity.units import (expand_units, keep_vector, lowest, nm_mask, num_units,
-                                     pruned_units, ranking, unit_scores)
+from prunekit.sparsity.units import (
+    expand_units,
+    keep_vector,
+    lowest,
+    nm_mask,
+    num_units,
+    pruned_units,
+    ranking,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class Pruner:
         self.layer_names: List[str] = list(layers)
         self.dense_numel = {n: m.weight.numel() for n, m in layers.items()}
         self.masks = MaskSet(model)
+        self.criterion: Criterion = criterion_named(spec.criterion)
         self.generator = torch.Generator().manual_seed(seed)
         self.groups: Optional[ChannelGroups] = None
         self.channels_removed = 0  # by compaction, physically
@@ -81,8 +90,38 @@ class Pruner:
         if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
+    def state_dict(self) -> dict:
+        """The pruner's own state (the model's weights are the model's): masks, dense sizes, the
+        channel groups' dense sizes, the compaction count and the random generator."""
+        return {"masks": {n: m.detach().cpu().bool() for n, m in self.masks.items()},
+                "dense_numel": dict(self.dense_numel),
+                "dense_sizes": self.groups.state_dict() if self.groups is not None else None,
+                "channels_removed": self.channels_removed,
+                "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` onto a pruner built over the model at its compacted shapes."""
+        self.dense_numel = dict(state["dense_numel"])
+        if self.groups is not None and state["dense_sizes"] is not None:
+            self.groups.load_state_dict(state["dense_sizes"])
+        self.channels_removed = state["channels_removed"]
+        self.generator.set_state(state["rng"])
+        for name, mask in state["masks"].items():
+            self.masks.set(name, mask)
+
     def weight(self, name: str) -> torch.Tensor:
         return self.model.get_submodule(name).weight
+
+    def prepare(self, batches: Iterable, max_batches: int) -> None:
+        """Let a data-driven criterion read the model as it is now (a no-op for weight ones)."""
+        if self.criterion.needs_data:
+            self.criterion.prepare(self.model, self.layer_names,
+                                   self.groups.groups if self.groups is not None else [],
+                                   batches, max_batches)
+
+    def channel_scores(self, group: ChannelGroup, per_element: bool = False) -> torch.Tensor:
+        weights = {m.module: self.weight(m.module) for m in group.members}
+        return self.criterion.channel_scores(group, weights, per_element, self.generator)
 
     # ------------------------------------------------------------------ entry points
     def prune_to(self, target: float) -> None:
@@ -131,7 +170,7 @@ class Pruner:
         return names
 
     def _prune_units(self, target: float) -> None:
-        g, crit = self.spec.granularity, self.spec.criterion
+        g, crit = self.spec.granularity, self.criterion
         names = self.unit_layers(g)
         forced = {}
         for n in names:
@@ -143,14 +182,15 @@ class Pruner:
                 n_units = num_units(w.shape, g)
                 already = int(forced[n].sum()) if forced[n] is not None else 0
                 n_prune = max(already, int(round(target * n_units)))
-                keep = keep_vector(unit_scores(w, g, crit, self.generator), n_prune, forced[n])
+                keep = keep_vector(crit.unit_scores(n, w, g, False, self.generator), n_prune,
+                                   forced[n])
                 self.masks.set(f"{n}.weight", expand_units(keep, w.shape, g))
             return
         # global: one ranking of all units by per-element score, prefix sized by weight count
         scores, sizes, owners, forced_all = [], [], [], []
         for li, n in enumerate(names):
             w = self.weight(n)
-            s = unit_scores(w, g, crit, self.generator, per_element=True).cpu()
+            s = crit.unit_scores(n, w, g, True, self.generator).cpu()
             scores.append(s)
             sizes.append(torch.full_like(s, w.numel() / len(s), dtype=torch.float64))
             owners.append(torch.full((len(s),), li, dtype=torch.long))
@@ -179,7 +219,8 @@ class Pruner:
         n, m = self.spec.nm
         for name in self.layer_names:
             w = self.weight(name)
-            self.masks.set(f"{name}.weight", nm_mask(w, n, m, self.spec.criterion, self.generator))
+            scores = self.criterion.element_scores(name, w, self.generator)
+            self.masks.set(f"{name}.weight", nm_mask(w, n, m, scores))
 
     # ------------------------------------------------------------------ filters (channel groups)
     def _keep_state(self) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -223,8 +264,7 @@ class Pruner:
         out = []
         for group in self.groups.groups:
             masked = self.groups.masked_channels(group, self.masks)
-            scores = self.groups.channel_scores(group, self.spec.criterion, self.generator,
-                                                per_element=per_element)
+            scores = self.channel_scores(group, per_element)
             out.append((ranking(scores, masked), scores, masked))
         return out
 
@@ -294,16 +334,13 @@ class Pruner:
             return sorted(blocks.items(), key=lambda kv: order[kv[0]])
         return sorted(((g.root, [g]) for g in groups), key=lambda kv: order[kv[0]])
 
-    def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float,
-                     scores: Optional[Callable[[ChannelGroup], torch.Tensor]] = None) -> int:
+    def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float) -> int:
         """Remove ceil(ratio * dense channels) of each group (cumulative, at least one kept), the
-        lowest-scoring first. `scores` overrides the criterion (e.g. activation-based). Returns the
-        number of channels masked now."""
+        lowest-scoring first. Returns the number of channels masked now."""
         n_new = 0
         for g in groups:
             masked = self.groups.masked_channels(g, self.masks)
-            s = scores(g) if scores else self.groups.channel_scores(g, self.spec.criterion,
-                                                                   self.generator)
+            s = self.channel_scores(g)
             gone = g.dense_size - g.size
             want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
             n = min(max(want, int(masked.sum())), g.size - 1)

@@ -20,6 +20,7 @@ A group always keeps at least one channel and a layer at least one column.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from prunekit.sparsity.groups import ChannelGroup

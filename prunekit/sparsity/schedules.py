@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
-
-from prunekit.config import ConfigError
+from typing import List, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -33,15 +31,16 @@ class AGPSchedule:
     def last_update(self) -> int:
         return self.begin_step + self.n * self.frequency
 
-    def check(self, total_steps: int) -> None:
-        """Fail fast, before training, on a schedule the run cannot carry out."""
+    def problem(self, total_steps: int) -> Optional[str]:
+        """Why the run cannot carry out this schedule (naming the method keys), or None."""
         if self.end_step >= total_steps:
-            raise ConfigError(f"method.end_step={self.end_step} is not before the end of training "
-                              f"({total_steps} optimiser steps): lower it or raise method.epochs")
+            return (f"method.end_step={self.end_step} is not before the end of training "
+                    f"({total_steps} optimiser steps): lower it or raise method.epochs")
         if self.n < 1:
-            raise ConfigError(f"method.frequency={self.frequency} leaves no update between "
-                              f"begin_step={self.begin_step} and end_step={self.end_step}: lower "
-                              "method.frequency or raise method.epochs")
+            return (f"method.frequency={self.frequency} leaves no update between "
+                    f"begin_step={self.begin_step} and end_step={self.end_step}: lower "
+                    "method.frequency or raise method.epochs")
+        return None
 
     def is_update(self, t: int) -> bool:
         return self.begin_step <= t <= self.last_update and (t - self.begin_step) % self.frequency == 0

@@ -70,23 +70,6 @@ def expand_units(keep: torch.Tensor, shape: torch.Size, granularity: str) -> tor
     return m if len(shape) == 4 else m.reshape(o, i)
 
 
-def unit_scores(w: torch.Tensor, granularity: str, criterion: str,
-                generator: Optional[torch.Generator] = None, per_element: bool = False) -> torch.Tensor:
-    """Importance of every unit (higher = keep). `per_element` divides out the unit size so units
-    of different layers compare fairly (global scope): mean |w| for l1, RMS for l2."""
-    m = unit_matrix(w.detach(), granularity).float()
-    if criterion == "random":
-        return torch.rand(m.shape[0], generator=generator, device=generator.device if generator
-                          else m.device).to(m.device)
-    if criterion == "l1":
-        s = m.abs().sum(1)
-        return s / m.shape[1] if per_element else s
-    if criterion == "l2":
-        s = m.pow(2).sum(1).sqrt()
-        return s / m.shape[1] ** 0.5 if per_element else s
-    raise ValueError(f"unknown criterion {criterion!r}")
-
-
 def _forced_first(scores: torch.Tensor, forced: Optional[torch.Tensor]) -> torch.Tensor:
     s = scores.float()
     if forced is not None:
@@ -125,21 +108,18 @@ def pruned_units(mask: torch.Tensor, granularity: str) -> torch.Tensor:
     return unit_matrix(mask, granularity).eq(0).all(1)
 
 
-def nm_mask(w: torch.Tensor, n: int, m: int, criterion: str = "l1",
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Bool mask keeping the n largest |w| of every m consecutive input-channel weights.
+def nm_mask(w: torch.Tensor, n: int, m: int,
+            scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bool mask keeping the n highest-scoring (default: largest |w|) of every m consecutive
+    input-channel weights; `scores` has w's shape (a criterion's element scores).
 
     Conv weights are grouped in channels-last order (o, y, x, i). A trailing partial group (input
     channels not a multiple of m) keeps min(n, its size), so it never breaks the N:M bound.
     """
     w4 = as_4d(w.detach())
     o, i, kh, kw = w4.shape
-    rows = w4.permute(0, 2, 3, 1).reshape(-1, i)
-    if criterion == "random":
-        score = torch.rand(rows.shape, generator=generator, device=generator.device if generator
-                           else rows.device).to(rows.device)
-    else:
-        score = rows.abs().float()
+    s4 = as_4d(scores.detach()) if scores is not None else w4.abs()
+    score = s4.permute(0, 2, 3, 1).reshape(-1, i).float()
     pad = (-i) % m
     if pad:  # padded entries score -inf so real weights are always preferred
         score = torch.cat([score, score.new_full((score.shape[0], pad), float("-inf"))], 1)

@@ -1,4 +1,4 @@
-"""The dense-model cache and the files a run saves (model.pt).
+"""Run artifacts: the dense-model cache and the pruned model a run saves (model.pt).
 
 The dense model is trained once per (model, dataset, pretrain and training config, seed) and cached
 under `cache_dir/dense/` (`$PRUNEKIT_CACHE`, default ~/.cache/prunekit): a sweep of methods and
@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from prunekit.record import temp_beside
+from prunekit.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,7 @@ MODEL_FORMAT = "prunekit-model/1"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = temp_beside(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def dense_key(cfg) -> dict:

@@ -1,0 +1,111 @@
+"""What a user sees in the terminal: log lines, progress bars and the final summary table."""
+from __future__ import annotations
+
+import logging
+import math
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from prunekit.clock import PHASES
+
+CONSOLE = Console()
+
+
+class ConsoleLogHandler(RichHandler):
+    """Log records on the shared console, so they print cleanly above live progress bars."""
+
+    def __init__(self, level: int = logging.NOTSET, stream=None):  # stream: Hydra's default config
+        super().__init__(level=level, console=CONSOLE, show_time=False, show_path=False,
+                         show_level=False, markup=False, rich_tracebacks=False)
+
+
+def make_progress(enabled: bool = True) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=CONSOLE, transient=True,  # leaves no blank line behind
+                    disable=not enabled or not CONSOLE.is_terminal)  # bars are for terminals
+
+
+def _fmt(value, spec: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def _ratio(value, what: str) -> str:
+    return "–" if value is None else f"{value:.2f}× {what}"
+
+
+def _si(n) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def summary_table(s: dict) -> Table:
+    """Dense vs pruned, side by side, with what each number means in the caption."""
+    title = (f"{s.get('method')} · {s.get('model')} · {s.get('dataset')} · seed {s.get('seed')} · "
+             f"{s.get('granularity')}")
+    t = Table(title=title, title_style="bold", show_lines=False)
+    t.add_column("metric")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_column("ratio / Δ", justify="right")
+    t.add_row("top-1 (test, %)", _fmt(s.get("top1_dense"), ".2f"), _fmt(s.get("top1"), ".2f"),
+              _fmt(s.get("delta_top1"), "+.2f"))
+    t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
+    t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
+              f"target {_fmt(s.get('target_sparsity'), '.4f')}")
+    t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
+    t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
+    t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
+              _ratio(s.get("compression_ratio"), "smaller"))
+    t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
+              _ratio(s.get("theoretical_speedup"), "(theoretical)"))
+    kind = s.get("speedup_kind")
+    batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
+    for bs in batches or [s.get("latency_batch_size", 1)]:
+        dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
+        if not batches:
+            dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
+        speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
+        if s.get(f"latency_reliable_bs{bs}") is False:
+            ratio = "unreliable (busy machine)"
+        elif kind == "theoretical":
+            ratio = "– (dense kernels)"
+        else:
+            ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
+        t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
+    phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
+    t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
+                 f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. "
+                 f"{plural(s.get('steps'), 'step')}, {plural(s.get('finetune_count'), 'fine-tune')} "
+                 f"({plural(s.get('finetune_epochs'), 'epoch')}).")
+    if s.get("latency_warning"):
+        t.caption += (f"\nLatency unreliable, no speedup claimed ({s['latency_warning']}): "
+                      "measure on an idle machine.")
+    return t
+
+
+def plural(n, noun: str) -> str:
+    """'1 step', '3 steps', '– steps'."""
+    return f"{_fmt(n)} {noun}{'' if n == 1 else 's'}"
+
+
+def print_summary(summary: dict) -> None:
+    CONSOLE.print(summary_table(summary))
+    if summary.get("status") != "ok":
+        CONSOLE.print(f"[bold red]status: {summary.get('status')}[/] {summary.get('error') or ''}")

@@ -1,0 +1,258 @@
+"""What a method gets: the Context, split by job.
+
+- Services: the model, the dense model, data, trainer, pruner, recorder, clock, hardware, and
+  the spending operations that time themselves by phase: `prune_to` / `prune_groups` / `compact`
+  (prune), `finetune` (finetune), `validate` (eval, on the held-out validation split, never the
+  test set). Side work on a copy of the model (tuning trials, probes) runs in `fork()`.
+- `tally` (Tally): the counts and results a run reports, changed only through its methods.
+- `replay` (resume.Replay): the journal of operations and the checkpoints of a resumable run.
+- `frozen` (train.Freezer): the layers whose parameters are not trained.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from prunekit.clock import PhaseClock
+from prunekit.config import METHODS
+from prunekit.data import Data
+from prunekit.hardware import Hardware
+from prunekit.metrics import prunable_sparsity
+from prunekit.models import prunable_layers, residual_blocks
+from prunekit.record import Recorder
+from prunekit.resume import Replay
+from prunekit.sparsity.groups import ChannelGroup
+from prunekit.sparsity.masks import MaskSet
+from prunekit.sparsity.pruner import Pruner, PruneSpec
+from prunekit.train import FitHooks, FitResult, Freezer, Trainer
+
+
+def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor) -> Pruner:
+    """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec
+    (and channel groups where the method asks for them whatever its granularity)."""
+    m = cfg.method
+    layers = prunable_layers(model, m.prune_first_conv, m.prune_classifier)
+    return Pruner(model, PruneSpec.from_cfg(m), layers, example_input, seed=cfg.seed,
+                  blocks=list(residual_blocks(model)),
+                  channel_groups=METHODS[m.name].needs_channel_groups(m))
+
+
+@dataclass
+class Tally:
+    """What a run counts and reports beyond its model: steps, fine-tunes, compaction, the
+    method's own summary keys (`results`) and layers.csv columns (`layer_info`)."""
+
+    steps: int = 0
+    finetune_count: int = 0
+    finetune_epochs: int = 0
+    compaction_max_abs_diff: Optional[float] = None
+    compacted: bool = False
+    results: Dict[str, Any] = field(default_factory=dict)
+    layer_info: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def count_step(self) -> int:
+        """One more pruning step; returns its number."""
+        self.steps += 1
+        return self.steps
+
+    def add_finetune(self, epochs: int) -> None:
+        if epochs > 0:
+            self.finetune_count += 1
+            self.finetune_epochs += epochs
+
+    def add_epochs(self, epochs: int) -> None:
+        """Training epochs spent outside a fine-tune of the model (e.g. ICE's freezing probe)."""
+        self.finetune_epochs += epochs
+
+    def add_compaction(self, max_abs_diff: Optional[float], channels_removed: int) -> None:
+        self.compacted = channels_removed > 0
+        if max_abs_diff is not None:
+            self.compaction_max_abs_diff = max(self.compaction_max_abs_diff or 0.0, max_abs_diff)
+
+    def report(self, **results) -> None:
+        """Extra summary.json keys of the method."""
+        self.results.update(results)
+
+    def layer_columns(self, columns: Dict[str, Dict[str, Any]]) -> None:
+        """Extra layers.csv columns, per layer."""
+        self.layer_info = {layer: dict(cols) for layer, cols in columns.items()}
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class Context:
+    cfg: DictConfig  # the whole run's config
+    model: nn.Module  # the model being pruned, on the device
+    dense_model: nn.Module  # the dense model, frozen (a teacher, a reference); never modified
+    data: Data
+    trainer: Trainer
+    pruner: Pruner
+    recorder: Recorder
+    clock: PhaseClock
+    hw: Hardware
+    target: float  # cfg.sparsity (see Pruner for its unit per granularity)
+    dense_val_top1: float  # the reference the decisions compare with (on the data in use)
+    check_input: torch.Tensor  # a validation batch for the masked-vs-compacted check
+    rebuild_pruner: Callable[[nn.Module], Pruner]  # a pruner over a (resumed, resized) model
+    tally: Tally = field(default_factory=Tally)
+    replay: Replay = field(default_factory=Replay)
+    frozen: Optional[Freezer] = None
+    stateful: Dict[str, Any] = field(default_factory=dict)  # objects with state_dict(), resumed
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_before: float = 0.0  # pruning seconds of the segments before a resume
+
+    def __post_init__(self):
+        if self.frozen is None:
+            self.frozen = Freezer(self.model)
+
+    @property
+    def masks(self) -> MaskSet:
+        return self.pruner.masks
+
+    def keep_state(self, name: str, obj: Any) -> Any:
+        """Checkpoint `obj` (state_dict / load_state_dict) with the run, so a resumed run goes on
+        from its state; returns it."""
+        self.stateful[name] = obj
+        return obj
+
+    def drop_state(self, name: str) -> None:
+        """Stop checkpointing the object kept as `name` (its work is over)."""
+        self.stateful.pop(name, None)
+
+    # ------------------------------------------------------------------ variants
+    def use_data(self, data: Data, log_level: int = logging.INFO) -> None:
+        """Train and decide on `data` from now on (e.g. a subset of val for cheap decisions)."""
+        self.data = data
+        self.trainer = self.trainer.with_data(data, log_level)
+
+    def fork(self, data: Optional[Data] = None, quiet: bool = False,
+             clock: Optional[PhaseClock] = None) -> "Context":
+        """A context for side work on a copy of the current model: its own pruner, masks, tally,
+        an in-memory recorder and its own clock (unless `clock` is shared), no journal, so the run
+        itself is untouched. Fork before pruning or right after a compaction (masks are not
+        copied). `quiet`: fit() logs at DEBUG."""
+        model = copy.deepcopy(self.model)
+        fork = dataclasses.replace(
+            self, model=model, pruner=build_pruner(self.cfg, model, self.check_input[:1]),
+            check_input=self.check_input[:4],  # side work: a cheaper compaction check
+            recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), tally=Tally(),
+            replay=Replay(), frozen=Freezer(model), stateful={})
+        fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
+        return fork
+
+    def freeze(self, modules: Sequence[str]) -> None:
+        self.frozen.freeze(modules)
+
+    def unfreeze(self) -> None:
+        self.frozen.unfreeze()
+
+    # ------------------------------------------------------------------ journal, checkpoints
+    def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
+        """One journaled operation (see resume.Replay.op): its result must be plain data."""
+        return self.replay.op(fn, checkpoint)
+
+    def once(self, fn: Callable[[], Any]) -> Any:
+        """A side computation done once per run (ICE's tuning, its probe), checkpointed."""
+        return self.op(fn, checkpoint=True)
+
+    def finish_replay(self) -> None:
+        self.replay.finish()
+
+    def checkpoint(self, fit: Optional[dict] = None) -> None:
+        self.replay.checkpoint(fit)
+
+    def exclude_time(self, seconds: float) -> None:
+        """Leave the last `seconds` (work done only for a report) out of the pruning time and of
+        the phase running now."""
+        self.started += seconds
+        self.clock.exclude(seconds)
+
+    def elapsed(self) -> float:
+        """Pruning seconds so far, over every segment of a resumed run."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------ spending
+    def _prepare_criterion(self) -> None:
+        self.pruner.prepare(self.data.train, self.cfg.method.criterion_batches)
+
+    def prune_to(self, target: float) -> None:
+        def prune() -> None:
+            with self.clock.phase("prune"):
+                self._prepare_criterion()
+                self.pruner.prune_to(target)
+        self.op(prune)
+
+    def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float) -> int:
+        def prune() -> int:
+            with self.clock.phase("prune"):
+                self._prepare_criterion()
+                return self.pruner.prune_groups(groups, ratio)
+        return self.op(prune)
+
+    def compact(self) -> None:
+        self.op(self._compact)
+
+    def _compact(self) -> None:
+        """Physically remove masked filters, and channels no layer reads any more (filter,
+        channel and column results; a no-op otherwise), and check the compacted model against
+        the masked one on a validation batch."""
+        if self.pruner.groups is None:
+            return
+        with self.clock.phase("prune"):
+            diff = self.pruner.compact(check_input=self.check_input)
+        self.tally.add_compaction(diff, self.pruner.channels_removed)
+        self.frozen.reapply()  # compaction replaced the parameter objects
+
+    def finetune(self, epochs: int, lr: float, desc: str = "finetune",
+                 hooks: Optional[FitHooks] = None, **kw) -> FitResult:
+        """Train `epochs` epochs (checkpointed after each one when it is a top-level operation;
+        a resumed run continues a fit in progress from its next epoch)."""
+        def fit() -> dict:
+            resume = self.replay.take_fit_state()
+            checkpoint = self.checkpoint if self.replay.in_top_level_op() else None
+            with self.clock.phase("finetune"):
+                result = self.trainer.fit(
+                    self.model, epochs, lr, masks=self.masks, desc=desc, resume=resume,
+                    hooks=dataclasses.replace(hooks or FitHooks(), checkpoint=checkpoint), **kw)
+            self.tally.add_finetune(epochs)
+            return dataclasses.asdict(result)
+
+        return FitResult(**self.op(fit))
+
+    def validate(self, model: Optional[nn.Module] = None) -> float:
+        """Val top-1 of the model being pruned (or of `model`, e.g. the dense one)."""
+        def evaluate() -> float:
+            with self.clock.phase("eval"):
+                return self.trainer.evaluate(model or self.model, "val",
+                                             self.cfg.train.val_max_batches).top1
+        return self.op(evaluate)
+
+    def test_top1(self) -> float:
+        """Test top-1 of the model now, for reporting only (e.g. ADMM's `top1_hard`); no method
+        decides anything on it."""
+        def evaluate() -> float:
+            with self.clock.phase("eval"):
+                return self.trainer.evaluate(self.model, "test").top1
+        return self.op(evaluate)
+
+    # ------------------------------------------------------------------ reading
+    def sparsity(self) -> float:
+        return prunable_sparsity(self.model, self.pruner.dense_numel)
+
+    def record_step(self, **row) -> None:
+        """A steps.csv row; at top level it ends a pruning step, so a checkpoint follows."""
+        self.op(lambda: self.recorder.step(**row), checkpoint=True)

@@ -1,0 +1,118 @@
+"""Every registered method unit, parametrised over the registry (a new method is tested here
+without editing a list): its YAML holds only what differs from its schema, its defaults validate,
+its checks answer in one line, and a quick run prunes what it declares. Plus network slimming."""
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+from test_pruner import model_of, pruner_for
+
+from conftest import FAST, make_cfg
+from prunekit.config import METHODS, validate
+from prunekit.errors import ConfigError
+from prunekit.runner import run
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+QUICK = ["dataset.subset=0.25", "pretrain.epochs=1", *FAST]  # resnet18 on a fifth of digits
+
+
+def differing(data: dict, defaults: dict, prefix: str = "") -> list:
+    out = []
+    for key, value in data.items():
+        if key in ("defaults", "name"):
+            continue
+        if isinstance(value, dict):
+            out += differing(value, defaults.get(key, {}), f"{prefix}{key}.")
+        elif key not in defaults or defaults[key] == value:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_methods_yaml_holds_only_what_differs_from_its_schema(name):
+    unit = METHODS[name]
+    data = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    assert data["name"] == name and data["defaults"][0] == {"/schema/method@_here_": name}
+    defaults = OmegaConf.to_container(OmegaConf.structured(unit.schema))
+    assert differing(data, defaults) == [], "keys repeating (or unknown to) the schema"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_methods_defaults_validate_and_its_declarations_hold(name):
+    unit = METHODS[name]
+    cfg = make_cfg([f"method={name}"])
+    validate(cfg)
+    assert cfg.method.granularity in unit.granularities
+    assert cfg.method.criterion in unit.accepted_criteria()
+    assert isinstance(unit.target_unit(cfg), str) and unit.summary
+    if unit.prunes:  # a granularity it does not declare is refused, in one line
+        with pytest.raises(ConfigError) as e:
+            validate(make_cfg([f"method={name}", "method.granularity=rows"]))
+        assert "method.granularity" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs_quickly_and_prunes_as_it_declares(tmp_path, name):
+    unit = METHODS[name]
+    cfg = make_cfg([f"method={name}", *unit.quick, *QUICK])
+    s = run(cfg, tmp_path, show=False)
+    assert s["status"] == "ok" and s["method"] == name
+    assert s["target_unit"] == unit.target_unit(cfg)
+    with open(tmp_path / "steps.csv") as f:
+        assert len(list(csv.DictReader(f))) >= 1
+    if unit.prunes:
+        assert s["sparsity"] > 0.1 and s["params_nonzero"] < s["params_dense"]
+    else:
+        assert s["sparsity"] == 0 and s["target_sparsity"] == 0
+
+
+# --------------------------------------------------------------------------- network slimming
+def test_bn_scale_ranks_the_channels_with_the_smallest_gammas_first():
+    m = model_of("resnet18").eval()
+    p = pruner_for(m, granularity="filter", criterion="bn_scale")
+    groups = dict(p.steps_in_order())["layer1.0"]
+    with torch.no_grad():
+        m.layer1[0].bn1.weight.fill_(1.0)
+        m.layer1[0].bn1.weight[[5, 9]] = torch.tensor([0.01, -0.02])  # |γ| small either sign
+    p.prune_groups(groups, 2 / 64)
+    assert p.groups.masked_channels(groups[0], p.masks).nonzero().flatten().tolist() == [5, 9]
+
+
+def test_slimming_shrinks_the_bn_scales_then_prunes_by_one_global_threshold(tmp_path):
+    common = ["method=slimming", "method.epochs=2", "method.finetune_epochs=1", *QUICK]
+    s = run(make_cfg([*common, "method.penalty=0.01"]), tmp_path / "a", show=False)
+    weak = run(make_cfg([*common, "method.penalty=0"]), tmp_path / "b", show=False)
+    assert s["status"] == "ok" and s["compacted"] and s["compaction_max_abs_diff"] < 1e-3
+    assert s["sparsity"] == pytest.approx(0.5, abs=0.03)
+    assert s["params"] < s["params_dense"]  # channels physically removed
+
+    def first_row(d):
+        with open(d / "steps.csv") as f:
+            return next(csv.DictReader(f))
+
+    a, b = first_row(tmp_path / "a"), first_row(tmp_path / "b")
+    assert a["event"] == "sparsity_training"
+    assert float(a["gamma_l1"]) < 0.9 * float(b["gamma_l1"])  # the L1 penalty shrinks |γ|
+    # one global threshold: layers lose different fractions of their channels
+    with open(tmp_path / "a" / "layers.csv") as f:
+        kept = {r["layer"]: float(r["sparsity"]) for r in csv.DictReader(f)}
+    assert max(kept.values()) - min(kept.values()) > 0.1
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["method.granularity=unstructured"], "method.granularity"),
+    (["method.criterion=l1"], "method.criterion"),
+    (["method.penalty=-1"], "method.penalty"),
+])
+def test_slimming_refuses_what_it_cannot_do(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(make_cfg(["method=slimming", *overrides]))
+
+
+def test_slimming_on_a_network_without_batchnorm_fails_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="needs BatchNorm"):
+        run(make_cfg(["method=slimming", "model=lenet5", *QUICK]), tmp_path, show=False)
+    assert (tmp_path / "summary.json").exists()
