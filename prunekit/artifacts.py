@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 
 from prunekit.files import atomic_write
 
@@ -32,22 +33,30 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
+# The keys of the dense model's sections that cannot change its weights, and why. Every other key
+# is part of the cache key, so a key added later splits the cache until it is listed here.
+NOT_IN_DENSE_KEY = {
+    "model": {"checkpoint"},  # user weights bypass the cache altogether
+    "dataset": {"root", "download",  # where the files are, not what they hold
+                "num_workers",  # streaming workers: the samples are seeded, not per worker
+                "batch_size", "pretrain_epochs"},  # read through train.batch_size, pretrain.epochs
+    "pretrain": {"cache"},
+    "train": {"eval_batch_size", "val_max_batches", "progress",  # evaluation and display
+              "weight_decay", "lr_schedule"},  # fine-tuning's: dense training uses pretrain.*
+}
+
+
 def dense_key(cfg) -> dict:
-    """Everything that determines the dense model's weights, and nothing else."""
-    d, t = cfg.dataset, cfg.train
-    return {
-        "format": CACHE_FORMAT,
-        "model": {k: cfg.model[k] for k in ("name", "in_channels", "small_input")},
-        "dataset": {
-            "name": d.name, "image_size": d.image_size, "val_fraction": d.val_fraction,
-            "test_fraction": d.test_fraction, "subset": d.subset, "split_seed": d.split_seed,
-            "augment": d.augment, "num_samples": d.num_samples, "num_classes": d.num_classes,
-            "path": os.path.abspath(os.path.expanduser(d.path)) if d.path else None,
-        },
-        "pretrain": {k: cfg.pretrain[k] for k in ("epochs", "lr", "lr_schedule", "weight_decay")},
-        "train": {k: t[k] for k in ("batch_size", "momentum", "nesterov", "label_smoothing")},
-        "seed": cfg.seed,
-    }
+    """Everything that determines the dense model's weights: the model, dataset, pretrain and
+    train sections and the seed, less NOT_IN_DENSE_KEY."""
+    key = {"format": CACHE_FORMAT, "seed": cfg.seed}
+    for section, left_out in NOT_IN_DENSE_KEY.items():
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        key[section] = {k: v for k, v in values.items() if k not in left_out}
+    path = key["dataset"].get("path")
+    if path:  # the same folder however it is written
+        key["dataset"]["path"] = os.path.abspath(os.path.expanduser(path))
+    return key
 
 
 @contextlib.contextmanager

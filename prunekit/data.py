@@ -6,6 +6,10 @@ every run seed) and is what every decision uses; `test` is only for reporting.
 Fast path: small datasets are decoded once into uint8 tensors (on the GPU when there is one) and
 served by `TensorLoader`, which augments whole batches with tensor ops: no per-sample PIL work and
 no worker processes in the hot loop. Large image folders stream through a torchvision DataLoader.
+
+A data set is one entry of `DATASETS`: `@image_arrays("name")` on a function returning the
+(train, test, classes) uint8 images of an in-memory set (split, subset, resize and normalisation
+shared), or `@DATASETS.register("name")` on a builder of the whole `Data` (`imagefolder`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torchvision
 from torchvision import transforms as T
 
 from prunekit.errors import ConfigError
+from prunekit.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,24 @@ def _download_error(name: str, root: str, err: Exception) -> ConfigError:
                        "access and dataset.download=true")
 
 
+# A builder: (dataset_cfg, train_cfg, channels, device, seed, channels_last) -> Data.
+DATASETS: Registry[Callable[..., "Data"]] = Registry("dataset")
+
+
+def image_arrays(name: str) -> Callable:
+    """Register `load(dataset_cfg) -> (train, test, num_classes)` (uint8 NCHW Images) as data set
+    `name`; the validation split, subset, resize and normalisation are the shared ones."""
+    def wrap(load: Callable) -> Callable:
+        def build(dataset_cfg, train_cfg, channels, device, seed, channels_last) -> Data:
+            return _in_memory(name, load(dataset_cfg), dataset_cfg, train_cfg, channels, device,
+                              seed, channels_last)
+
+        DATASETS.register(name)(build)
+        return load
+    return wrap
+
+
+@image_arrays("digits")
 def load_digits(cfg) -> Tuple[Images, Images, int]:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -173,10 +196,12 @@ def _torchvision_arrays(cls, name: str, cfg, channels_last_input: bool):
     return split(train), split(test), classes
 
 
+@image_arrays("cifar10")
 def load_cifar10(cfg):
     return _torchvision_arrays(torchvision.datasets.CIFAR10, "CIFAR-10", cfg, True)
 
 
+@image_arrays("cifar100")
 def load_cifar100(cfg):
     return _torchvision_arrays(torchvision.datasets.CIFAR100, "CIFAR-100", cfg, True)
 
@@ -270,10 +295,12 @@ def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None):
         raise ConfigError(f"{e}; or {package}") from None
 
 
+@image_arrays("mnist")
 def load_mnist(cfg):
     return _idx_dataset(torchvision.datasets.MNIST, "MNIST", cfg)
 
 
+@image_arrays("fashion_mnist")
 def load_fashion_mnist(cfg):
     return _idx_dataset(torchvision.datasets.FashionMNIST, "Fashion-MNIST", cfg,
                         DEBIAN_FASHION_MNIST)
@@ -288,6 +315,7 @@ def _decode_all(dataset) -> Images:
     return Images(torch.stack(images).to(torch.uint8), torch.tensor(labels, dtype=torch.long))
 
 
+@image_arrays("fake")
 def load_fake(cfg):
     size = cfg.image_size or 32
     n_test = max(cfg.num_samples // 5, cfg.num_classes)
@@ -295,16 +323,6 @@ def load_fake(cfg):
     train = torchvision.datasets.FakeData(size=cfg.num_samples, random_offset=cfg.split_seed, **kw)
     test = torchvision.datasets.FakeData(size=n_test, random_offset=cfg.split_seed + 10**6, **kw)
     return _decode_all(train), _decode_all(test), cfg.num_classes
-
-
-LOADERS: Dict[str, Callable] = {
-    "digits": load_digits,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist,
-    "fake": load_fake,
-}
 
 
 # --------------------------------------------------------------------------- loaders
@@ -479,7 +497,8 @@ def _mean_std(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def _image_folder(cfg, channels: int, train_cfg, device, seed: int, channels_last: bool) -> Data:
+@DATASETS.register("imagefolder")
+def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
     path = os.path.expanduser(str(cfg.path))
     size = cfg.image_size or 224
     folder = torchvision.datasets.ImageFolder
@@ -548,16 +567,10 @@ def _tensor_data(name, train: Images, val: Images, test: Images, num_classes: in
         num_classes, channels, train.images.shape[-1], fast_path=True)
 
 
-def build_data(dataset_cfg, train_cfg, channels: int, device="cpu", seed: int = 0,
-               channels_last: bool = False) -> Data:
-    """Build the train / val / test loaders of `dataset_cfg` for a model taking `channels`."""
-    name = dataset_cfg.name
-    if name == "imagefolder":
-        return _image_folder(dataset_cfg, channels, train_cfg, device, seed, channels_last)
-    if name not in LOADERS:
-        known = ", ".join(list(LOADERS) + ["imagefolder"])
-        raise ConfigError(f"dataset.name={name} is not a known dataset (known: {known})")
-    train_full, test, num_classes = LOADERS[name](dataset_cfg)
+def _in_memory(name, arrays, dataset_cfg, train_cfg, channels: int, device, seed: int,
+               channels_last: bool) -> Data:
+    """A data set held as uint8 tensors: resized, channels matched, split, subsampled."""
+    train_full, test, num_classes = arrays
     size = dataset_cfg.image_size
     prepared = []
     for split in (train_full, test):
@@ -571,3 +584,10 @@ def build_data(dataset_cfg, train_cfg, channels: int, device="cpu", seed: int = 
     train, val, test = (subsample(x, s, seed_split) for x in (train, val, test))
     return _tensor_data(name, train, val, test, num_classes, channels, dataset_cfg, train_cfg,
                         device, seed, channels_last)
+
+
+def build_data(dataset_cfg, train_cfg, channels: int, device="cpu", seed: int = 0,
+               channels_last: bool = False) -> Data:
+    """Build the train / val / test loaders of `dataset_cfg` for a model taking `channels`."""
+    build = DATASETS.choose(dataset_cfg.name, "dataset.name")
+    return build(dataset_cfg, train_cfg, channels, device, seed, channels_last)

@@ -1,7 +1,7 @@
 """Model registry: torchvision builders with small-input stems, the CIFAR ResNets, LeNet-5.
 
-Every builder takes (num_classes, in_channels, image_size, small_input) and returns a freshly
-initialised nn.Module. Weights come from training (the dense cache) or `model.checkpoint`; nothing
+Every builder, registered with `@MODELS.register("name")`, takes (num_classes, in_channels,
+image_size, small_input) and returns a freshly initialised nn.Module. Weights come from training (the dense cache) or `model.checkpoint`; nothing
 is downloaded.
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from prunekit.config import STATE_DICT_FIX, check_torch_file
 from prunekit.errors import ConfigError
+from prunekit.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def _kaiming_conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
@@ -41,6 +44,7 @@ def _torchvision_resnet(builder: Callable) -> Callable:
     return build
 
 
+@MODELS.register("vgg16")
 def build_vgg16(num_classes: int, in_channels: int, image_size: int, small_input: bool) -> nn.Module:
     model = torchvision.models.vgg16_bn(weights=None, num_classes=num_classes)
     if in_channels != 3:
@@ -60,6 +64,7 @@ def build_vgg16(num_classes: int, in_channels: int, image_size: int, small_input
     return model
 
 
+@MODELS.register("mobilenet_v2")
 def build_mobilenet_v2(num_classes: int, in_channels: int, image_size: int,
                        small_input: bool) -> nn.Module:
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
@@ -156,29 +161,24 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+@MODELS.register("lenet5")
 def build_lenet5(num_classes: int, in_channels: int, image_size: int, small_input: bool) -> nn.Module:
     return LeNet5(num_classes, in_channels, image_size)
 
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "resnet18": _torchvision_resnet(torchvision.models.resnet18),
-    "resnet50": _torchvision_resnet(torchvision.models.resnet50),
-    "vgg16": build_vgg16,
-    "mobilenet_v2": build_mobilenet_v2,
-    **{f"resnet{d}": _cifar_resnet(d) for d in CIFAR_RESNET_DEPTHS},
-    "lenet5": build_lenet5,
-}
+for _name in ("resnet18", "resnet50"):
+    MODELS.register(_name)(_torchvision_resnet(getattr(torchvision.models, _name)))
+for _depth in CIFAR_RESNET_DEPTHS:
+    MODELS.register(f"resnet{_depth}")(_cifar_resnet(_depth))
 
 # Residual blocks: the unit of ICE's and the blockwise baseline's pruning steps.
 BLOCK_TYPES = (BasicBlock, Bottleneck, InvertedResidual, CifarBasicBlock)
 
 
 def build_model(model_cfg, num_classes: int, image_size: int) -> nn.Module:
-    name = model_cfg.name
-    if name not in MODELS:
-        raise ConfigError(f"model.name={name} is not a known model (known: {', '.join(MODELS)})")
+    build = MODELS.choose(model_cfg.name, "model.name")
     small = model_cfg.small_input if model_cfg.small_input is not None else image_size <= 64
-    return MODELS[name](num_classes=num_classes, in_channels=model_cfg.in_channels,
+    return build(num_classes=num_classes, in_channels=model_cfg.in_channels,
                         image_size=image_size, small_input=small)
 
 

@@ -74,6 +74,35 @@ def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
     assert third["top1_dense"] == first["top1_dense"]  # same seed, deterministic training
 
 
+@pytest.mark.parametrize("override, shared", [
+    ("method=gradual", True), ("train.lr_schedule=step", True), ("train.progress=false", True),
+    ("dataset.root=/elsewhere", True), ("train.eval_batch_size=7", True),
+    ("seed=1", False), ("pretrain.lr=0.01", False), ("dataset.split_seed=2", False),
+    ("train.batch_size=16", False), ("dataset.in_memory=false", False),
+    ("model.small_input=false", False), ("train.label_smoothing=0.1", False),
+])
+def test_the_dense_cache_key_changes_with_what_changes_the_weights(override, shared):
+    base = make_cfg(["method=dense", *LENET])
+    other = make_cfg(["method=dense", *LENET, override])
+    assert (dense_cache_path(base) == dense_cache_path(other)) is shared
+
+
+def test_a_key_added_to_a_dense_section_splits_the_cache_unless_listed(monkeypatch):
+    """A new key is in the cache key until NOT_IN_DENSE_KEY says it cannot change the weights."""
+    from omegaconf import OmegaConf
+
+    from prunekit import artifacts
+    cfg = OmegaConf.create(OmegaConf.to_container(make_cfg(["method=dense", *LENET]),
+                                                  resolve=True))  # plain: keys can be added
+    with_new = cfg.copy()
+    with_new.dataset.new_option = 3
+    assert dense_cache_path(with_new) != dense_cache_path(cfg)
+    listed = {**artifacts.NOT_IN_DENSE_KEY,
+              "dataset": artifacts.NOT_IN_DENSE_KEY["dataset"] | {"new_option"}}
+    monkeypatch.setattr(artifacts, "NOT_IN_DENSE_KEY", listed)
+    assert dense_cache_path(with_new) == dense_cache_path(cfg)
+
+
 def test_cached_and_uncached_runs_prune_identically(tmp_path):
     cfg = make_cfg(["method=gradual", *LENET, "seed=4", "method.epochs=2", "method.frequency=2"])
     a = run(cfg, tmp_path / "a", show=False)

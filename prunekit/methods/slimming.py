@@ -23,11 +23,11 @@ from prunekit.errors import ConfigError
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.methods.steps import fixed_plan, prune_and_finetune
-from prunekit.sparsity.criteria import Criterion, register_criterion
+from prunekit.sparsity.criteria import CRITERIA, Criterion
 from prunekit.sparsity.groups import ChannelGroup
 
 
-@register_criterion
+@CRITERIA.register
 class BnScale(Criterion):
     """|γ| of the BatchNorm channels a group's channels feed, summed over the group's norms (a
     residual add couples several). A group without BatchNorm scores +inf: it is pruned last."""

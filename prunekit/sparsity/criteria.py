@@ -8,7 +8,7 @@ A criterion scores three kinds of unit, as the granularity asks:
 Most criteria are an elementwise *saliency* summed over a unit and then `combine`d (l1: Σ|w|;
 l2: √Σw²; taylor: Σ(w·∂L/∂w)²). Data-driven criteria (`needs_data`) read the model on a few
 training batches first: `prepare` is called before every pruning decision, on the model as it is.
-A new criterion is one class here with `@register_criterion`; methods accept it by default when
+A new criterion is one class here with `@CRITERIA.register`; methods accept it by default when
 it can score weight units (`scores_units`).
 """
 from __future__ import annotations
@@ -19,25 +19,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prunekit.registry import Registry
 from prunekit.sparsity.activations import activation_scores
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.units import unit_matrix
 
-CRITERIA: Dict[str, Type["Criterion"]] = {}
-
-
-def register_criterion(cls: Type["Criterion"]) -> Type["Criterion"]:
-    CRITERIA[cls.name] = cls
-    return cls
+CRITERIA: Registry[Type["Criterion"]] = Registry("criterion")  # `@CRITERIA.register` a class
 
 
 def criterion_named(criterion) -> "Criterion":
     """A Criterion instance from a name (or the instance itself)."""
     if isinstance(criterion, Criterion):
         return criterion
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}")
-    return CRITERIA[criterion]()
+    return CRITERIA.choose(criterion, "method.criterion")()
 
 
 def _rand(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -91,7 +85,7 @@ class Criterion:
         return self.saliency(name, w.detach().float())
 
 
-@register_criterion
+@CRITERIA.register
 class L1(Criterion):
     name = "l1"
     description = "Σ|w| over the unit (magnitude)"
@@ -100,7 +94,7 @@ class L1(Criterion):
         return w.abs()
 
 
-@register_criterion
+@CRITERIA.register
 class L2(Criterion):
     name = "l2"
     description = "√Σw² over the unit (the exact Euclidean projection keeps the largest)"
@@ -118,7 +112,7 @@ class L2(Criterion):
         return w.detach().float().abs()  # the order of w², without squaring's float ties
 
 
-@register_criterion
+@CRITERIA.register
 class Random(Criterion):
     name = "random"
     description = "uniform random scores from the run's seeded generator (the control)"
@@ -153,19 +147,19 @@ class _Activation(Criterion):
         return self.table[group.root]
 
 
-@register_criterion
+@CRITERIA.register
 class MeanActivation(_Activation):
     name = "mean_activation"
     description = "mean post-ReLU activation of the channel (a mostly silent one goes first)"
 
 
-@register_criterion
+@CRITERIA.register
 class Entropy(_Activation):
     name = "entropy"
     description = "entropy of the channel's activation histogram (Luo & Wu 2017)"
 
 
-@register_criterion
+@CRITERIA.register
 class Taylor(Criterion):
     """Molchanov et al., CVPR 2019: the first-order Taylor estimate of the loss change when a
     weight is removed, (w·∂L/∂w)², accumulated over `max_batches` training batches (mean over
@@ -208,7 +202,7 @@ class Taylor(Criterion):
         return self.table[name].to(w.dtype)
 
 
-@register_criterion
+@CRITERIA.register
 class Lamp(Criterion):
     """Lee et al., ICLR 2021 (LAMP): within each layer, sort the units by squared magnitude m
     ascending; a unit's score is m_u / Σ_{v ≥ u} m_v, the share of what is left of its layer when
