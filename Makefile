@@ -28,7 +28,8 @@ data:  ## Fashion-MNIST, the offline benchmark data: Debian's dataset-fashion-mn
 demo:  ## the default run: resnet18 on digits, gradual pruning to 50%, offline
 	$(BIN)/prune-run
 
-test:  ## the fast suite (what CI runs)
+test:  ## lint, then the fast suite (what CI runs)
+	$(BIN)/ruff check prunekit tests scripts
 	$(PYTEST) -q
 
 test-slow:  ## the long end-to-end runs (paper-scale checks of the issues' "done when")

@@ -92,7 +92,8 @@ def summary_table(s: dict) -> Table:
     phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
     t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
                  f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. "
-                 f"{plural(s.get('steps'), 'step')}, {plural(s.get('finetune_count'), 'fine-tune')} "
+                 f"{plural(s.get('steps'), 'step')}, "
+                 f"{plural(s.get('finetune_count'), 'fine-tune')} "
                  f"({plural(s.get('finetune_epochs'), 'epoch')}).")
     if s.get("latency_warning"):
         t.caption += (f"\nLatency unreliable, no speedup claimed ({s['latency_warning']}): "

@@ -49,7 +49,8 @@ class Images:
 
 
 # --------------------------------------------------------------------------- splitting
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(labels: torch.Tensor, fraction: float,
+                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (rest, held_out) with `fraction` of every class held out.
 
     Each class contributes round(fraction * n_c) examples (at least one when the class has two or
@@ -206,7 +207,7 @@ def load_cifar100(cfg):
     return _torchvision_arrays(torchvision.datasets.CIFAR100, "CIFAR-100", cfg, True)
 
 
-# --------------------------------------------------------------------------- IDX files (MNIST's format)
+# ------------------------------------------------------------------ IDX files (MNIST's format)
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
@@ -264,7 +265,8 @@ def idx_split(files: Dict[str, str], split: str, num_classes: int) -> Images:
         raise ConfigError(f"{images_file} holds {len(images)} images but {labels_file} "
                           f"{len(labels)} labels: one of them is truncated")
     if len(labels) and int(labels.max()) >= num_classes:
-        raise ConfigError(f"{labels_file} has label {int(labels.max())}, outside 0..{num_classes - 1}")
+        raise ConfigError(f"{labels_file} has label {int(labels.max())}, "
+                          f"outside 0..{num_classes - 1}")
     return Images(torch.from_numpy(images.copy()).unsqueeze(1),
                   torch.from_numpy(labels.astype(np.int64)))
 
@@ -416,7 +418,8 @@ class StreamLoader:
                  seed: int, channels_last: bool = False):
         self.gen = torch.Generator().manual_seed(seed)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) > batch_size,
+            dataset, batch_size=batch_size, shuffle=train,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
             generator=self.gen, persistent_workers=num_workers > 0)
         self.device = device
@@ -541,8 +544,9 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
                          + ([T.RandomHorizontalFlip()] if cfg.augment == "crop_flip" else [])
                          + [T.ToTensor(), norm])
     eval_tf = T.Compose(g + [T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_set = torch.utils.data.Subset(folder(os.path.join(path, "train"), train_tf), train_idx.tolist())
-    val_set = torch.utils.data.Subset(folder(os.path.join(path, "train"), eval_tf), val_idx.tolist())
+    train_dir = os.path.join(path, "train")
+    train_set = torch.utils.data.Subset(folder(train_dir, train_tf), train_idx.tolist())
+    val_set = torch.utils.data.Subset(folder(train_dir, eval_tf), val_idx.tolist())
     test_set = torch.utils.data.Subset(folder(test_dir, eval_tf), test_idx.tolist())
     kw = dict(num_workers=cfg.num_workers, device=device, channels_last=channels_last)
     return Data("imagefolder",
@@ -561,7 +565,8 @@ def _tensor_data(name, train: Images, val: Images, test: Images, num_classes: in
     common = dict(mean=mean, std=std, channels=channels, channels_last=channels_last)
     return Data(
         name,
-        TensorLoader(splits[0], train_cfg.batch_size, train=True, augment=cfg.augment, seed=seed, **common),
+        TensorLoader(splits[0], train_cfg.batch_size, train=True, augment=cfg.augment, seed=seed,
+                     **common),
         TensorLoader(splits[1], train_cfg.eval_batch_size, **common),
         TensorLoader(splits[2], train_cfg.eval_batch_size, **common),
         num_classes, channels, train.images.shape[-1], fast_path=True)

@@ -1,8 +1,8 @@
 """Model registry: torchvision builders with small-input stems, the CIFAR ResNets, LeNet-5.
 
 Every builder, registered with `@MODELS.register("name")`, takes (num_classes, in_channels,
-image_size, small_input) and returns a freshly initialised nn.Module. Weights come from training (the dense cache) or `model.checkpoint`; nothing
-is downloaded.
+image_size, small_input) and returns a freshly initialised nn.Module. Weights come from training
+(the dense cache) or `model.checkpoint`; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _torchvision_resnet(builder: Callable) -> Callable:
 
 
 @MODELS.register("vgg16")
-def build_vgg16(num_classes: int, in_channels: int, image_size: int, small_input: bool) -> nn.Module:
+def build_vgg16(num_classes: int, in_channels: int, image_size: int,
+                small_input: bool) -> nn.Module:
     model = torchvision.models.vgg16_bn(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.features[0] = _kaiming_conv(in_channels, 64, 3, 1, 1)
@@ -162,7 +163,8 @@ class LeNet5(nn.Module):
 
 
 @MODELS.register("lenet5")
-def build_lenet5(num_classes: int, in_channels: int, image_size: int, small_input: bool) -> nn.Module:
+def build_lenet5(num_classes: int, in_channels: int, image_size: int,
+                 small_input: bool) -> nn.Module:
     return LeNet5(num_classes, in_channels, image_size)
 
 
@@ -205,7 +207,7 @@ def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
-    """Load a state dict with weights_only=True; accept a bare one or prunekit's {'state_dict': ...}."""
+    """Load a state dict with weights_only=True: a bare one or prunekit's {'state_dict': ...}."""
     check_torch_file(path, f"{key}={path}")  # validate() did this for runs; callers may not
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr

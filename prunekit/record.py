@@ -71,7 +71,8 @@ def summary_identity(cfg: DictConfig) -> dict:
     """The keys a summary has even when the run fails before doing anything."""
     method = cfg.get("method") or {}
     unit = METHODS.get(method.get("name"))
-    hparams = OmegaConf.to_container(method, resolve=False) if isinstance(method, DictConfig) else {}
+    hparams = (OmegaConf.to_container(method, resolve=False)
+               if isinstance(method, DictConfig) else {})
     return {
         "status": "running",
         "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),

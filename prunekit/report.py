@@ -181,9 +181,10 @@ def write_report(out: Path, runs: pd.DataFrame, agg: pd.DataFrame, failed: List[
                  f"{n_runs} finished run(s) in {len(agg)} group(s) (mean ± std over seeds), "
                  f"{len(failed)} failed or interrupted.", ""]
         lines += [markdown(table) if not table.empty else "No finished runs.", ""]
-        lines += ["Accuracies are test top-1 in %; sparsity counts the prunable weights; FLOPs × is "
-                  "theoretical; measured × is a real speedup (compacted or sparse kernels) at the "
-                  "first latency batch size; pruning time excludes dense training.", ""]
+        lines += ["Accuracies are test top-1 in %; sparsity counts the prunable weights; "
+                  "FLOPs × is theoretical; measured × is a real speedup (compacted or sparse "
+                  "kernels) at the first latency batch size; pruning time excludes dense "
+                  "training.", ""]
         lines += ["## Failed and interrupted runs", ""]
         lines += failed_lines(failed) or ["None."]
         written.append(out / "report.md")
@@ -238,7 +239,8 @@ def write_plots(out: Path, runs: pd.DataFrame, agg: pd.DataFrame) -> List[Path]:
         means = phases.groupby(keys)[phase_cols].mean()
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(means)), 4))
         bottom = [0.0] * len(means)
-        labels = [" ".join(str(x) for x in (k if isinstance(k, tuple) else (k,))) for k in means.index]
+        labels = [" ".join(str(x) for x in (k if isinstance(k, tuple) else (k,)))
+                  for k in means.index]
         for col in phase_cols:
             values = means[col].fillna(0.0).tolist()
             ax.bar(labels, values, bottom=bottom, label=col[len("time_"):-len("_s")])
@@ -331,7 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--format", default=",".join(FORMATS),
                     help=f"comma-separated file formats from {', '.join(FORMATS)} (default: all)")
     ap.add_argument("--group-by", default=",".join(GROUP_BY),
-                    help=f"comma-separated summary keys to group by (default: {','.join(GROUP_BY)})")
+                    help="comma-separated summary keys to group by "
+                         f"(default: {','.join(GROUP_BY)})")
     ap.add_argument("--metric", action="append",
                     help="a summary key to show (repeat for several; default: the standard set)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -74,8 +74,8 @@ def versions() -> Dict[str, Optional[str]]:
 
     sha = None
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(prunekit.__file__).parent).stdout.strip() or None
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(prunekit.__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
     return {"prunekit": installed("prunekit") or prunekit.__version__, "git_sha": sha,

@@ -4,7 +4,8 @@ Four comparisons, each side by side in this process from one cached dense model 
 (dense training is timed and reported apart from them):
   1. ICE-Pruning (experiment=ice_paper) vs the paper's standard pipeline (experiment=ice_baseline):
      pruning-time ratio, top-1 gap, fine-tunes / steps, time by phase, the tuning trials' spread;
-  2. SLR vs ADMM at 0.9 unstructured, same epochs: top-1 at the hard prune and after 1 retrain epoch;
+  2. SLR vs ADMM at 0.9 unstructured, same epochs: top-1 at the hard prune and after 1 retrain
+     epoch;
   3. AutoCompress vs ADMM and iterative filter pruning at >= 10x fewer parameters;
   4. gradual (AGP) vs one-shot and iterative at 0.9 unstructured, equal epoch budgets.
 
@@ -409,6 +410,11 @@ def step_drops(run: dict) -> List[float]:
             for r in csv_rows(run["run_dir"], "steps")]
 
 
+def own_overrides(run: dict, tier: Tier) -> str:
+    """The overrides of a run beyond its tier's common settings."""
+    return " ".join(o for o in run["overrides"] if o not in tier.common)
+
+
 def ice_section(tier: Tier, c: Comparison, runs: List[dict]) -> List[str]:
     base, ice = runs
     lines = table(
@@ -522,8 +528,7 @@ def render(results: dict, tier: Tier) -> Tuple[str, str]:
             continue
         lines += ice_section(tier, c, runs) if c.key == "ice" else generic_section(c, runs)
         lines += ["", "Runs (on top of the common settings):", "",
-                  *(f"- {r['label']}: `{' '.join(o for o in r['overrides'] if o not in tier.common)}`"
-                    for r in runs)]
+                  *(f"- {r['label']}: `{own_overrides(r, tier)}`" for r in runs)]
         verdict, why, figures = judge(c.key, runs)
         figure = headline(c.key, runs, figures)
         lines += ["", f"**Measured** — {figure}.", "", f"**Verdict: {verdict}** — {why}."]

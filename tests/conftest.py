@@ -35,7 +35,8 @@ def make_cfg(overrides: List[str]):
         return compose("config", overrides=overrides)
 
 
-def run_cli(args: List[str], cwd: Path, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
+def run_cli(args: List[str], cwd: Path, timeout: int = 300,
+            env=None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "prune-run"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "prunekit.cli"]
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}

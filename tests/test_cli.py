@@ -16,7 +16,8 @@ def test_default_run_on_tiny_settings(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = read_summary(out)
     assert s["status"] == "ok"
-    assert (s["method"], s["model"], s["dataset"], s["hardware"]) == ("gradual", "resnet18", "digits", "auto")
+    assert (s["method"], s["model"], s["dataset"], s["hardware"]) == (
+        "gradual", "resnet18", "digits", "auto")
     for key in CONTRACT_KEYS:
         assert key in s, key
     assert s["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -47,11 +48,13 @@ BAD_INPUTS = {
     "wrong type": (["sparsity=abc"], "sparsity"),
     "out of range": (["sparsity=1.5"], "sparsity"),
     "negative epochs": (["pretrain.epochs=-3"], "pretrain.epochs"),
-    "missing dataset path": (["dataset=imagefolder", "dataset.path=/no/such/folder"], "dataset.path"),
+    "missing dataset path": (["dataset=imagefolder", "dataset.path=/no/such/folder"],
+                             "dataset.path"),
     "missing download": (["dataset=cifar10", "dataset.download=false", "dataset.root={tmp}/none"],
                          "dataset.root"),
     "missing checkpoint": (["model.checkpoint={tmp}/none.pt"], "model.checkpoint"),
-    "foreign checkpoint": (["model=lenet5", "model.checkpoint={tmp}/foreign.pt"], "model.checkpoint"),
+    "foreign checkpoint": (["model=lenet5", "model.checkpoint={tmp}/foreign.pt"],
+                           "model.checkpoint"),
 }
 
 

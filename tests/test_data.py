@@ -15,7 +15,8 @@ TRAIN = OmegaConf.create({"batch_size": 32, "eval_batch_size": 64})
 
 
 def dataset_cfg(name="digits", **kw):
-    base = {"name": name, "root": "/nonexistent", "path": None, "download": False, "image_size": None,
+    base = {"name": name, "root": "/nonexistent", "path": None, "download": False,
+            "image_size": None,
             "val_fraction": 0.1, "test_fraction": 0.2, "subset": 1.0, "split_seed": 0,
             "augment": "crop", "in_memory": None, "num_workers": 0, "num_samples": 100,
             "num_classes": 4}

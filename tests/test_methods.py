@@ -98,7 +98,8 @@ def test_slimming_shrinks_the_bn_scales_then_prunes_by_one_global_threshold(tmp_
     assert float(a["gamma_l1"]) < 0.9 * float(b["gamma_l1"])  # the L1 penalty shrinks |γ|
     # one global threshold: layers lose different fractions of their channels
     with open(tmp_path / "a" / "layers.csv") as f:
-        kept = {r["layer"]: float(r["density"]) for r in csv.DictReader(f) if r["prunable"] == "True"}
+        kept = {r["layer"]: float(r["density"])
+                for r in csv.DictReader(f) if r["prunable"] == "True"}
     assert max(kept.values()) - min(kept.values()) > 0.1
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import torch.nn as nn
+import yaml
 from omegaconf import OmegaConf
 
 import prunekit
@@ -46,7 +46,8 @@ def test_layerwise_targets_are_exact_per_layer(granularity):
         w = m.get_submodule(name).weight
         units = pruned_units(p.masks[f"{name}.weight"], granularity)
         assert int(units.sum()) == int(round(0.6 * len(units)))
-        assert float((w == 0).float().mean()) == pytest.approx(int(round(0.6 * len(units))) / len(units))
+        expected = int(round(0.6 * len(units))) / len(units)
+        assert float((w == 0).float().mean()) == pytest.approx(expected)
 
 
 def test_global_unstructured_is_exact_over_all_layers_and_uneven_per_layer():

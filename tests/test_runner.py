@@ -153,8 +153,8 @@ def test_iterative_geometric_steps(tmp_path):
     s = run(make_cfg(["method=iterative", *LENET, "method.steps=3", "sparsity=0.9"]), tmp_path,
             show=False)
     rows = steps_of(tmp_path)
-    assert [float(r["target"]) for r in rows] == pytest.approx([1 - 0.1 ** (k / 3) for k in (1, 2, 3)],
-                                                               abs=1e-5)
+    targets = [1 - 0.1 ** (k / 3) for k in (1, 2, 3)]
+    assert [float(r["target"]) for r in rows] == pytest.approx(targets, abs=1e-5)
     assert [float(r["sparsity"]) for r in rows] == pytest.approx([float(r["target"]) for r in rows],
                                                                  abs=2e-3)
     assert s["steps"] == 3 and s["finetune_count"] == 3 and s["finetune_epochs"] == 3

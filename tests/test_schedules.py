@@ -50,5 +50,6 @@ def test_iterative_targets():
     assert g[-1] == pytest.approx(0.9)
     # geometric: every step keeps the same fraction of what remains
     kept = [1 - t for t in g]
-    assert kept[1] / kept[0] == pytest.approx(kept[0]) and kept[2] / kept[1] == pytest.approx(kept[0])
+    assert kept[1] / kept[0] == pytest.approx(kept[0])
+    assert kept[2] / kept[1] == pytest.approx(kept[0])
     assert iterative_targets(0.6, 3, "linear") == pytest.approx([0.2, 0.4, 0.6])

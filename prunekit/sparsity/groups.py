@@ -146,11 +146,13 @@ class ChannelGroups:
                 kind = "norm"
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 kind = "out" if is_out or _is_depthwise(module) else "in"
-                if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
+                grouped = isinstance(module, nn.Conv2d) and module.groups > 1
+                if grouped and not _is_depthwise(module):
                     log.debug("group %s skipped: grouped conv %s", root, name)
                     return None
             elif any(True for _ in module.parameters(recurse=False)):
-                log.debug("group %s skipped: %s (%s) cannot be masked", root, name, type(module).__name__)
+                log.debug("group %s skipped: %s (%s) cannot be masked", root, name,
+                          type(module).__name__)
                 return None
             else:
                 continue
@@ -182,7 +184,8 @@ class ChannelGroups:
                      if isinstance(o.module, NORM_TYPES) and o.module in names), None)
 
     # ------------------------------------------------------------------ masks
-    def member_param_masks(self, group: ChannelGroup, channels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def member_param_masks(self, group: ChannelGroup,
+                           channels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Masks (1 keep, 0 prune) for every parameter the given group channels touch."""
         masks: Dict[str, torch.Tensor] = {}
         chans = channels.tolist()

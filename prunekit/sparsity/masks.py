@@ -39,7 +39,8 @@ class MaskSet:
         """Set the mask of parameter `name` (1 keeps, 0 prunes), stored in the parameter's dtype."""
         p = self.model.get_parameter(name)
         if mask.shape != p.shape:
-            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, parameter {tuple(p.shape)}")
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, "
+                             f"parameter {tuple(p.shape)}")
         self._masks[name] = mask.to(device=p.device, dtype=p.dtype).contiguous()
         self._bound = None
 

@@ -86,7 +86,8 @@ class Pruner:
         self.groups: Optional[ChannelGroups] = None
         self.channels_removed = 0  # by compaction, physically
         if channel_groups is None:  # to remove filters, or channels no layer reads any more
-            channel_groups = bool({"filter", "channel", "column"} & set(spec.granularity.split("+")))
+            structured = {"filter", "channel", "column"}
+            channel_groups = bool(structured & set(spec.granularity.split("+")))
         if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
@@ -161,7 +162,7 @@ class Pruner:
         self.model.train(was)
         return out
 
-    # ------------------------------------------------------------------ unstructured / channel / column
+    # ------------------------------------------------------------ unstructured / channel / column
     def unit_layers(self, granularity: str) -> List[str]:
         """The layers a per-layer granularity applies to."""
         names = self.layer_names
@@ -259,8 +260,9 @@ class Pruner:
         dense = sum(self.dense_numel.values())
         return 1.0 - remaining / dense
 
-    def _group_orders(self, per_element: bool) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per group: (channel order, lowest first with masked channels forced first; scores; masked)."""
+    def _group_orders(self,
+                      per_element: bool) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per group: (channel order, lowest first, masked ones forced first; scores; masked)."""
         out = []
         for group in self.groups.groups:
             masked = self.groups.masked_channels(group, self.masks)
@@ -290,8 +292,8 @@ class Pruner:
                     plan[gi] = order[:n]
                 return plan
 
-            r = _bisect_closest(lambda r: self._removal_sparsity(base, removal_at(r)), target, 0.0, 1.0,
-                                integer=False)
+            r = _bisect_closest(lambda r: self._removal_sparsity(base, removal_at(r)), target,
+                                0.0, 1.0, integer=False)
             plan = removal_at(r)
         else:
             # global: pool every group's channels, masked first, then by per-element score; never

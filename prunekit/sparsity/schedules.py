@@ -43,7 +43,8 @@ class AGPSchedule:
         return None
 
     def is_update(self, t: int) -> bool:
-        return self.begin_step <= t <= self.last_update and (t - self.begin_step) % self.frequency == 0
+        on_grid = (t - self.begin_step) % self.frequency == 0
+        return self.begin_step <= t <= self.last_update and on_grid
 
     def sparsity_at(self, t: int) -> float:
         if t < self.begin_step:

@@ -97,7 +97,8 @@ def lowest(scores: torch.Tensor, n: int, forced: Optional[torch.Tensor] = None) 
     return torch.cat([below, tied])
 
 
-def keep_vector(scores: torch.Tensor, n_prune: int, forced: Optional[torch.Tensor] = None) -> torch.Tensor:
+def keep_vector(scores: torch.Tensor, n_prune: int,
+                forced: Optional[torch.Tensor] = None) -> torch.Tensor:
     keep = torch.ones_like(scores, dtype=torch.bool)
     keep[lowest(scores, n_prune, forced)] = False
     return keep
