@@ -3,7 +3,9 @@
 `prunekit.load_pruned(path)` rebuilds a run's pruned model from its model.pt;
 `prunekit.export_onnx(path_or_module, out)` writes it to ONNX (the `onnx` extra).
 """
-import prunekit.methods  # noqa: F401  (fills the method registry, schemas included)
+# Fills the method registry, schemas included. The units import torch, so even `--help` and a
+# typo pay its import (about 2 s on 2 cores): the price of a method being one self-contained unit.
+import prunekit.methods  # noqa: F401
 from prunekit.config import register_configs
 
 __version__ = "0.1.0"
@@ -12,7 +14,7 @@ __all__ = ["load_pruned", "export_onnx"]
 register_configs()
 
 
-def __getattr__(name):  # torch is imported when these are used, not by `prune-run --help`
+def __getattr__(name):  # the exporter (and onnx) loaded when these are used
     if name in __all__:
         from prunekit import export
         return getattr(export, name)

@@ -58,7 +58,7 @@ def task(cfg: DictConfig) -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         check_added_keys(cfg)
-        validate(cfg)  # before importing torch: a typo is answered in a second
+        validate(cfg)  # before the data and the model: a typo is answered at once
     except ConfigError as e:
         if full_error:
             raise
@@ -69,7 +69,7 @@ def task(cfg: DictConfig) -> None:
     if cfg.resume and finished(out_dir):
         print(f"prune-run: {out_dir} has finished (summary.json says ok): skipped", flush=True)
         return
-    from prunekit.runner import run  # torch is imported here, not for --help or bad input
+    from prunekit.runner import run
 
     try:
         run(cfg, out_dir)
