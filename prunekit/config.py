@@ -231,8 +231,14 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.sparsity
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")
+    check_training(cfg)
+    check_dataset(cfg)
+    check_model(cfg)
+    METHODS.choose(cfg.method.name, "method.name").check(cfg)  # a method checks its own keys
+    check_hardware(cfg)
 
-    # training
+
+def check_training(cfg: DictConfig) -> None:
     for key in ("train.batch_size", "train.eval_batch_size", "pretrain.lr", "method.lr"):
         positive(cfg, key)
     for key in ("train.weight_decay", "train.momentum", "train.label_smoothing"):
@@ -243,7 +249,8 @@ def validate(cfg: DictConfig) -> None:
     at_least(cfg, "train.val_max_batches", 1)
     at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
 
-    # dataset
+
+def check_dataset(cfg: DictConfig) -> None:
     d = cfg.dataset
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction={d.val_fraction} must be in (0, 1)")
@@ -265,7 +272,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"dataset.path={d.path} has no train/ folder: point it at a folder "
                               "with train/ and val/ class folders (ImageNet layout)")
 
-    # model
+
+def check_model(cfg: DictConfig) -> None:
     at_least(cfg, "model.in_channels", 1)
     ckpt = cfg.model.checkpoint
     if ckpt is not None:
@@ -275,10 +283,8 @@ def validate(cfg: DictConfig) -> None:
                               "dict")
         check_torch_file(path, f"model.checkpoint={ckpt}")
 
-    # method: its unit checks its own keys
-    METHODS.choose(cfg.method.name, "method.name").check(cfg)
 
-    # hardware
+def check_hardware(cfg: DictConfig) -> None:
     h = cfg.hardware
     choice(cfg, "hardware.device", DEVICES)
     choice(cfg, "hardware.precision", PRECISIONS)

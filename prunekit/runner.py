@@ -1,4 +1,4 @@
-"""One run, start to finish (DESIGN.md, "How data flows through one run"), free of Hydra globals:
+"""One run, start to finish (docs/architecture.md, "One run"), free of Hydra globals:
 `run(cfg, out_dir)` is what `prune-run` calls and what tests call directly.
 
 validate -> hardware + seeds -> data -> dense model (cache / checkpoint / train) -> method.run

@@ -225,7 +225,7 @@ def write_fashion(folder, n_train=60, n_test=20, compress=True, seed=0):
 
 @pytest.mark.parametrize("where", ["path", "debian", "torchvision_layout"])
 def test_fashion_mnist_from_idx_files_offline(tmp_path, monkeypatch, where):
-    import prunekit.data as data_mod
+    import prunekit.data.idx as data_mod
 
     monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
     folder = {"path": tmp_path / "mine", "debian": tmp_path / "debian",
@@ -264,7 +264,7 @@ def test_a_damaged_idx_file_is_named_in_one_line(tmp_path, damage, says):
 
 
 def test_fashion_mnist_absent_offline_says_how_to_get_it(tmp_path, monkeypatch):
-    import prunekit.data as data_mod
+    import prunekit.data.idx as data_mod
 
     monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
     cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "root"))
