@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-import prunekit
 from prunekit.artifacts import (
     cache_lock,
     dense_cache_path,
@@ -75,10 +74,10 @@ def versions() -> Dict[str, Optional[str]]:
     sha = None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(prunekit.__file__).parent).stdout.strip() or None
+                             timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"prunekit": installed("prunekit") or prunekit.__version__, "git_sha": sha,
+    return {"prunekit": installed("prunekit") or "not installed", "git_sha": sha,
             "python": platform.python_version(), "torch": torch.__version__,  # with its build tag
             "torchvision": installed("torchvision"), "cuda": torch.version.cuda,
             "hydra": installed("hydra-core"), "omegaconf": installed("omegaconf"),

@@ -1,0 +1,88 @@
+"""The layering docs/architecture.md describes, checked on the source: a module imports only from
+lower layers (or its own package), never a private name of another module, and no code outside
+a method's own unit tests that method's name."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from prunekit.config import METHODS
+
+PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
+
+# Lowest first. A module may import from a lower layer, or from its own package (a method from
+# methods.context, a data set from data.build).
+LAYERS = [
+    ("errors", "files", "clock", "metrics", "sparsity.masks", "sparsity.units",
+     "sparsity.schedules", "methods.autocompress_search"),
+    ("registry",),
+    ("config", "console", "sparsity", "data", "hardware"),
+    ("models", "record", "artifacts"),
+    ("resume", "train"),
+    ("methods",),
+    ("runner", "export", "report"),
+    ("cli", ""),  # "": the package's __init__
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(p for p in parts if p != "__init__")
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest prefix of `module` listed in LAYERS."""
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            hit = name == "" if module == "" else (module == name or module.startswith(name + "."))
+            if hit and (best is None or len(name) > best[1]):
+                best = (i, len(name))
+    assert best is not None, f"prunekit.{module} has no layer in LAYERS"
+    return best[0]
+
+
+def imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "prunekit":
+            for alias in node.names:  # from prunekit import export: the module prunekit.export
+                yield alias.name, node
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prunekit."):
+            yield node.module[len("prunekit."):], node
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("prunekit"):
+                    yield alias.name[len("prunekit."):], node
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=[module_name(p) or "__init__" for p in SOURCES])
+def test_a_module_imports_only_from_lower_layers_and_no_private_names(path):
+    me = module_name(path)
+    package = me.rpartition(".")[0]
+    for target, node in imports(path):
+        if target.startswith(me + ".") or (package and (target == package
+                                                        or target.startswith(package + "."))):
+            continue  # its own package (or, for a package's __init__, its modules)
+        assert layer_of(target) < layer_of(me), f"prunekit.{me} imports prunekit.{target}"
+        if isinstance(node, ast.ImportFrom):
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            assert not private, f"prunekit.{me} imports private {private} from prunekit.{target}"
+
+
+def test_no_method_name_is_tested_outside_its_own_unit():
+    names = set(METHODS)
+    found = []
+    for path in SOURCES:
+        me = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Constant) and side.value in names:
+                    owner = f"methods.{side.value}"
+                    if not (me == owner or me.startswith(owner + "_")):
+                        found.append(f"prunekit.{me}:{node.lineno} tests {side.value!r}")
+    assert found == []
