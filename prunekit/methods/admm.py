@@ -290,19 +290,29 @@ RETRAIN_FORMATS = {r"top1_hard": ("top-1 hard prune %", ".2f"),
                    r"top1_retrain(\d+)": ("top-1 +{} retrain ep. %", ".2f")}
 
 
-@register
-class Admm(ProjectionMethod):
-    name = "admm"
-    schema = AdmmConfig
-    summary = "ADMM (Zhang et al. 2018): the constraint solver on its own, hard prune, retrain"
-    quick = ("method.iterations=2", "method.retrain_epochs=1")
-    granularities = GRANULARITIES  # N:M included: one projection
+class HardPruneMethod(ProjectionMethod):
+    """What admm and slr share: one hard prune onto the sets (N:M included), then masked
+    retraining, with the top-1 at the hard prune and after each retrain epoch reported."""
+
+    granularities = GRANULARITIES
     summary_formats = RETRAIN_FORMATS
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
         super().check(cfg)
         cls.check_retraining(cfg)
+
+
+@register
+class Admm(HardPruneMethod):
+    name = "admm"
+    schema = AdmmConfig
+    summary = "ADMM (Zhang et al. 2018): the constraint solver on its own, hard prune, retrain"
+    quick = ("method.iterations=2", "method.retrain_epochs=1")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
         cls.check_solver(cfg)
 
     def run(self, ctx: Context) -> None:

@@ -15,11 +15,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from prunekit.config import GRANULARITIES, MethodConfig, at_least, positive
+from prunekit.config import MethodConfig, at_least, positive
 from prunekit.methods.admm import (
-    RETRAIN_FORMATS,
+    HardPruneMethod,
     PenaltySplit,
-    ProjectionMethod,
     admm_constraints,
     hard_prune_and_retrain,
     to_device,
@@ -157,18 +156,15 @@ def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
 
 
 @register
-class Slr(ProjectionMethod):
+class Slr(HardPruneMethod):
     name = "slr"
     schema = SlrConfig
     summary = "SLR (Gurevin et al. 2020): ADMM's split, surrogate multiplier steps"
     quick = ("method.epochs=2", "method.retrain_epochs=1")
-    granularities = GRANULARITIES  # N:M included: one projection
-    summary_formats = RETRAIN_FORMATS
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        cls.check_retraining(cfg)
         at_least(cfg, "method.epochs", 1, " (SLR prunes by training)")
         for key in ("M", "initial_step"):
             positive(cfg, f"method.{key}")
