@@ -60,6 +60,9 @@ def test_taylor_is_the_squared_first_order_term_averaged_over_batches():
         expected += (w.detach().double() * g.double()).pow(2)
     assert torch.allclose(t.table["1"], expected / 2)
     assert w.grad is None  # gradients never land in .grad
+    w.requires_grad_(False)  # a frozen layer (ICE freezes layers it still prunes) is scored too
+    t.prepare(model, ["1"], [], batches, max_batches=2)
+    assert torch.allclose(t.table["1"], expected / 2) and not w.requires_grad
 
 
 def test_taylor_prunes_a_large_weight_the_loss_does_not_use_while_l1_keeps_it():

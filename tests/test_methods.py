@@ -69,6 +69,28 @@ def test_every_method_runs_quickly_and_prunes_as_it_declares(tmp_path, name):
         assert s["sparsity"] == 0 and s["target_sparsity"] == 0
 
 
+@pytest.mark.parametrize("overrides", [
+    ["method=oneshot", "method.criterion=taylor", "method.granularity=filter",
+     "method.finetune_epochs=1"],
+    ["method=iterative", "method.criterion=taylor", "method.steps=2",  # re-scored each step
+     "method.finetune_epochs=1"],
+    ["method=ice", "method.criterion=taylor", "method.finetune_epochs=1", *METHODS["ice"].quick],
+    ["method=gradual", "method.criterion=lamp", "method.scope=global", "method.epochs=2",
+     "method.frequency=2"],
+    ["method=oneshot", "method.criterion=lamp", "method.scope=global", "method.finetune_epochs=1"],
+])
+def test_the_new_criteria_run_end_to_end_through_the_methods(tmp_path, overrides):
+    """taylor is prepared on training batches before every prune (unprepared, it raises);
+    lamp gives layers different sparsities under one global ranking."""
+    s = run(make_cfg([*overrides, *QUICK]), tmp_path, show=False)
+    assert s["status"] == "ok" and s["hparams"]["criterion"] in ("taylor", "lamp")
+    assert s["sparsity"] == pytest.approx(0.5, abs=0.05)
+    if "method.criterion=lamp" in overrides:
+        with open(tmp_path / "layers.csv") as f:
+            density = [float(r["density"]) for r in csv.DictReader(f) if r["prunable"] == "True"]
+        assert max(density) - min(density) > 0.1
+
+
 # --------------------------------------------------------------------------- network slimming
 def test_bn_scale_ranks_the_channels_with_the_smallest_gammas_first():
     m = model_of("resnet18").eval()

@@ -112,6 +112,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EVERY_MODEL = sorted(MODELS)  # a model registered is a model tested
 
 
+def tolerance(model, x) -> float:
+    """1e-4 of the output's scale: a random-init resnet110 outputs thousands, where float32
+    rounding alone differs by 1e-3 between two equal computations."""
+    with torch.no_grad():
+        return 1e-4 * max(1.0, float(model.eval()(x).abs().max()))
+
+
 def channels_of(name: str) -> int:
     """The input channels of a model as its YAML sets them (3 unless it says otherwise)."""
     return yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text()).get("in_channels", 3)
@@ -135,8 +142,9 @@ def test_structured_pruning_compacts_to_the_same_function_and_reloads(name, gran
     params_before = sum(t.numel() for t in m.parameters())
     p.prune_to(0.5)
     x = torch.randn(4, channels, size, size)
+    tol = tolerance(m, x)
     diff = p.compact(check_input=x)
-    assert diff is not None and diff < 1e-4
+    assert diff is not None and diff < tol
     assert p.channels_removed > 0
     assert sum(t.numel() for t in m.parameters()) < params_before
     if granularity == "filter":

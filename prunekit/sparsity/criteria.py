@@ -180,6 +180,9 @@ class Taylor(Criterion):
         params = [model.get_submodule(n).weight for n in names]
         acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         was_training = model.training
+        frozen = [p for p in params if not p.requires_grad]  # ICE freezes layers it still prunes
+        for p in frozen:
+            p.requires_grad_(True)
         model.eval()
         seen = 0
         try:
@@ -194,6 +197,8 @@ class Taylor(Criterion):
                 seen += 1
         finally:
             model.train(was_training)
+            for p in frozen:
+                p.requires_grad_(False)
         self.table = {n: a / max(seen, 1) for n, a in zip(names, acc)}
 
     def saliency(self, name: str, w: torch.Tensor) -> torch.Tensor:
