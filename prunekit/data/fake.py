@@ -1,0 +1,17 @@
+"""fake: torchvision's FakeData, random images of a given size and class count (for tests)."""
+from __future__ import annotations
+
+import torchvision
+
+from prunekit.data.build import image_arrays
+from prunekit.data.images import decode_all
+
+
+@image_arrays("fake")
+def load_fake(cfg):
+    size = cfg.image_size or 32
+    n_test = max(cfg.num_samples // 5, cfg.num_classes)
+    kw = dict(image_size=(3, size, size), num_classes=cfg.num_classes)
+    train = torchvision.datasets.FakeData(size=cfg.num_samples, random_offset=cfg.split_seed, **kw)
+    test = torchvision.datasets.FakeData(size=n_test, random_offset=cfg.split_seed + 10**6, **kw)
+    return decode_all(train), decode_all(test), cfg.num_classes

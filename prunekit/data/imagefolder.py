@@ -1,0 +1,72 @@
+"""imagefolder: an ImageNet-layout folder (train/ and val/ class folders) at `dataset.path`,
+decoded into memory when it fits, streamed otherwise."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torchvision
+from torchvision import transforms as T
+
+from prunekit.data.build import DATASETS, tensor_data
+from prunekit.data.images import Images, decode_all, stratified_split, subset_indices
+from prunekit.data.loaders import Data, StreamLoader
+from prunekit.errors import ConfigError
+
+IN_MEMORY_LIMIT_BYTES = 4 << 30  # decode an image folder into memory below this size
+
+
+@DATASETS.register("imagefolder")
+def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
+    path = os.path.expanduser(str(cfg.path))
+    size = cfg.image_size or 224
+    folder = torchvision.datasets.ImageFolder
+    full = folder(os.path.join(path, "train"))
+    test_dir = os.path.join(path, "val")
+    if not os.path.isdir(test_dir):
+        raise ConfigError(f"dataset.path={cfg.path} has no val/ folder: the test split is "
+                          "read from val/ (ImageNet layout)")
+    test_full = folder(test_dir)
+    labels, test_labels = torch.tensor(full.targets), torch.tensor(test_full.targets)
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    train_idx = train_idx[subset_indices(labels[train_idx], cfg.subset, cfg.split_seed)]
+    val_idx = val_idx[subset_indices(labels[val_idx], cfg.subset, cfg.split_seed)]
+    test_idx = subset_indices(test_labels, cfg.subset, cfg.split_seed)
+
+    in_memory = cfg.in_memory
+    estimate = (len(full) + len(test_full)) * 3 * size * size
+    if in_memory is None:
+        in_memory = estimate < IN_MEMORY_LIMIT_BYTES
+    gray = channels == 1
+    if in_memory:
+        resize = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size)]
+                           + ([T.Grayscale()] if gray else []))
+        full.transform = resize
+        test_full.transform = resize
+        decoded = decode_all(torch.utils.data.Subset(full, train_idx.tolist() + val_idx.tolist()))
+        n_train = len(train_idx)
+        train = Images(decoded.images[:n_train], decoded.labels[:n_train])
+        val = Images(decoded.images[n_train:], decoded.labels[n_train:])
+        test = decode_all(torch.utils.data.Subset(test_full, test_idx.tolist()))
+        return tensor_data("imagefolder", train, val, test, len(full.classes), channels, cfg,
+                            train_cfg, device, seed, channels_last)
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    if gray:
+        mean, std = [0.449], [0.226]
+    norm = T.Normalize(mean, std)
+    g = [T.Grayscale()] if gray else []
+    train_tf = T.Compose(g + [T.RandomResizedCrop(size)]
+                         + ([T.RandomHorizontalFlip()] if cfg.augment == "crop_flip" else [])
+                         + [T.ToTensor(), norm])
+    eval_tf = T.Compose(g + [T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
+    train_dir = os.path.join(path, "train")
+    train_set = torch.utils.data.Subset(folder(train_dir, train_tf), train_idx.tolist())
+    val_set = torch.utils.data.Subset(folder(train_dir, eval_tf), val_idx.tolist())
+    test_set = torch.utils.data.Subset(folder(test_dir, eval_tf), test_idx.tolist())
+    kw = dict(num_workers=cfg.num_workers, device=device, channels_last=channels_last)
+    return Data("imagefolder",
+                StreamLoader(train_set, train_cfg.batch_size, train=True, seed=seed, **kw),
+                StreamLoader(val_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
+                StreamLoader(test_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
+                len(full.classes), channels, size, fast_path=False)
