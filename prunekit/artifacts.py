@@ -126,7 +126,8 @@ def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({
         "format": MODEL_FORMAT,
-        "model": {k: model_cfg[k] for k in ("name", "in_channels", "small_input")},
+        "model": {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
+                  if k != "checkpoint"},  # the weights are in this file
         "num_classes": num_classes,
         "image_size": image_size,
         "compacted": compacted,

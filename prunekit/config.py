@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, get_type_hints
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -39,6 +39,11 @@ class ModelConfig:
     in_channels: int = 3  # what the network's stem takes; datasets convert to it
     small_input: Optional[bool] = None  # None: a small-input stem when images are <= 64 px
     checkpoint: Optional[str] = None  # user weights for the dense model (a state dict)
+    arch: Optional[str] = None  # model=torchvision, timm: the architecture's name
+    weights: Optional[str] = None  # model=torchvision: null (random), DEFAULT or a weights name
+    pretrained: bool = False  # model=timm: timm's pretrained weights
+    target: Optional[str] = None  # model=custom: package.module:factory
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # model=custom: the factory's arguments
 
 
 @dataclass
@@ -273,8 +278,18 @@ def check_dataset(cfg: DictConfig) -> None:
                               "with train/ and val/ class folders (ImageNet layout)")
 
 
+# The model keys only some models read: a key set for another model would be silently ignored.
+MODEL_KEYS = {"arch": ("torchvision", "timm"), "weights": ("torchvision",),
+              "pretrained": ("timm",), "target": ("custom",), "kwargs": ("custom",)}
+
+
 def check_model(cfg: DictConfig) -> None:
     at_least(cfg, "model.in_channels", 1)
+    m = cfg.model
+    for key, models in MODEL_KEYS.items():
+        if m.name not in models and m[key] not in (None, False, {}):
+            raise ConfigError(f"model.{key} is for model={' or model='.join(models)}, not "
+                              f"model={m.name}")
     ckpt = cfg.model.checkpoint
     if ckpt is not None:
         path = os.path.expanduser(str(ckpt))

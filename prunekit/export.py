@@ -31,7 +31,8 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise ConfigError(f"{path} is not a prunekit model.pt (format {MODEL_FORMAT}): give the "
                           "model.pt a run wrote")
-    model = build_model(OmegaConf.create(blob["model"]), blob["num_classes"], blob["image_size"])
+    model = build_model(OmegaConf.create(blob["model"]), blob["num_classes"], blob["image_size"],
+                        pretrained=False)  # the architecture only: the weights are in the file
     state = blob["state_dict"]
     resize_to_state(model, state)
     model.load_state_dict(state)

@@ -8,7 +8,7 @@ import torch
 from conftest import FAST, make_cfg
 from prunekit.artifacts import dense_cache_path
 from prunekit.errors import ConfigError
-from prunekit.models import LeNet5
+from prunekit.models.classic import LeNet5
 from prunekit.runner import run
 from prunekit.sparsity.schedules import AGPSchedule
 

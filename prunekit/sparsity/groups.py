@@ -21,11 +21,15 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from prunekit.errors import ConfigError
 from prunekit.sparsity.masks import MaskSet
 
 log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+# A model builder sets this attribute to the reason when its channel groups must not be traced
+# (torch-pruning would exhaust memory on it, or fails inside).
+NO_CHANNEL_GROUPS = "prunekit_no_channel_groups"
 
 
 @dataclass
@@ -99,9 +103,19 @@ class ChannelGroups:
         was_training = model.training
         model.eval()  # tracing in eval mode: a 1-image batch must not reach BatchNorm statistics
         # (torch-pruning traces through autograd: no torch.no_grad here)
-        self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                        verbose=False)
-        model.train(was_training)
+        refused = getattr(model, NO_CHANNEL_GROUPS, None)
+        if refused:
+            raise ConfigError(f"{refused}: prune it with method.granularity=unstructured or nm")
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                            verbose=False)
+        except Exception as e:  # torch-pruning cannot trace it: say so, in one line
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            raise ConfigError(f"torch-pruning cannot trace the channel groups of this model "
+                              f"({type(e).__name__}: {first}): prune it with "
+                              "method.granularity=unstructured or nm") from None
+        finally:
+            model.train(was_training)
         self._dense_sizes: Dict[str, int] = {}
         self.groups: List[ChannelGroup] = []
         self.refresh()
@@ -245,10 +259,13 @@ class ChannelGroups:
             mask = masks.get(key)
             if mask is None:
                 continue
+            # One dim may lose channels of several groups (a concatenation's reader: DenseNet,
+            # GoogLeNet): every cut is in the dense index space, so they are applied together.
+            keep = {dim: torch.ones(mask.shape[dim], dtype=torch.bool) for dim, _ in cuts}
             for dim, pos in cuts:
-                keep = torch.ones(mask.shape[dim], dtype=torch.bool)
-                keep[pos] = False
-                mask = mask.index_select(dim, torch.nonzero(keep).flatten().to(mask.device))
+                keep[dim][pos] = False
+            for dim, kept in keep.items():
+                mask = mask.index_select(dim, torch.nonzero(kept).flatten().to(mask.device))
             if not bool(mask.all()):
                 sliced[key] = mask
         for group, dead in plans:

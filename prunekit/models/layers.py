@@ -1,0 +1,45 @@
+"""What pruning reads from a model: its prunable layers and its residual blocks (the unit of
+ICE's and the blockwise baseline's steps)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch.nn as nn
+from torchvision.models.convnext import CNBlock
+from torchvision.models.efficientnet import FusedMBConv, MBConv
+from torchvision.models.mnasnet import _InvertedResidual as MnasInvertedResidual
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+from torchvision.models.regnet import ResBottleneckBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from prunekit.models.classic import CifarBasicBlock
+
+# Residual blocks, by family. A network with none of them (VGG, LeNet, DenseNet, GoogLeNet,
+# transformers) is pruned one layer per step.
+BLOCK_TYPES = (BasicBlock, Bottleneck, InvertedResidual, CifarBasicBlock, InvertedResidualV3,
+               MBConv, FusedMBConv, MnasInvertedResidual, ResBottleneckBlock, CNBlock)
+
+
+def prunable_layers(model: nn.Module, prune_first_conv: bool = False,
+                    prune_classifier: bool = False) -> Dict[str, nn.Module]:
+    """Conv2d and Linear layers whose weights are pruning targets, in registration order.
+
+    The first conv (the stem) and the last Linear (the classifier) are excluded by default: they are
+    small, and pruning them costs accuracy out of proportion (ShrinkBench, NNCF do the same).
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
+    classifier = next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    if classifier is None and layers:  # no Linear at all (SqueezeNet): the last conv classifies
+        classifier = layers[-1][0]
+    excluded = set()
+    if not prune_first_conv:
+        excluded.add(first_conv)
+    if not prune_classifier:
+        excluded.add(classifier)
+    return {n: m for n, m in layers if n not in excluded}
+
+
+def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)}

@@ -1,0 +1,119 @@
+"""model=torchvision: any classifier of `torchvision.models.list_models(module=torchvision.models)`
+(`model.arch`), randomly initialised or with torchvision's weights (`model.weights`: DEFAULT or a
+weights name such as IMAGENET1K_V1), fetched through torchvision's cache under $TORCH_HOME.
+
+With weights for another class count, the head is replaced (see build.replace_head) and the dense
+stage fine-tunes the whole network. Small inputs (model.small_input, on for images of 64 px or
+less): the stem conv's stride becomes 1 and a max-pool straight after the stem goes, which keeps
+pretrained weights valid; transformers keep their patch stems (ViT is built for the image size).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torchvision
+
+from prunekit.errors import ConfigError, did_you_mean
+from prunekit.models.build import (
+    MODELS,
+    ModelRequest,
+    adapt_input_channels,
+    fetch_error,
+    first_conv,
+    replace_head,
+)
+from prunekit.sparsity.groups import NO_CHANNEL_GROUPS as GROUPS_ATTRIBUTE
+
+PATCH_STEMS = ("vit_", "swin_", "maxvit_")  # transformers: the stem is the patch embedding
+AUX_HEADS = ("googlenet", "inception_v3")  # built without their auxiliary training heads
+# Families whose channel groups are not traced (structured pruning refused, in one line).
+NO_CHANNEL_GROUPS = {
+    "shufflenet_v2": "torch-pruning's dependency graph fails on ShuffleNetV2's channel shuffle "
+                     "(ZeroDivisionError inside torch-pruning)",
+    "swin_": "torch-pruning's grouping of Swin's shifted-window attention exhausts memory",
+    "maxvit_": "torch-pruning's grouping of MaxViT's partitioned attention is not supported",
+}
+
+
+def classifiers():
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def arch_of(r: ModelRequest, key: str = "model.arch") -> str:
+    arch = r.get("arch")
+    known = classifiers()
+    if arch is None:
+        raise ConfigError(f"{key} is not set: model=torchvision needs model.arch=NAME, one of "
+                          f"torchvision's classifiers (e.g. resnet18, convnext_tiny, vit_b_16)")
+    if arch not in known:
+        raise ConfigError(f"{key}={arch} is not a torchvision classifier{did_you_mean(arch, known)}"
+                          f" (known: {', '.join(known)})")
+    return arch
+
+
+def weights_of(arch: str, name: str):
+    enum = torchvision.models.get_model_weights(arch)
+    if name not in enum.__members__:
+        raise ConfigError(f"model.weights={name} is not a weights name of {arch} (known: "
+                          f"{', '.join(enum.__members__)}, or null for random initialisation)")
+    return enum[name]
+
+
+def shrink_stem(model: nn.Module) -> None:
+    """Stride 1 for the stem conv, no max-pool before the next conv: 32 px images keep a
+    resolution the later stages can use, and pretrained stem weights stay valid."""
+    stem = first_conv(model)
+    if stem is None:
+        return
+    model.get_submodule(stem).stride = (1, 1)
+    seen_stem = False
+    for name, m in model.named_modules():
+        if name == stem:
+            seen_stem = True
+        elif seen_stem and isinstance(m, nn.Conv2d):
+            return
+        elif seen_stem and isinstance(m, nn.MaxPool2d):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+            return
+
+
+@MODELS.register("torchvision")
+def build_torchvision(r: ModelRequest) -> nn.Module:
+    arch = arch_of(r)
+    kwargs = {}
+    weights = None
+    name = r.get("weights")
+    if name is not None and r.pretrained:
+        weights = weights_of(arch, str(name))
+    if arch in AUX_HEADS:
+        kwargs["aux_logits"] = False  # the Trainer takes one output
+        if weights is None:
+            kwargs["init_weights"] = True
+    if arch.startswith("vit_"):
+        if weights is not None and r.image_size != weights.meta["min_size"][0]:
+            raise ConfigError(f"model.weights={name}: {arch}'s weights are for "
+                              f"{weights.meta['min_size'][0]} px images; set dataset.image_size="
+                              f"{weights.meta['min_size'][0]}")
+        if weights is None:
+            kwargs["image_size"] = r.image_size
+    if weights is None:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=r.num_classes,
+                                             **kwargs)
+    else:
+        try:
+            model = torchvision.models.get_model(arch, weights=weights, **kwargs)
+        except Exception as e:  # offline, not in the cache, a broken download
+            import torch.hub
+            file = weights.url.rsplit("/", 1)[-1]
+            raise fetch_error("model.weights", str(name), e,
+                              f"torchvision wanted {weights.url}: put {file} in "
+                              f"{torch.hub.get_dir()}/checkpoints/") from None
+        replace_head(model, r.num_classes)
+    if r.small_input and not arch.startswith(PATCH_STEMS):
+        shrink_stem(model)
+    adapt_input_channels(model, r.in_channels)
+    refused = next((why for family, why in NO_CHANNEL_GROUPS.items()
+                    if arch.startswith(family)), None)
+    if refused:
+        setattr(model, GROUPS_ATTRIBUTE, f"model.arch={arch}: {refused}")
+    return model

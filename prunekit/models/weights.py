@@ -1,0 +1,92 @@
+"""Weights from files: the user's state dict (`model.checkpoint`), checked against the model in
+one line, and the resizer that gives a model a compacted state dict's shapes."""
+from __future__ import annotations
+
+import pickle
+import warnings
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from prunekit.config import STATE_DICT_FIX, check_torch_file
+from prunekit.errors import ConfigError
+
+
+def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
+    """Load a state dict with weights_only=True: a bare one or prunekit's {'state_dict': ...}."""
+    check_torch_file(path, f"{key}={path}")  # validate() did this for runs; callers may not
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # e.g. a whole pickled nn.Module
+            raise ConfigError(f"{key}={path} holds pickled Python objects, which loading with "
+                              f"weights_only=True refuses: {STATE_DICT_FIX}") from None
+        raise ConfigError(f"{key}={path} is not a PyTorch file: {STATE_DICT_FIX}") from None
+    except Exception as e:  # truncated zip, wrong magic number, not a file torch.load knows
+        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}={path} cannot be loaded ({reason}): {STATE_DICT_FIX}") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(f"{key}={path} is not a state dict (a dict of parameter names to "
+                          f"tensors): {STATE_DICT_FIX}")
+    return state
+
+
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
+                 model_name: str) -> None:
+    """Load the user's weights (`read_state_dict(path)`) into `model`, or fail with one line
+    that says what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. '{unexpected[0]}')")
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. '{k}': file "
+                         f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+        raise ConfigError(f"model.checkpoint={path} does not fit model={model_name}: "
+                          f"{', '.join(parts)}; check model=, dataset= (classes, channels) and "
+                          "dataset.image_size")
+    model.load_state_dict(state)
+
+
+def resize_to_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Give every layer of `model` the shapes its entries in `state` have (a compacted model's
+    state dict), so `model.load_state_dict(state)` fits."""
+    for name, module in model.named_modules():
+        _resize_layer(module, state, f"{name}." if name else "")
+
+
+def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:
+    """Give one layer the shapes its entries in `state` have."""
+    w = state.get(f"{prefix}weight")
+    if isinstance(module, nn.Conv2d) and w is not None and w.shape != module.weight.shape:
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        if module.groups > 1 and not depthwise:
+            raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
+        module.out_channels = w.shape[0]
+        module.in_channels = w.shape[0] if depthwise else w.shape[1]
+        if depthwise:
+            module.groups = w.shape[0]
+    elif isinstance(module, nn.Linear) and w is not None and w.shape != module.weight.shape:
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w is not None \
+            and w.shape != module.weight.shape:
+        module.num_features = w.shape[0]
+    else:
+        return
+    for name, p in list(module.named_parameters(recurse=False)):
+        setattr(module, name, nn.Parameter(torch.empty_like(state[f"{prefix}{name}"])))
+    for name, b in list(module.named_buffers(recurse=False)):
+        if b is not None and b.dim() > 0:
+            module.register_buffer(name, torch.empty_like(state[f"{prefix}{name}"]))
