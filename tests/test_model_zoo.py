@@ -1,0 +1,219 @@
+"""The network you have: every torchvision classifier (the peer suite, as Torch-Pruning tests
+itself), timm models, your own nn.Module, and torchvision's pretrained weights."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+import prunekit
+from conftest import FAST, make_cfg, run_cli
+from prunekit.artifacts import save_model
+from prunekit.errors import ConfigError
+from prunekit.models import build_model, prunable_layers, residual_blocks
+from prunekit.models.torchvision_any import classifiers
+from prunekit.runner import run
+from prunekit.sparsity import Pruner, PruneSpec
+
+SIZE = 32
+SIZES = {"inception_v3": 96}  # its reductions need more than 32 px
+# Refused in one line: (pattern, what the line says)
+REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle"), ("swin_", "shifted-window"),
+           ("maxvit_t", "cannot take 3x32x32 images")]
+
+
+def family(arch: str) -> str:
+    """resnet18 -> resnet, mobilenet_v3_small -> mobilenet_v3, efficientnet_v2_s ->
+    efficientnet_v2, regnet_x_400mf -> regnet."""
+    return re.match(r"[a-z]+(?:_v\d)?", arch).group(0)
+
+
+def first_of_each_family():
+    seen = {}
+    for arch in classifiers():
+        seen.setdefault(family(arch), arch)
+    return set(seen.values())
+
+
+CI = first_of_each_family()  # one of every family runs in CI; the rest with `make test-slow`
+ZOO = [pytest.param(a, marks=() if a in CI else pytest.mark.slow) for a in classifiers()]
+
+
+def torchvision_cfg(arch: str, **kw):
+    return OmegaConf.create({"name": "torchvision", "arch": arch, "in_channels": 3,
+                             "small_input": None, "weights": None, **kw})
+
+
+def randomise(model: nn.Module) -> None:
+    """Non-trivial BN statistics (a masked filter's BN constant must then matter) and a head
+    that is not all zeros (torchvision's ViT starts from one)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        elif isinstance(m, nn.Linear) and not m.weight.any():
+            nn.init.normal_(m.weight, std=0.02)
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_every_torchvision_classifier_prunes_filters_compacts_and_reloads(arch, tmp_path):
+    size = SIZES.get(arch, SIZE)
+    refusal = next((says for pattern, says in REFUSED if arch.startswith(pattern)), None)
+    torch.manual_seed(0)
+    cfg = torchvision_cfg(arch)
+    try:
+        model = build_model(cfg, 10, size)
+        randomise(model)
+        model.eval()
+        x = torch.randn(2, 3, size, size)
+        pruner = Pruner(model, PruneSpec(granularity="filter"), prunable_layers(model), x[:1],
+                        seed=0, blocks=list(residual_blocks(model)))
+    except ConfigError as e:
+        assert refusal is not None, f"{arch} refused: {e}"
+        assert refusal in str(e) and "\n" not in str(e)
+        return
+    assert refusal is None, f"{arch} should have been refused"
+    params = sum(p.numel() for p in model.parameters())
+    pruner.prune_to(0.5)
+    with torch.no_grad():
+        masked = model(x)
+    diff = pruner.compact(check_input=x)
+    assert diff is not None and diff <= 1e-4 * max(1.0, float(masked.abs().max()))
+    assert sum(p.numel() for p in model.parameters()) < params
+    save_model(tmp_path / "model.pt", model, cfg, 10, size, compacted=True)
+    loaded = prunekit.load_pruned(tmp_path / "model.pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- through prune-run
+TINY = ["dataset=fake", "dataset.num_samples=160", "pretrain.epochs=1",
+        "hardware.latency.enabled=false", "checkpoint.enabled=false", *FAST]
+ONESHOT = ["method=oneshot", "method.granularity=filter", "method.finetune_epochs=1"]
+RUNS = [pytest.param(a, marks=() if a in {"densenet121", "efficientnet_b0", "convnext_tiny",
+                                           "vit_b_16", "mobilenet_v3_small", "googlenet"}
+                     else pytest.mark.slow) for a in classifiers()]
+
+
+@pytest.mark.parametrize("arch", RUNS)
+def test_prune_run_oneshot_filter_on_every_classifier(arch, tmp_path):
+    overrides = ["model=torchvision", f"model.arch={arch}", *ONESHOT, *TINY]
+    if arch in SIZES:
+        overrides.append(f"dataset.image_size={SIZES[arch]}")
+    refusal = next((says for pattern, says in REFUSED if arch.startswith(pattern)), None)
+    if refusal:
+        with pytest.raises(ConfigError, match=re.escape(refusal)):
+            run(make_cfg(overrides), tmp_path, show=False)
+        return
+    s = run(make_cfg(overrides), tmp_path, show=False)
+    assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
+    assert s["compaction_max_abs_diff"] is not None
+
+
+def test_every_method_runs_on_a_torchvision_family_it_was_not_written_for(tmp_path):
+    """ICE's blocks on EfficientNet are its MBConv blocks; the projection methods and the
+    gradual schedule take any network."""
+    for method, extra in [("ice", ["method.autotune.enabled=false", "method.finetune_epochs=1"]),
+                          ("iterative", ["method.steps=2", "method.finetune_epochs=1"]),
+                          ("gradual", ["method.epochs=2", "method.frequency=1"]),
+                          ("slr", ["method.epochs=1", "method.retrain_epochs=1"])]:
+        s = run(make_cfg(["model=torchvision", "model.arch=efficientnet_b0", f"method={method}",
+                          *extra, *TINY]), tmp_path / method, show=False)
+        assert s["status"] == "ok" and s["sparsity"] > 0.2, method
+
+
+# ------------------------------------------------------------------------- pretrained weights
+def test_pretrained_weights_come_from_torchvisions_cache_and_the_head_is_replaced(
+        tmp_path, monkeypatch):
+    """The file torchvision would download, put in its cache: loaded as is, but a head for
+    ten classes instead of a thousand."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    torch.manual_seed(1)
+    file_state = torchvision.models.resnet18(weights=None).state_dict()  # 1000 classes
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(file_state, cache / weights.url.rsplit("/", 1)[-1])
+    model = build_model(torchvision_cfg("resnet18", weights="DEFAULT", small_input=False), 10, 64)
+    assert model.fc.out_features == 10
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in file_state.items() if not k.startswith("fc."))
+    # small inputs keep the pretrained stem, at stride 1, without the max-pool
+    small = build_model(torchvision_cfg("resnet18", weights="DEFAULT"), 10, 32)
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, nn.Identity)
+    assert torch.equal(small.conv1.weight, file_state["conv1.weight"])
+
+
+def test_pretrained_weights_offline_are_one_line_naming_the_file(tmp_path):
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}  # no network, whatever the machine has
+    r = run_cli(["model=torchvision", "model.arch=resnet18", "model.weights=DEFAULT",
+                 "dataset=fake", "dataset.num_samples=20", *FAST], tmp_path, env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("prune-run: error: model.weights=DEFAULT")
+    assert "resnet18-f37072fd.pth" in line and "checkpoints" in line
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["model=torchvision"], "model.arch is not set"),
+    (["model=torchvision", "model.arch=resnet181"], "did you mean `resnet18`"),
+    (["model=torchvision", "model.arch=resnet18", "model.weights=IMAGENET9K"],
+     "not a weights name of resnet18"),
+    (["model=resnet18", "model.weights=DEFAULT"], "model.weights is for model=torchvision"),
+    (["model=custom"], "model.target is not set"),
+    (["model=custom", "model.target=no_such_module:build"], "cannot import no_such_module"),
+])
+def test_model_mistakes_are_one_line(overrides, says, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(says)) as e:
+        run(make_cfg([*overrides, *TINY]), tmp_path, show=False)
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------- your own module
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def tiny_net(num_classes: int, width: int = 8) -> nn.Module:
+    return TinyNet(num_classes, width)
+
+
+def test_a_custom_module_defined_here_runs_end_to_end_and_reloads(tmp_path):
+    s = run(make_cfg(["model=custom", "model.target=test_model_zoo:tiny_net",
+                      "+model.kwargs.width=16", *ONESHOT, *TINY]), tmp_path, show=False)
+    assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
+    loaded = prunekit.load_pruned(tmp_path / "model.pt")
+    assert isinstance(loaded, TinyNet) and loaded.features[3].out_channels < 32  # width 2 x 16
+
+
+# ------------------------------------------------------------------------- timm
+def test_a_timm_model_prunes_and_compacts(tmp_path):
+    pytest.importorskip("timm")
+    s = run(make_cfg(["model=timm", "model.arch=resnet10t", *ONESHOT, *TINY]), tmp_path,
+            show=False)
+    assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
+    assert prunekit.load_pruned(tmp_path / "model.pt")(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_timm_pretrained_offline_is_one_line(tmp_path):
+    pytest.importorskip("timm")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = run_cli(["model=timm", "model.arch=resnet10t", "model.pretrained=true", "dataset=fake",
+                 "dataset.num_samples=20", *FAST], Path(tmp_path), env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "prune-run: error: model.pretrained=true: the weights could not be fetched")
