@@ -22,6 +22,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from prunekit.files import atomic_write
+from prunekit.state import load_state
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
             raise ValueError("it belongs to another configuration")
         if blob.get("sha256") != state_digest(blob["state_dict"]):
             raise ValueError("its content hash does not match: the file is corrupt")
-        model.load_state_dict(blob["state_dict"])
+        load_state(model, blob["state_dict"])
     except Exception as e:  # corrupt, truncated, foreign: rebuild rather than trust it
         log.warning("dense cache %s is unusable (%s): training the dense model again", path,
                     str(e).splitlines()[0][:120] if str(e) else type(e).__name__)

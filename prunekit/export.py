@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from prunekit.artifacts import MODEL_FORMAT
 from prunekit.errors import ConfigError
 from prunekit.models import build_model, resize_to_state
+from prunekit.state import load_state
 
 
 def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
@@ -35,7 +36,7 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
                         pretrained=False)  # the architecture only: the weights are in the file
     state = blob["state_dict"]
     resize_to_state(model, state)
-    model.load_state_dict(state)
+    load_state(model, state)
     model.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])
     return model.eval()
 

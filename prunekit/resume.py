@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
+from prunekit.state import load_state
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def capture(ctx, fit: Optional[dict] = None) -> dict:
 def restore(ctx, state: dict) -> None:
     """Put the run back where `capture` left it (the model resized to its compacted shapes)."""
     resize_to_state(ctx.model, state["model"])
-    ctx.model.load_state_dict(state["model"])
+    load_state(ctx.model, state["model"])
     ctx.model.to(ctx.hw.device)
     ctx.pruner = ctx.rebuild_pruner(ctx.model)
     ctx.pruner.load_state_dict(state["pruner"])

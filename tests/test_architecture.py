@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
 # Lowest first. A module may import from a lower layer, or from its own package (a method from
 # methods.context, a data set from data.build).
 LAYERS = [
-    ("errors", "files", "clock", "metrics", "sparsity.masks", "sparsity.units",
+    ("errors", "files", "clock", "metrics", "state", "sparsity.masks", "sparsity.units",
      "sparsity.schedules", "methods.autocompress_search"),
     ("registry",),
     ("config", "console", "sparsity", "data", "hardware"),

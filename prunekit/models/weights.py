@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from prunekit.config import STATE_DICT_FIX, check_torch_file
 from prunekit.errors import ConfigError
+from prunekit.state import load_state
 
 
 def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
         raise ConfigError(f"model.checkpoint={path} does not fit model={model_name}: "
                           f"{', '.join(parts)}; check model=, dataset= (classes, channels) and "
                           "dataset.image_size")
-    model.load_state_dict(state)
+    load_state(model, state)
 
 
 def resize_to_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
