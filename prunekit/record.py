@@ -67,6 +67,14 @@ class Recorder:
             write_json(self.out_dir / "summary.json", data)
 
 
+def model_label(model_cfg) -> Optional[str]:
+    """The model as reports name it: `resnet18`, or `torchvision:convnext_tiny`,
+    `timm:resnet10t`, `custom:pkg.mod:factory` for the families chosen by arch or target."""
+    name = model_cfg.get("name")
+    chosen = model_cfg.get("arch") or model_cfg.get("target")
+    return f"{name}:{chosen}" if chosen else name
+
+
 def summary_identity(cfg: DictConfig) -> dict:
     """The keys a summary has even when the run fails before doing anything."""
     method = cfg.get("method") or {}
@@ -75,7 +83,7 @@ def summary_identity(cfg: DictConfig) -> dict:
                if isinstance(method, DictConfig) else {})
     return {
         "status": "running",
-        "method": method.get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "method": method.get("name"), "model": model_label(cfg.get("model") or {}),
         "dataset": (cfg.get("dataset") or {}).get("name"),
         "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
         "granularity": method.get("granularity"),

@@ -111,6 +111,7 @@ def test_prune_run_oneshot_filter_on_every_classifier(arch, tmp_path):
     s = run(make_cfg(overrides), tmp_path, show=False)
     assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
     assert s["compaction_max_abs_diff"] is not None
+    assert s["model"] == f"torchvision:{arch}"  # what reports group by
 
 
 def test_every_method_runs_on_a_torchvision_family_it_was_not_written_for(tmp_path):
@@ -196,6 +197,7 @@ def test_a_custom_module_defined_here_runs_end_to_end_and_reloads(tmp_path):
     s = run(make_cfg(["model=custom", "model.target=test_model_zoo:tiny_net",
                       "+model.kwargs.width=16", *ONESHOT, *TINY]), tmp_path, show=False)
     assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
+    assert s["model"] == "custom:test_model_zoo:tiny_net"
     loaded = prunekit.load_pruned(tmp_path / "model.pt")
     assert isinstance(loaded, TinyNet) and loaded.features[3].out_channels < 32  # width 2 x 16
 
