@@ -18,7 +18,7 @@ from prunekit.runner import run
 from prunekit.sparsity import Pruner, PruneSpec
 
 SIZE = 32
-SIZES = {"inception_v3": 96}  # its reductions need more than 32 px
+SIZES = {"inception_v3": 96, "vit_h_14": 28}  # more than 32 px; patches of 14
 # Refused in one line: (pattern, what the line says)
 REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle"), ("swin_", "shifted-window"),
            ("maxvit_t", "cannot take 3x32x32 images")]
