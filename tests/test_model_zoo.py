@@ -114,6 +114,14 @@ def test_prune_run_oneshot_filter_on_every_classifier(arch, tmp_path):
     assert s["model"] == f"torchvision:{arch}"  # what reports group by
 
 
+@pytest.mark.parametrize("granularity", ["unstructured", "nm"])
+def test_a_family_refused_for_filters_takes_unstructured_and_nm_pruning(granularity, tmp_path):
+    s = run(make_cfg(["model=torchvision", "model.arch=swin_t", "method=oneshot",
+                      f"method.granularity={granularity}", "method.finetune_epochs=1", *TINY]),
+            tmp_path, show=False)
+    assert s["status"] == "ok" and s["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_every_method_runs_on_a_torchvision_family_it_was_not_written_for(tmp_path):
     """ICE's blocks on EfficientNet are its MBConv blocks; the projection methods and the
     gradual schedule take any network."""
