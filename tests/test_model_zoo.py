@@ -227,3 +227,48 @@ def test_timm_pretrained_offline_is_one_line(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         "prune-run: error: model.pretrained=true: the weights could not be fetched")
+
+
+# ------------------------------------------------------------------------- LayerNorm channels
+def test_convnext_loses_conv_channels_and_its_masked_model_is_the_compacted_one():
+    """ConvNeXt's conv channels are on the residual stream, which LayerNorm couples: a masked
+    channel must leave the LayerNorm statistics as the compacted model's, or the two differ."""
+    torch.manual_seed(0)
+    model = build_model(torchvision_cfg("convnext_tiny"), 10, SIZE).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    pruner = Pruner(model, PruneSpec(granularity="filter"), prunable_layers(model), x[:1],
+                    seed=0, blocks=list(residual_blocks(model)))
+    pruner.prune_to(0.5)
+    with torch.no_grad():
+        masked = model(x)
+    assert pruner.compact(check_input=x) < 1e-4 * max(1.0, float(masked.abs().max()))
+    widths = [model.features[i][0].block[0].out_channels for i in (3, 5, 7)]  # depthwise convs
+    assert all(w < dense for w, dense in zip(widths, (192, 384, 768))), widths
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_a_channel_masked_layernorm_normalises_over_the_kept_channels(channels_first):
+    from torchvision.models.convnext import LayerNorm2d
+
+    from prunekit.sparsity.layernorm import channel_masked, set_kept
+    norm = (LayerNorm2d if channels_first else nn.LayerNorm)(6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(2, 6, 3, 3) if channels_first else torch.randn(4, 6)
+    plain = norm(x)
+    channel_masked(norm)
+    assert torch.equal(norm(x), plain)  # nothing masked: a plain LayerNorm
+    keep = torch.tensor([0, 2, 3, 5])
+    mask = torch.zeros(6, dtype=torch.bool)
+    mask[keep] = True
+    with torch.no_grad():
+        norm.weight.mul_(mask)
+        norm.bias.mul_(mask)
+    set_kept(norm, mask)
+    small = (LayerNorm2d if channels_first else nn.LayerNorm)(4)
+    small.load_state_dict({"weight": norm.weight[keep], "bias": norm.bias[keep]})
+    dim = 1 if channels_first else -1
+    out = norm(x)
+    assert torch.allclose(out.index_select(dim, keep), small(x.index_select(dim, keep)),
+                          atol=1e-6)
+    assert not out.index_select(dim, torch.tensor([1, 4])).any()

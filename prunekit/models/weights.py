@@ -69,9 +69,13 @@ def resize_to_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
 
 
 def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:
-    """Give one layer the shapes its entries in `state` have."""
+    """Give one module the shapes its entries in `state` have: the size attributes of the layers
+    that have them (convs, linears, norms), then every direct parameter and buffer whose shape
+    differs (ConvNeXt's layer_scale among them)."""
     w = state.get(f"{prefix}weight")
-    if isinstance(module, nn.Conv2d) and w is not None and w.shape != module.weight.shape:
+    resized = w is not None and getattr(module, "weight", None) is not None \
+        and w.shape != module.weight.shape
+    if resized and isinstance(module, nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels
         if module.groups > 1 and not depthwise:
             raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
@@ -79,15 +83,17 @@ def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:
         module.in_channels = w.shape[0] if depthwise else w.shape[1]
         if depthwise:
             module.groups = w.shape[0]
-    elif isinstance(module, nn.Linear) and w is not None and w.shape != module.weight.shape:
+    elif resized and isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w is not None \
-            and w.shape != module.weight.shape:
+    elif resized and isinstance(module, nn.modules.batchnorm._BatchNorm):
         module.num_features = w.shape[0]
-    else:
-        return
+    elif resized and isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(w.shape)
     for name, p in list(module.named_parameters(recurse=False)):
-        setattr(module, name, nn.Parameter(torch.empty_like(state[f"{prefix}{name}"])))
+        saved = state.get(f"{prefix}{name}")
+        if saved is not None and saved.shape != p.shape:
+            setattr(module, name, nn.Parameter(torch.empty_like(saved)))
     for name, b in list(module.named_buffers(recurse=False)):
-        if b is not None and b.dim() > 0:
-            module.register_buffer(name, torch.empty_like(state[f"{prefix}{name}"]))
+        saved = state.get(f"{prefix}{name}")
+        if b is not None and saved is not None and saved.shape != b.shape:
+            module.register_buffer(name, torch.empty_like(saved))

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from prunekit.errors import ConfigError
+from prunekit.sparsity import layernorm
+from prunekit.sparsity.layernorm import channel_masked, set_kept
 from prunekit.sparsity.masks import MaskSet
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,10 @@ class ChannelGroup:
         return total
 
 
+def _is_channel_layernorm(m: nn.Module) -> bool:
+    return layernorm.supported(m)
+
+
 def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
 
@@ -144,6 +150,17 @@ class ChannelGroups:
                 group.dense_size = self._dense_sizes.setdefault(group.root, group.size)
                 groups.append(group)
         self.groups = groups
+        for name in self._layernorms():
+            channel_masked(self.model.get_submodule(name))
+
+    def _layernorms(self) -> List[str]:
+        return sorted({m.module for g in self.groups for m in g.members if m.kind == "norm"
+                       and _is_channel_layernorm(self.model.get_submodule(m.module))})
+
+    def sync_norms(self, masks: MaskSet) -> None:
+        """The kept channels of the groups' LayerNorms, from their weight masks."""
+        for name in self._layernorms():
+            set_kept(self.model.get_submodule(name), masks.get(f"{name}.weight"))
 
     def _convert(self, g, names) -> Optional[ChannelGroup]:
         root_module = g[0].dep.target.module
@@ -156,7 +173,7 @@ class ChannelGroups:
             if name is None:  # a traced op (add, relu, flatten): no parameters to slice
                 continue
             is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
-            if isinstance(module, NORM_TYPES):
+            if isinstance(module, NORM_TYPES) or _is_channel_layernorm(module):
                 kind = "norm"
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 kind = "out" if is_out or _is_depthwise(module) else "in"
@@ -220,6 +237,9 @@ class ChannelGroups:
     def mask_channels(self, group: ChannelGroup, channels: torch.Tensor, masks: MaskSet) -> None:
         for name, mask in self.member_param_masks(group, channels).items():
             masks.restrict(name, mask)
+        for m in group.members:
+            if m.kind == "norm":
+                set_kept(self.model.get_submodule(m.module), masks.get(f"{m.module}.weight"))
 
     def masked_channels(self, group: ChannelGroup, masks: MaskSet) -> torch.Tensor:
         """Bool per group channel: removed by a mask (the root layer's rows are all zero)."""
@@ -279,4 +299,5 @@ class ChannelGroups:
         for key, mask in sliced.items():
             masks.set(key, mask)
         self.refresh()
+        self.sync_norms(masks)
         return sum(len(dead) for _, dead in plans)

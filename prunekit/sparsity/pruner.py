@@ -109,6 +109,8 @@ class Pruner:
         self.generator.set_state(state["rng"])
         for name, mask in state["masks"].items():
             self.masks.set(name, mask)
+        if self.groups is not None:
+            self.groups.sync_norms(self.masks)
 
     def weight(self, name: str) -> torch.Tensor:
         return self.model.get_submodule(name).weight
