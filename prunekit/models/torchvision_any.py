@@ -87,6 +87,9 @@ def build_torchvision(r: ModelRequest) -> nn.Module:
         weights = weights_of(arch, str(name))
     if arch in AUX_HEADS:
         kwargs["aux_logits"] = False  # the Trainer takes one output
+        # torchvision turns on an ImageNet input re-normalisation with weights; prunekit's data
+        # are normalised already, and a rebuilt model.pt (no weights) must compute the same
+        kwargs["transform_input"] = False
         if weights is None:
             kwargs["init_weights"] = True
     if arch.startswith("vit_"):
