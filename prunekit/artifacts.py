@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.state import load_state
 
@@ -110,7 +111,7 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
         load_state(model, blob["state_dict"])
     except Exception as e:  # corrupt, truncated, foreign: rebuild rather than trust it
         log.warning("dense cache %s is unusable (%s): training the dense model again", path,
-                    str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+                    first_line(e))
         return None
     return blob["meta"]
 

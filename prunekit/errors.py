@@ -1,4 +1,4 @@
-"""The one exception for bad user input, and the near-miss hint its messages use."""
+"""The one exception for bad user input, and the helpers its one-line messages use."""
 from __future__ import annotations
 
 import difflib
@@ -12,3 +12,10 @@ def did_you_mean(word: str, candidates) -> str:
     """' (did you mean `x`?)' for a near miss of one of `candidates`, else ''."""
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first non-empty line, at most `limit` characters; its type's name when it
+    says nothing (what a one-line error quotes of a failure it reports)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(err).__name__

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
 from prunekit.state import load_state
@@ -153,7 +154,7 @@ class Checkpointer:
                 payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             except Exception as e:
                 log.warning("checkpoint %s is unusable (%s): trying an older one", path,
-                            str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+                            first_line(e))
                 continue
             payload["path"] = str(path)
             self.count = int(path.stem.rsplit("-", 1)[1])

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, first_line
 from prunekit.registry import Registry
 
 
@@ -63,23 +63,22 @@ def build_model(model_cfg, num_classes: int, image_size: int, pretrained: bool =
 def check_forward(model: nn.Module, r: ModelRequest) -> None:
     """One forward pass on a zero batch (no RNG drawn, eval mode: no statistics touched), so a
     network that cannot take the data's images says so in one line before any training."""
+    what = r.get("arch") or r.get("target") or r.cfg.name
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, r.in_channels, r.image_size, r.image_size))
     except (RuntimeError, ValueError, AssertionError) as e:
-        what = r.get("arch") or r.get("target") or r.cfg.name
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model {what} cannot take {r.in_channels}x{r.image_size}x"
-                          f"{r.image_size} images ({first}): set dataset.image_size (e.g. 224) "
-                          "or model.small_input") from None
+                          f"{r.image_size} images ({first_line(e)}): set dataset.image_size "
+                          "(e.g. 224) or model.small_input") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (1, r.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {r.get('arch') or r.get('target') or r.cfg.name} returns "
-                          f"{shape} for one image, not (1, {r.num_classes}) class scores")
+        raise ConfigError(f"model {what} returns {shape} for one image, not (1, "
+                          f"{r.num_classes}) class scores")
 
 
 def kaiming_conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:

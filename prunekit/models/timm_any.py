@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from prunekit.errors import ConfigError, did_you_mean
+from prunekit.errors import ConfigError, did_you_mean, first_line
 from prunekit.models.build import MODELS, ModelRequest, fetch_error
 
 
@@ -39,7 +39,7 @@ def build_timm(r: ModelRequest) -> nn.Module:
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise ConfigError(f"model.arch={arch}: timm cannot build it for {r.image_size} px, "
-                              f"{r.num_classes} classes ({str(e).splitlines()[0][:100]})") from None
+                              f"{r.num_classes} classes ({first_line(e, 100)})") from None
         raise fetch_error("model.pretrained", "true", e,
                           f"timm fetches {arch}'s weights from the Hugging Face hub into its cache "
                           "($HF_HOME)") from None

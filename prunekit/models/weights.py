@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from prunekit.config import STATE_DICT_FIX, check_torch_file
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, first_line
 from prunekit.state import load_state
 
 
@@ -27,7 +27,7 @@ def read_state_dict(path: str, key: str = "model.checkpoint") -> Dict[str, torch
                               f"weights_only=True refuses: {STATE_DICT_FIX}") from None
         raise ConfigError(f"{key}={path} is not a PyTorch file: {STATE_DICT_FIX}") from None
     except Exception as e:  # truncated zip, wrong magic number, not a file torch.load knows
-        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 80)
         raise ConfigError(f"{key}={path} cannot be loaded ({reason}): {STATE_DICT_FIX}") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, first_line
 from prunekit.sparsity import layernorm
 from prunekit.sparsity.layernorm import channel_masked, set_kept
 from prunekit.sparsity.masks import MaskSet
@@ -116,9 +116,8 @@ class ChannelGroups:
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
                                                             verbose=False)
         except Exception as e:  # torch-pruning cannot trace it: say so, in one line
-            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
             raise ConfigError(f"torch-pruning cannot trace the channel groups of this model "
-                              f"({type(e).__name__}: {first}): prune it with "
+                              f"({type(e).__name__}: {first_line(e)}): prune it with "
                               "method.granularity=unstructured or nm") from None
         finally:
             model.train(was_training)
