@@ -221,6 +221,14 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
             _unknown_keys(child, full + ".")
 
 
+def model_label(model_cfg) -> Optional[str]:
+    """The model as reports name it: `resnet18`, or `torchvision:convnext_tiny`,
+    `timm:resnet10t`, `custom:pkg.mod:factory` for the families chosen by arch or target."""
+    name = model_cfg.get("name")
+    chosen = model_cfg.get("arch") or model_cfg.get("target")
+    return f"{name}:{chosen}" if chosen else name
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything that can be checked before any work starts. Raises ConfigError."""
     for group in ("model", "dataset", "method", "hardware"):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.config import METHODS
+from prunekit.config import METHODS, model_label
 from prunekit.files import write_csv, write_json
 
 
@@ -65,14 +65,6 @@ class Recorder:
     def summary(self, data: dict) -> None:
         if self.out_dir is not None:
             write_json(self.out_dir / "summary.json", data)
-
-
-def model_label(model_cfg) -> Optional[str]:
-    """The model as reports name it: `resnet18`, or `torchvision:convnext_tiny`,
-    `timm:resnet10t`, `custom:pkg.mod:factory` for the families chosen by arch or target."""
-    name = model_cfg.get("name")
-    chosen = model_cfg.get("arch") or model_cfg.get("target")
-    return f"{name}:{chosen}" if chosen else name
 
 
 def summary_identity(cfg: DictConfig) -> dict:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from prunekit.config import model_label
 from prunekit.errors import ConfigError, first_line
 from prunekit.registry import Registry
 
@@ -63,7 +64,7 @@ def build_model(model_cfg, num_classes: int, image_size: int, pretrained: bool =
 def check_forward(model: nn.Module, r: ModelRequest) -> None:
     """One forward pass on a zero batch (no RNG drawn, eval mode: no statistics touched), so a
     network that cannot take the data's images says so in one line before any training."""
-    what = r.get("arch") or r.get("target") or r.cfg.name
+    what = model_label(r.cfg)
     was_training = model.training
     model.eval()
     try:
