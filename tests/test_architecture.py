@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
 # methods.context, a data set from data.build).
 LAYERS = [
     ("errors", "files", "clock", "metrics", "state", "sparsity.masks", "sparsity.units",
-     "sparsity.layernorm",
+     "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),
     ("registry",),
     ("config", "console", "sparsity", "data", "hardware"),

@@ -1,5 +1,6 @@
 """The network you have: every torchvision classifier (the peer suite, as Torch-Pruning tests
 itself), timm models, your own nn.Module, and torchvision's pretrained weights."""
+import math
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 import prunekit
 from conftest import FAST, make_cfg, run_cli
 from prunekit.artifacts import save_model
+from prunekit.config import METHODS
 from prunekit.errors import ConfigError
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.models.torchvision_any import classifiers
@@ -122,16 +124,127 @@ def test_a_family_refused_for_filters_takes_unstructured_and_nm_pruning(granular
     assert s["status"] == "ok" and s["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_every_method_runs_on_a_torchvision_family_it_was_not_written_for(tmp_path):
-    """ICE's blocks on EfficientNet are its MBConv blocks; the projection methods and the
-    gradual schedule take any network."""
-    for method, extra in [("ice", ["method.autotune.enabled=false", "method.finetune_epochs=1"]),
-                          ("iterative", ["method.steps=2", "method.finetune_epochs=1"]),
-                          ("gradual", ["method.epochs=2", "method.frequency=1"]),
-                          ("slr", ["method.epochs=1", "method.retrain_epochs=1"])]:
-        s = run(make_cfg(["model=torchvision", "model.arch=efficientnet_b0", f"method={method}",
-                          *extra, *TINY]), tmp_path / method, show=False)
-        assert s["status"] == "ok" and s["sparsity"] > 0.2, method
+# Every method on every family: one network per family a method was not written for (CI runs the
+# first two), and what it answers where it cannot run.
+FAMILY_MODELS = [
+    pytest.param(["model=torchvision", "model.arch=efficientnet_b0"], id="efficientnet_b0"),
+    pytest.param(["model=timm", "model.arch=vit_tiny_patch16_224"], id="timm_vit_tiny"),
+    *[pytest.param(["model=torchvision", f"model.arch={a}"], id=a, marks=pytest.mark.slow)
+      for a in ("vit_b_16", "convnext_tiny", "densenet121", "googlenet", "mobilenet_v3_small",
+                "regnet_x_400mf", "mnasnet0_5")]]
+NO_BN = ("vit", "convnext")  # channels without a BatchNorm scale: network slimming cannot run
+CANNOT = {"slimming": (NO_BN, "needs BatchNorm layers in the prunable channel groups")}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_every_method_runs_on_every_family_or_says_why_in_one_line(model, method, tmp_path):
+    """ICE's blocks are the family's residual blocks (MBConv, a ViT's encoder layers); the
+    projection methods and the schedules take any network."""
+    if model[0] == "model=timm":
+        pytest.importorskip("timm")
+    cfg = make_cfg([*model, f"method={method}", *METHODS[method].quick, *TINY])
+    families, says = CANNOT.get(method, ((), ""))
+    if any(f in model[1] for f in families):
+        with pytest.raises(ConfigError, match=re.escape(says)) as e:
+            run(cfg, tmp_path, show=False)
+        assert "\n" not in str(e.value)
+        return
+    s = run(cfg, tmp_path, show=False)
+    assert s["status"] == "ok"
+    if METHODS[method].prunes:
+        assert s["sparsity"] > 0.2 and s["params_nonzero"] < s["params_dense"]
+
+
+# ------------------------------------------------------------------------- transformers
+def vit(source: str):
+    if source == "timm":
+        pytest.importorskip("timm")
+        return OmegaConf.create({"name": "timm", "arch": "vit_tiny_patch16_224",
+                                 "pretrained": False, "in_channels": 3}), 3
+    return torchvision_cfg("vit_b_16"), 12
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_vit_heads_are_removed_with_num_heads_kept_consistent(source, tmp_path):
+    """Filter pruning of a ViT removes whole attention heads (q, k, v rows and proj columns) and
+    MLP units; the masked model is the compacted one; load_pruned rebuilds the heads."""
+    from prunekit.sparsity.attention import HeadAttention
+    cfg, dense_heads = vit(source)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, SIZE).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    pruner = Pruner(model, PruneSpec(granularity="filter"), prunable_layers(model), x[:1],
+                    seed=0, blocks=list(residual_blocks(model)))
+    assert sum(1 for g in pruner.groups.groups if g.heads) == 12  # one per encoder layer
+    pruner.prune_to(0.5)
+    with torch.no_grad():
+        masked = model(x)
+    assert pruner.compact(check_input=x) <= 1e-4 * max(1.0, float(masked.abs().max()))
+    attentions = [m for m in model.modules() if isinstance(m, HeadAttention)]
+    assert all(a.num_heads == dense_heads - math.ceil(dense_heads / 2) for a in attentions)
+    assert all(a.q.out_features == a.num_heads * a.head_dim == a.proj.in_features
+               for a in attentions)
+    save_model(tmp_path / "model.pt", model, cfg, 10, SIZE, compacted=True)
+    loaded = prunekit.load_pruned(tmp_path / "model.pt").eval()
+    assert [a.num_heads for a in loaded.modules() if isinstance(a, HeadAttention)] == \
+        [a.num_heads for a in attentions]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_prune_run_removes_vit_b_16_heads(tmp_path):
+    from prunekit.sparsity.attention import HeadAttention
+    s = run(make_cfg(["model=torchvision", "model.arch=vit_b_16", *ONESHOT, *TINY]), tmp_path,
+            show=False)
+    assert s["status"] == "ok" and s["compacted"]
+    heads = [a.num_heads for a in prunekit.load_pruned(tmp_path / "model.pt").modules()
+             if isinstance(a, HeadAttention)]
+    assert len(heads) == 12 and max(heads) < 12
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_head_attention_computes_what_the_fused_attention_did_and_takes_its_weights(source):
+    """The conversion changes no output; a state dict of the unconverted model (torchvision's
+    in_proj_weight, timm's qkv) loads as model.checkpoint."""
+    from prunekit.models import load_weights
+    from prunekit.sparsity.attention import convert
+    cfg, _ = vit(source)
+    torch.manual_seed(0)
+    converted = build_model(cfg, 10, SIZE).eval()
+    if source == "timm":
+        import timm
+        plain = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=SIZE).eval()
+    else:
+        import torchvision
+        plain = torchvision.models.vit_b_16(num_classes=10, image_size=SIZE).eval()
+    randomise(plain)
+    fused = {k: v.clone() for k, v in plain.state_dict().items()}
+    assert any("in_proj_weight" in k or "qkv.weight" in k for k in fused)
+    load_weights(converted, fused, "user.pt", "vit")
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), plain(x), atol=1e-5)
+        assert convert(plain) == 12
+        assert torch.allclose(plain(x), converted(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "nm"])
+def test_every_linear_of_a_vit_is_pruned_unstructured_and_nm(granularity):
+    """q, k and v are Linears after the conversion: no weight of the attention escapes."""
+    torch.manual_seed(0)
+    model = build_model(torchvision_cfg("vit_b_16"), 10, SIZE)
+    layers = prunable_layers(model)
+    attention = [n for n in layers if ".self_attention." in n]
+    assert len(attention) == 4 * 12
+    pruner = Pruner(model, PruneSpec(granularity=granularity), layers,
+                    torch.zeros(1, 3, SIZE, SIZE), seed=0)
+    pruner.prune_to(0.5)
+    for name in attention:
+        w = model.get_submodule(name).weight
+        assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.02), name
+        if granularity == "nm":
+            assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), name
 
 
 # ------------------------------------------------------------------------- pretrained weights

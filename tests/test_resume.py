@@ -116,6 +116,9 @@ EVERY_METHOD = [
     ("slr", ["method.epochs=3", "method.retrain_epochs=2"], 2, "SLR"),  # Z, Λ, s, k, W_p mid-SLR
     ("autocompress", ["method.rounds=2", "method.search.evaluations=3", "method.iterations=1",
                       "method.finetune_epochs=2"], 12, "round 2 fine-tune"),  # per round
+    ("ice", ["model=timm", "model.arch=vit_tiny_patch16_224", "dataset.image_size=16",
+             "method.autotune.enabled=false", "method.finetune_epochs=2",
+             "method.use_threshold=false"], 2, "step 2 fine-tune"),  # heads gone, num_heads back
     ("slimming", ["model=resnet20", "method.epochs=2", "method.finetune_epochs=2"], 1,
      "sparsity training"),  # BatchNorm scales mid-penalty
 ]

@@ -81,11 +81,19 @@ def least_changed(scores: Dict[str, float], ratio: float) -> List[str]:
     return [names[i] for i in ranked[:k]]
 
 
+def rule_layers(layers: Dict[str, nn.Module]) -> List[str]:
+    """The layers ICE's rules read, the paper's "convs": the prunable convs, or in a network
+    without any (a transformer) its prunable Linears."""
+    convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
+    return convs or list(layers)
+
+
 def freeze_candidates(model: nn.Module) -> List[str]:
-    """Convs that may be frozen: not the stem, not a shortcut, not the classifier."""
+    """Convs (a transformer's Linears) that may be frozen: not the stem, not a shortcut, not the
+    classifier."""
     layers = prunable_layers(model, prune_first_conv=False, prune_classifier=False)
-    return [n for n, m in layers.items() if isinstance(m, nn.Conv2d)
-            and not any(part in SHORTCUT_NAMES for part in n.split("."))]
+    return [n for n in rule_layers(layers)
+            if not any(part in SHORTCUT_NAMES for part in n.split("."))]
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -133,8 +141,8 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
               log_level: int = logging.INFO) -> float:
     """The pruning loop with the three rules; returns the final val top-1."""
     ctx.freeze(frozen_modules(ctx, frozen_convs))
-    convs = {n: k for n, k in ctx.pruner.dense_numel.items()
-             if isinstance(ctx.model.get_submodule(n), nn.Conv2d)}
+    convs = {n: ctx.pruner.dense_numel[n] for n in rule_layers(
+        {n: ctx.model.get_submodule(n) for n in ctx.pruner.dense_numel})}
     fit = dict(loss_fn=distillation(ctx, cfg), lr_schedule="constant")
     n_blocks = len(ctx.pruner.steps_in_order())
     val = ctx.dense_val_top1

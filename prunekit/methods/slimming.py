@@ -18,7 +18,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from prunekit.config import MethodConfig, at_least
+from prunekit.config import MethodConfig, at_least, model_label
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
@@ -82,7 +82,8 @@ class Slimming(Method):
         norms = bn_scales(ctx.model, ctx.pruner.groups.groups)
         if not norms:
             raise ConfigError(f"method=slimming needs BatchNorm layers in the prunable channel "
-                              f"groups; model={ctx.cfg.model.name} has none")
+                              f"groups; model {model_label(ctx.cfg.model)} has none (its "
+                              "channels have no BN scale to sparsify): use another method")
 
         def penalty() -> torch.Tensor:
             return c.penalty * sum(ctx.model.get_submodule(n).weight.abs().sum() for n in norms)

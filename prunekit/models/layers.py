@@ -12,13 +12,17 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
 from torchvision.models.regnet import ResBottleneckBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.vision_transformer import EncoderBlock
 
 from prunekit.models.classic import CifarBasicBlock
 
-# Residual blocks, by family. A network with none of them (VGG, LeNet, DenseNet, GoogLeNet,
-# transformers) is pruned one layer per step.
+# Residual blocks, by family; a ViT's is an encoder layer (attention and MLP, each residual). A
+# network with none of them (VGG, LeNet, DenseNet, GoogLeNet) is pruned one layer per step.
 BLOCK_TYPES = (BasicBlock, Bottleneck, InvertedResidual, CifarBasicBlock, InvertedResidualV3,
-               MBConv, FusedMBConv, MnasInvertedResidual, ResBottleneckBlock, CNBlock)
+               MBConv, FusedMBConv, MnasInvertedResidual, ResBottleneckBlock, CNBlock,
+               EncoderBlock)
+# The same in optional packages, by (module, class name): timm's ViT block.
+BLOCK_NAMES = {("timm.models.vision_transformer", "Block")}
 
 
 def prunable_layers(model: nn.Module, prune_first_conv: bool = False,
@@ -42,4 +46,5 @@ def prunable_layers(model: nn.Module, prune_first_conv: bool = False,
 
 
 def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)
+            or (type(m).__module__, type(m).__name__) in BLOCK_NAMES}

@@ -1,7 +1,8 @@
 """model=timm: any timm model (`model.arch`), the optional extra `pip install "prunekit[timm]"`.
 `model.pretrained=true` loads timm's weights through its own hub cache ($HF_HOME); timm builds
 the head for the data set's classes (`num_classes`) and the stem for `in_chans`. Small inputs keep
-timm's architecture: set dataset.image_size where a model needs more pixels.
+timm's architecture: set dataset.image_size where a model needs more pixels. A plain timm
+Attention (ViT, DeiT) becomes a HeadAttention, so its heads can be removed.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn as nn
 
 from prunekit.errors import ConfigError, did_you_mean, first_line
 from prunekit.models.build import MODELS, ModelRequest, fetch_error
+from prunekit.sparsity import attention
 
 
 def timm_module():
@@ -35,7 +37,7 @@ def build_timm(r: ModelRequest) -> nn.Module:
         kwargs["img_size"] = r.image_size  # a ViT's position embedding is sized for its images
     pretrained = bool(r.get("pretrained", False)) and r.pretrained
     try:
-        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise ConfigError(f"model.arch={arch}: timm cannot build it for {r.image_size} px, "
@@ -43,3 +45,5 @@ def build_timm(r: ModelRequest) -> nn.Module:
         raise fetch_error("model.pretrained", "true", e,
                           f"timm fetches {arch}'s weights from the Hugging Face hub into its cache "
                           "($HF_HOME)") from None
+    attention.convert(model)  # plain ViT attention: prunable heads, q/k/v as Linears
+    return model

@@ -6,6 +6,7 @@ With weights for another class count, the head is replaced (see build.replace_he
 stage fine-tunes the whole network. Small inputs (model.small_input, on for images of 64 px or
 less): the stem conv's stride becomes 1 and a max-pool straight after the stem goes, which keeps
 pretrained weights valid; transformers keep their patch stems (ViT is built for the image size).
+ViT's attention becomes a HeadAttention (same function; prunable heads, q/k/v Linears).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from prunekit.models.build import (
     first_conv,
     replace_head,
 )
+from prunekit.sparsity import attention
 from prunekit.sparsity.groups import NO_CHANNEL_GROUPS as GROUPS_ATTRIBUTE
 
 PATCH_STEMS = ("vit_", "swin_", "maxvit_")  # transformers: the stem is the patch embedding
@@ -115,6 +117,8 @@ def build_torchvision(r: ModelRequest) -> nn.Module:
     if r.small_input and not arch.startswith(PATCH_STEMS):
         shrink_stem(model)
     adapt_input_channels(model, r.in_channels)
+    if arch.startswith("vit_"):
+        attention.convert(model)  # heads that can be removed; q, k, v as Linears
     refused = next((why for family, why in NO_CHANNEL_GROUPS.items()
                     if arch.startswith(family)), None)
     if refused:

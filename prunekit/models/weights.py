@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from prunekit.config import STATE_DICT_FIX, check_torch_file
 from prunekit.errors import ConfigError, first_line
+from prunekit.sparsity.attention import HeadAttention, split_state
 from prunekit.state import load_state
 
 
@@ -41,6 +42,7 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str,
                  model_name: str) -> None:
     """Load the user's weights (`read_state_dict(path)`) into `model`, or fail with one line
     that says what does not fit."""
+    state = split_state(model, state)  # a ViT's fused attention entries, as prunekit holds them
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -66,6 +68,9 @@ def resize_to_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     state dict), so `model.load_state_dict(state)` fits."""
     for name, module in model.named_modules():
         _resize_layer(module, state, f"{name}." if name else "")
+    for module in model.modules():
+        if isinstance(module, HeadAttention):
+            module.sync_heads()
 
 
 def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:

@@ -10,6 +10,11 @@ Masking a channel zeroes every slice of it, BatchNorm weight *and* bias included
 then computes exactly what the compacted one does (a BN channel with only its weight zeroed would
 still emit the constant β, which physical removal drops; NNI #2130). `compact` removes masked
 channels for real with torch-pruning.
+
+Attention heads are groups prunekit builds itself: torch-pruning couples a head projection's
+single output features, which a head reshape cannot lose one by one. For every `HeadAttention`
+the group's channels are its heads (q, k, v rows and proj columns, `head_dim` of each), and its
+compaction slices the four Linears and updates `num_heads`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch_pruning as tp
 
 from prunekit.errors import ConfigError, first_line
 from prunekit.sparsity import layernorm
+from prunekit.sparsity.attention import HeadAttention
 from prunekit.sparsity.layernorm import channel_masked, set_kept
 from prunekit.sparsity.masks import MaskSet
 
@@ -67,6 +73,7 @@ class ChannelGroup:
     members: List[Member]
     block: Optional[str] = None  # the residual block holding every member, if one does
     dense_size: int = 0
+    heads: Optional[str] = None  # the HeadAttention whose heads the channels are, if they are
 
     @property
     def size(self) -> int:
@@ -141,13 +148,16 @@ class ChannelGroups:
         names = self._names()
         excluded = [m for n, m in self.model.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in self.prunable]
+        head_dims = self._head_dims()
         groups = []
         for g in self.dg.get_all_groups(ignored_layers=excluded,
                                         root_module_types=(nn.Conv2d, nn.Linear)):
-            group = self._convert(g, names)
+            group = self._convert(g, names, head_dims)
             if group is not None:
-                group.dense_size = self._dense_sizes.setdefault(group.root, group.size)
                 groups.append(group)
+        groups += self._head_groups()
+        for group in groups:
+            group.dense_size = self._dense_sizes.setdefault(group.root, group.size)
         self.groups = groups
         for name in self._layernorms():
             channel_masked(self.model.get_submodule(name))
@@ -161,7 +171,33 @@ class ChannelGroups:
         for name in self._layernorms():
             set_kept(self.model.get_submodule(name), masks.get(f"{name}.weight"))
 
-    def _convert(self, g, names) -> Optional[ChannelGroup]:
+    def _attentions(self) -> Dict[str, HeadAttention]:
+        """The HeadAttentions whose four projections are all prunable."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, HeadAttention)
+                and all(f"{n}.{p}" in self.prunable for p in m.projections())}
+
+    def _head_dims(self) -> Dict[str, str]:
+        """Every head projection's layer -> the member kind of its head dim (q/k/v: out, proj:
+        in). A traced group that cuts a head dim feature by feature is not one prunekit keeps."""
+        dims = {}
+        for n, m in self.model.named_modules():
+            if isinstance(m, HeadAttention):
+                dims.update({f"{n}.{p}": "in" if p == "proj" else "out"
+                             for p in m.projections()})
+        return dims
+
+    def _head_groups(self) -> List[ChannelGroup]:
+        groups = []
+        for name, att in self._attentions().items():
+            positions = torch.arange(att.num_heads * att.head_dim).view(att.num_heads,
+                                                                        att.head_dim)
+            members = [Member(f"{name}.{p}", "in" if p == "proj" else "out", positions)
+                       for p in ("q", "k", "v", "proj")]
+            block = next((b for b in self.blocks if name.startswith(b + ".")), None)
+            groups.append(ChannelGroup(members[0].module, members, block, heads=name))
+        return groups
+
+    def _convert(self, g, names, head_dims: Dict[str, str]) -> Optional[ChannelGroup]:
         root_module = g[0].dep.target.module
         root = names.get(root_module)
         size = len(g[0].idxs)
@@ -172,10 +208,13 @@ class ChannelGroups:
             if name is None:  # a traced op (add, relu, flatten): no parameters to slice
                 continue
             is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            is_out = is_out or _is_depthwise(module)
+            if head_dims.get(name) == ("out" if is_out else "in"):
+                return None
             if isinstance(module, NORM_TYPES) or _is_channel_layernorm(module):
                 kind = "norm"
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                kind = "out" if is_out or _is_depthwise(module) else "in"
+                kind = "out" if is_out else "in"
                 grouped = isinstance(module, nn.Conv2d) and module.groups > 1
                 if grouped and not _is_depthwise(module):
                     log.debug("group %s skipped: grouped conv %s", root, name)
@@ -288,6 +327,9 @@ class ChannelGroups:
             if not bool(mask.all()):
                 sliced[key] = mask
         for group, dead in plans:
+            if group.heads is not None:
+                self._remove_heads(group, dead)
+                continue
             root = self.model.get_submodule(group.root)
             # Indices in root space: the root member's own positions of the dead channels.
             idxs = group.members[0].take(dead.tolist()).tolist()
@@ -300,3 +342,20 @@ class ChannelGroups:
         self.refresh()
         self.sync_norms(masks)
         return sum(len(dead) for _, dead in plans)
+
+    def _remove_heads(self, group: ChannelGroup, dead: torch.Tensor) -> None:
+        """Slice the dead heads out of q, k, v (rows) and proj (columns); num_heads follows."""
+        for m in group.members:
+            layer = self.model.get_submodule(m.module)
+            kept = torch.ones(layer.weight.shape[0 if m.kind == "out" else 1], dtype=torch.bool)
+            kept[m.take(dead.tolist())] = False
+            idx = torch.nonzero(kept).flatten().to(layer.weight.device)
+            if m.kind == "out":
+                layer.weight = nn.Parameter(layer.weight.data.index_select(0, idx))
+                if layer.bias is not None:
+                    layer.bias = nn.Parameter(layer.bias.data.index_select(0, idx))
+                layer.out_features = len(idx)
+            else:
+                layer.weight = nn.Parameter(layer.weight.data.index_select(1, idx))
+                layer.in_features = len(idx)
+        self.model.get_submodule(group.heads).sync_heads()
