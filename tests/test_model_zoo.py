@@ -22,7 +22,7 @@ from prunekit.sparsity import Pruner, PruneSpec
 SIZE = 32
 SIZES = {"inception_v3": 96, "vit_h_14": 28}  # more than 32 px; patches of 14
 # Refused in one line: (pattern, what the line says)
-REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle"), ("swin_", "shifted-window"),
+REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle"),
            ("maxvit_t", "cannot take 3x32x32 images")]
 
 
@@ -118,7 +118,7 @@ def test_prune_run_oneshot_filter_on_every_classifier(arch, tmp_path):
 
 @pytest.mark.parametrize("granularity", ["unstructured", "nm"])
 def test_a_family_refused_for_filters_takes_unstructured_and_nm_pruning(granularity, tmp_path):
-    s = run(make_cfg(["model=torchvision", "model.arch=swin_t", "method=oneshot",
+    s = run(make_cfg(["model=torchvision", "model.arch=shufflenet_v2_x0_5", "method=oneshot",
                       f"method.granularity={granularity}", "method.finetune_epochs=1", *TINY]),
             tmp_path, show=False)
     assert s["status"] == "ok" and s["sparsity"] == pytest.approx(0.5, abs=0.01)
@@ -130,9 +130,9 @@ FAMILY_MODELS = [
     pytest.param(["model=torchvision", "model.arch=efficientnet_b0"], id="efficientnet_b0"),
     pytest.param(["model=timm", "model.arch=vit_tiny_patch16_224"], id="timm_vit_tiny"),
     *[pytest.param(["model=torchvision", f"model.arch={a}"], id=a, marks=pytest.mark.slow)
-      for a in ("vit_b_16", "convnext_tiny", "densenet121", "googlenet", "mobilenet_v3_small",
-                "regnet_x_400mf", "mnasnet0_5")]]
-NO_BN = ("vit", "convnext")  # channels without a BatchNorm scale: network slimming cannot run
+      for a in ("vit_b_16", "swin_t", "convnext_tiny", "densenet121", "googlenet",
+                "mobilenet_v3_small", "regnet_x_400mf", "mnasnet0_5")]]
+NO_BN = ("vit", "swin", "convnext")  # no BatchNorm scale on their channels: slimming cannot run
 CANNOT = {"slimming": (NO_BN, "needs BatchNorm layers in the prunable channel groups")}
 
 
@@ -201,6 +201,27 @@ def test_prune_run_removes_vit_b_16_heads(tmp_path):
     heads = [a.num_heads for a in prunekit.load_pruned(tmp_path / "model.pt").modules()
              if isinstance(a, HeadAttention)]
     assert len(heads) == 12 and max(heads) < 12
+
+
+@pytest.mark.parametrize("arch", ["swin_t", pytest.param("swin_v2_t", marks=pytest.mark.slow)])
+def test_swin_untraced_loses_mlp_units_and_keeps_its_heads(arch):
+    """torch-pruning cannot group Swin: prunekit finds its MLPs itself and compacts them; its
+    attention (whose head width torchvision derives from the input width) is kept whole."""
+    torch.manual_seed(0)
+    model = build_model(torchvision_cfg(arch), 10, SIZE).eval()
+    randomise(model)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    pruner = Pruner(model, PruneSpec(granularity="filter"), prunable_layers(model), x[:1],
+                    seed=0, blocks=list(residual_blocks(model)))
+    assert pruner.groups.dg is None and all(g.block for g in pruner.groups.groups)
+    qkv = {n: m.weight.shape for n, m in model.named_modules() if n.endswith("attn.qkv")}
+    pruner.prune_to(0.5)
+    with torch.no_grad():
+        masked = model(x)
+    assert pruner.compact(check_input=x) <= 1e-4 * max(1.0, float(masked.abs().max()))
+    blocks = [m for n, m in model.named_modules() if n.endswith(".mlp") and hasattr(m, "0")]
+    assert blocks and all(b[0].out_features < 4 * b[0].in_features for b in blocks)
+    assert qkv == {n: m.weight.shape for n, m in model.named_modules() if n.endswith("attn.qkv")}
 
 
 @pytest.mark.parametrize("source", ["torchvision", "timm"])

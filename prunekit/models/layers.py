@@ -12,15 +12,17 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
 from torchvision.models.regnet import ResBottleneckBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.vision_transformer import EncoderBlock
 
 from prunekit.models.classic import CifarBasicBlock
 
-# Residual blocks, by family; a ViT's is an encoder layer (attention and MLP, each residual). A
+# Residual blocks, by family; a ViT's is an encoder layer (attention and MLP, each residual), a
+# Swin's its transformer block (SwinTransformerBlockV2 is a subclass). A
 # network with none of them (VGG, LeNet, DenseNet, GoogLeNet) is pruned one layer per step.
 BLOCK_TYPES = (BasicBlock, Bottleneck, InvertedResidual, CifarBasicBlock, InvertedResidualV3,
                MBConv, FusedMBConv, MnasInvertedResidual, ResBottleneckBlock, CNBlock,
-               EncoderBlock)
+               EncoderBlock, SwinTransformerBlock)
 # The same in optional packages, by (module, class name): timm's ViT block.
 BLOCK_NAMES = {("timm.models.vision_transformer", "Block")}
 

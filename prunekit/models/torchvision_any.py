@@ -27,7 +27,8 @@ from prunekit.sparsity.groups import NO_CHANNEL_GROUPS as GROUPS_ATTRIBUTE
 
 PATCH_STEMS = ("vit_", "swin_", "maxvit_")  # transformers: the stem is the patch embedding
 AUX_HEADS = ("googlenet", "inception_v3")  # built without their auxiliary training heads
-# Families whose channel groups are not traced (structured pruning refused, in one line).
+# Families whose channel groups are not traced: only the groups prunekit finds without a trace
+# are pruned (Swin: its MLP units), and a family with none is refused in one line.
 NO_CHANNEL_GROUPS = {
     "shufflenet_v2": "torch-pruning's dependency graph fails on ShuffleNetV2's channel shuffle "
                      "(ZeroDivisionError inside torch-pruning)",

@@ -15,6 +15,10 @@ Attention heads are groups prunekit builds itself: torch-pruning couples a head 
 single output features, which a head reshape cannot lose one by one. For every `HeadAttention`
 the group's channels are its heads (q, k, v rows and proj columns, `head_dim` of each), and its
 compaction slices the four Linears and updates `num_heads`.
+
+A model torch-pruning cannot trace (its builder sets NO_CHANNEL_GROUPS: Swin) keeps the groups
+prunekit can find without a trace: those heads, and the hidden units of every MLP (a Sequential
+Linear -> activation with f(0) = 0 -> Linear). Without either it is refused in one line.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 # A model builder sets this attribute to the reason when its channel groups must not be traced
 # (torch-pruning would exhaust memory on it, or fails inside).
 NO_CHANNEL_GROUPS = "prunekit_no_channel_groups"
+# What may sit between an MLP's two Linears: zero in, zero out (a masked unit stays silent).
+ZERO_PRESERVING = (nn.GELU, nn.ReLU, nn.SiLU, nn.Dropout, nn.Identity)
 
 
 @dataclass
@@ -116,12 +122,12 @@ class ChannelGroups:
         was_training = model.training
         model.eval()  # tracing in eval mode: a 1-image batch must not reach BatchNorm statistics
         # (torch-pruning traces through autograd: no torch.no_grad here)
-        refused = getattr(model, NO_CHANNEL_GROUPS, None)
-        if refused:
-            raise ConfigError(f"{refused}: prune it with method.granularity=unstructured or nm")
+        untraced = getattr(model, NO_CHANNEL_GROUPS, None)
+        self.dg = None
         try:
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                            verbose=False)
+            if not untraced:
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_input, verbose=False)
         except Exception as e:  # torch-pruning cannot trace it: say so, in one line
             raise ConfigError(f"torch-pruning cannot trace the channel groups of this model "
                               f"({type(e).__name__}: {first_line(e)}): prune it with "
@@ -131,6 +137,8 @@ class ChannelGroups:
         self._dense_sizes: Dict[str, int] = {}
         self.groups: List[ChannelGroup] = []
         self.refresh()
+        if untraced and not self.groups:
+            raise ConfigError(f"{untraced}: prune it with method.granularity=unstructured or nm")
 
     def state_dict(self) -> Dict[str, int]:
         """What a compaction leaves that the model does not show: each group's dense size."""
@@ -150,12 +158,15 @@ class ChannelGroups:
                     if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in self.prunable]
         head_dims = self._head_dims()
         groups = []
-        for g in self.dg.get_all_groups(ignored_layers=excluded,
-                                        root_module_types=(nn.Conv2d, nn.Linear)):
+        traced = [] if self.dg is None else self.dg.get_all_groups(
+            ignored_layers=excluded, root_module_types=(nn.Conv2d, nn.Linear))
+        for g in traced:
             group = self._convert(g, names, head_dims)
             if group is not None:
                 groups.append(group)
         groups += self._head_groups()
+        if self.dg is None:
+            groups += self._mlp_groups()
         for group in groups:
             group.dense_size = self._dense_sizes.setdefault(group.root, group.size)
         self.groups = groups
@@ -195,6 +206,27 @@ class ChannelGroups:
                        for p in ("q", "k", "v", "proj")]
             block = next((b for b in self.blocks if name.startswith(b + ".")), None)
             groups.append(ChannelGroup(members[0].module, members, block, heads=name))
+        return groups
+
+    def _mlp_groups(self) -> List[ChannelGroup]:
+        """Without a trace: the hidden units of every Sequential Linear -> f(0)=0 -> Linear."""
+        groups = []
+        for name, seq in self.model.named_modules():
+            if not isinstance(seq, nn.Sequential) or not len(seq):
+                continue
+            layers = list(seq)
+            second = next((i for i in range(1, len(layers))
+                           if isinstance(layers[i], nn.Linear)), None)
+            if second is None or not isinstance(layers[0], nn.Linear) or not all(
+                    isinstance(m, ZERO_PRESERVING) for m in layers[1:second]):
+                continue
+            up, down = f"{name}.0", f"{name}.{second}"
+            if up not in self.prunable or down not in self.prunable:
+                continue
+            units = torch.arange(layers[0].out_features).view(-1, 1)
+            block = next((b for b in self.blocks if name.startswith(b + ".")), None)
+            groups.append(ChannelGroup(up, [Member(up, "out", units), Member(down, "in", units)],
+                                       block))
         return groups
 
     def _convert(self, g, names, head_dims: Dict[str, str]) -> Optional[ChannelGroup]:
@@ -245,6 +277,8 @@ class ChannelGroups:
     def norm_after(self, conv: str) -> Optional[str]:
         """The BatchNorm that reads `conv`'s output directly (its conv+BN pair), from the traced
         graph rather than from names."""
+        if self.dg is None:
+            return None
         node = self.dg.module2node.get(self.model.get_submodule(conv))
         if node is None:
             return None
@@ -327,8 +361,8 @@ class ChannelGroups:
             if not bool(mask.all()):
                 sliced[key] = mask
         for group, dead in plans:
-            if group.heads is not None:
-                self._remove_heads(group, dead)
+            if group.heads is not None or self.dg is None:  # groups prunekit found itself
+                self._slice_out(group, dead)
                 continue
             root = self.model.get_submodule(group.root)
             # Indices in root space: the root member's own positions of the dead channels.
@@ -343,8 +377,9 @@ class ChannelGroups:
         self.sync_norms(masks)
         return sum(len(dead) for _, dead in plans)
 
-    def _remove_heads(self, group: ChannelGroup, dead: torch.Tensor) -> None:
-        """Slice the dead heads out of q, k, v (rows) and proj (columns); num_heads follows."""
+    def _slice_out(self, group: ChannelGroup, dead: torch.Tensor) -> None:
+        """Remove the dead channels of a group of Linears (heads: q, k, v rows and proj columns;
+        an MLP's units), and give the attention its new num_heads."""
         for m in group.members:
             layer = self.model.get_submodule(m.module)
             kept = torch.ones(layer.weight.shape[0 if m.kind == "out" else 1], dtype=torch.bool)
@@ -358,4 +393,5 @@ class ChannelGroups:
             else:
                 layer.weight = nn.Parameter(layer.weight.data.index_select(1, idx))
                 layer.in_features = len(idx)
-        self.model.get_submodule(group.heads).sync_heads()
+        if group.heads is not None:
+            self.model.get_submodule(group.heads).sync_heads()
