@@ -47,7 +47,8 @@ class BnScale(Criterion):
 
 
 def bn_scales(model: nn.Module, groups: List[ChannelGroup]) -> List[str]:
-    """The BatchNorm layers of the prunable channel groups (the ones the penalty shrinks)."""
+    """The norms of the prunable channel groups (the ones the penalty shrinks): BatchNorm, or a
+    LayerNorm whose channels a group holds (ConvNeXt), its γ a per-channel scale alike."""
     names = {m.module for g in groups for m in g.members if m.kind == "norm"}
     return [n for n in sorted(names)
             if getattr(model.get_submodule(n), "weight", None) is not None]
@@ -81,9 +82,9 @@ class Slimming(Method):
         c = self.cfg
         norms = bn_scales(ctx.model, ctx.pruner.groups.groups)
         if not norms:
-            raise ConfigError(f"method=slimming needs BatchNorm layers in the prunable channel "
-                              f"groups; model {model_label(ctx.cfg.model)} has none (its "
-                              "channels have no BN scale to sparsify): use another method")
+            raise ConfigError(f"method=slimming needs BatchNorm layers (or channel LayerNorms) "
+                              f"in the prunable channel groups; model {model_label(ctx.cfg.model)}"
+                              " has none (no channel scale to sparsify): use another method")
 
         def penalty() -> torch.Tensor:
             return c.penalty * sum(ctx.model.get_submodule(n).weight.abs().sum() for n in norms)

@@ -81,13 +81,12 @@ def _resize_layer(module: nn.Module, state: dict, prefix: str) -> None:
     resized = w is not None and getattr(module, "weight", None) is not None \
         and w.shape != module.weight.shape
     if resized and isinstance(module, nn.Conv2d):
-        depthwise = module.groups > 1 and module.groups == module.in_channels
-        if module.groups > 1 and not depthwise:
-            raise ConfigError(f"{prefix}weight: a grouped conv of another width cannot be rebuilt")
+        # a grouped conv loses whole conv groups (depthwise: groups of one channel), each as
+        # wide as before
+        if module.groups > 1:
+            module.groups = w.shape[0] // (module.out_channels // module.groups)
         module.out_channels = w.shape[0]
-        module.in_channels = w.shape[0] if depthwise else w.shape[1]
-        if depthwise:
-            module.groups = w.shape[0]
+        module.in_channels = module.groups * w.shape[1]
     elif resized and isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
     elif resized and isinstance(module, nn.modules.batchnorm._BatchNorm):

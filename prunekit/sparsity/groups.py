@@ -80,6 +80,7 @@ class ChannelGroup:
     block: Optional[str] = None  # the residual block holding every member, if one does
     dense_size: int = 0
     heads: Optional[str] = None  # the HeadAttention whose heads the channels are, if they are
+    manual: bool = False  # compacted by prunekit, not torch-pruning (heads, untraced, conv groups)
 
     @property
     def size(self) -> int:
@@ -105,6 +106,13 @@ class ChannelGroup:
 
 def _is_channel_layernorm(m: nn.Module) -> bool:
     return layernorm.supported(m)
+
+
+def _stacked(positions: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """Member positions: a (channels, k) tensor when every channel has k of them."""
+    if len({len(p) for p in positions}) == 1:
+        return torch.stack(positions)
+    return positions
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -160,10 +168,12 @@ class ChannelGroups:
         groups = []
         traced = [] if self.dg is None else self.dg.get_all_groups(
             ignored_layers=excluded, root_module_types=(nn.Conv2d, nn.Linear))
+        across_conv_groups = []
         for g in traced:
             group = self._convert(g, names, head_dims)
             if group is not None:
-                groups.append(group)
+                (across_conv_groups if self._grouped_convs(group) else groups).append(group)
+        groups += self._merge_conv_groups(across_conv_groups)
         groups += self._head_groups()
         if self.dg is None:
             groups += self._mlp_groups()
@@ -205,29 +215,85 @@ class ChannelGroups:
             members = [Member(f"{name}.{p}", "in" if p == "proj" else "out", positions)
                        for p in ("q", "k", "v", "proj")]
             block = next((b for b in self.blocks if name.startswith(b + ".")), None)
-            groups.append(ChannelGroup(members[0].module, members, block, heads=name))
+            groups.append(ChannelGroup(members[0].module, members, block, heads=name,
+                                       manual=True))
         return groups
 
     def _mlp_groups(self) -> List[ChannelGroup]:
-        """Without a trace: the hidden units of every Sequential Linear -> f(0)=0 -> Linear."""
+        """Without a trace: the hidden units of every Linear -> f(0)=0 ... -> Linear run inside
+        a Sequential (an MLP)."""
         groups = []
         for name, seq in self.model.named_modules():
-            if not isinstance(seq, nn.Sequential) or not len(seq):
+            if not isinstance(seq, nn.Sequential):
                 continue
             layers = list(seq)
-            second = next((i for i in range(1, len(layers))
-                           if isinstance(layers[i], nn.Linear)), None)
-            if second is None or not isinstance(layers[0], nn.Linear) or not all(
-                    isinstance(m, ZERO_PRESERVING) for m in layers[1:second]):
-                continue
-            up, down = f"{name}.0", f"{name}.{second}"
-            if up not in self.prunable or down not in self.prunable:
-                continue
-            units = torch.arange(layers[0].out_features).view(-1, 1)
-            block = next((b for b in self.blocks if name.startswith(b + ".")), None)
-            groups.append(ChannelGroup(up, [Member(up, "out", units), Member(down, "in", units)],
-                                       block))
+            for i, first in enumerate(layers):
+                j = next((k for k in range(i + 1, len(layers))
+                          if not isinstance(layers[k], ZERO_PRESERVING)), None)
+                if not isinstance(first, nn.Linear) or j is None or \
+                        not isinstance(layers[j], nn.Linear):
+                    continue
+                prefix = f"{name}." if name else ""
+                up, down = f"{prefix}{i}", f"{prefix}{j}"
+                if up not in self.prunable or down not in self.prunable:
+                    continue
+                units = torch.arange(first.out_features).view(-1, 1)
+                block = next((b for b in self.blocks if name.startswith(b + ".")), None)
+                groups.append(ChannelGroup(up, [Member(up, "out", units),
+                                                Member(down, "in", units)], block, manual=True))
         return groups
+
+    def _grouped_convs(self, group: ChannelGroup) -> List[Member]:
+        """The group's members that are grouped (not depthwise) convs."""
+        out = []
+        for m in group.members:
+            conv = self.model.get_submodule(m.module)
+            if isinstance(conv, nn.Conv2d) and conv.groups > 1 and not _is_depthwise(conv):
+                out.append(m)
+        return out
+
+    def _merge_conv_groups(self, traced: List[ChannelGroup]) -> List[ChannelGroup]:
+        """A grouped conv (ResNeXt, RegNet) reads its input and writes its output in `groups`
+        slices: one channel alone cannot go, a whole conv group can. The traced group feeding
+        it (A: the conv as a reader) and the one it roots (B) become one group whose channels
+        are the conv's groups: group g is A's channels read by g, and B's written by g. Groups
+        of any other shape are left out (not pruned)."""
+        feeding, rooted = {}, {}
+        for group in traced:
+            convs = self._grouped_convs(group)
+            if len(convs) != 1:
+                continue
+            m = convs[0]
+            if m.kind == "out" and group.root == m.module:
+                rooted[m.module] = group
+            elif m.kind == "in":
+                feeding[m.module] = group
+        merged = []
+        for name, b in rooted.items():
+            a = feeding.get(name)
+            conv = self.model.get_submodule(name)
+            if a is None or a.block != b.block:
+                continue
+            chans = []
+            for group, width, own in ((a, conv.in_channels // conv.groups, "in"),
+                                      (b, conv.out_channels // conv.groups, "out")):
+                pos = next(m.positions for m in group.members if m.module == name
+                           and m.kind == own)
+                if not isinstance(pos, torch.Tensor) or pos.shape[1] != 1:
+                    break
+                slot = pos[:, 0] // width  # each channel's conv group
+                per = [torch.nonzero(slot == g).flatten() for g in range(conv.groups)]
+                if any(len(p) != width for p in per):
+                    break
+                chans.append((group, torch.stack(per)))
+            if len(chans) != 2:
+                continue
+            members = [Member(m.module, m.kind, _stacked([m.take(c.tolist()) for c in per]))
+                       for group, per in chans for m in group.members
+                       if not (m.module == name and m.kind == "in")]
+            if len({(m.module, m.kind) for m in members}) == len(members):
+                merged.append(ChannelGroup(a.root, members, a.block, manual=True))
+        return merged
 
     def _convert(self, g, names, head_dims: Dict[str, str]) -> Optional[ChannelGroup]:
         root_module = g[0].dep.target.module
@@ -247,10 +313,6 @@ class ChannelGroups:
                 kind = "norm"
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
                 kind = "out" if is_out else "in"
-                grouped = isinstance(module, nn.Conv2d) and module.groups > 1
-                if grouped and not _is_depthwise(module):
-                    log.debug("group %s skipped: grouped conv %s", root, name)
-                    return None
             elif any(True for _ in module.parameters(recurse=False)):
                 log.debug("group %s skipped: %s (%s) cannot be masked", root, name,
                           type(module).__name__)
@@ -361,7 +423,7 @@ class ChannelGroups:
             if not bool(mask.all()):
                 sliced[key] = mask
         for group, dead in plans:
-            if group.heads is not None or self.dg is None:  # groups prunekit found itself
+            if group.manual:
                 self._slice_out(group, dead)
                 continue
             root = self.model.get_submodule(group.root)
@@ -378,20 +440,33 @@ class ChannelGroups:
         return sum(len(dead) for _, dead in plans)
 
     def _slice_out(self, group: ChannelGroup, dead: torch.Tensor) -> None:
-        """Remove the dead channels of a group of Linears (heads: q, k, v rows and proj columns;
-        an MLP's units), and give the attention its new num_heads."""
+        """Remove the dead channels of a group prunekit compacts itself (heads; untraced MLPs;
+        conv groups): rows of `out` members and norms (their buffers too), columns of `in`
+        members; size attributes, a grouped conv's `groups` and an attention's `num_heads`
+        follow."""
         for m in group.members:
             layer = self.model.get_submodule(m.module)
-            kept = torch.ones(layer.weight.shape[0 if m.kind == "out" else 1], dtype=torch.bool)
+            dim = 1 if m.kind == "in" else 0
+            kept = torch.ones(layer.weight.shape[dim], dtype=torch.bool)
             kept[m.take(dead.tolist())] = False
             idx = torch.nonzero(kept).flatten().to(layer.weight.device)
-            if m.kind == "out":
-                layer.weight = nn.Parameter(layer.weight.data.index_select(0, idx))
-                if layer.bias is not None:
-                    layer.bias = nn.Parameter(layer.bias.data.index_select(0, idx))
-                layer.out_features = len(idx)
-            else:
-                layer.weight = nn.Parameter(layer.weight.data.index_select(1, idx))
-                layer.in_features = len(idx)
+            for pname, p in list(layer.named_parameters(recurse=False)):
+                if m.kind != "in" or pname == "weight":
+                    setattr(layer, pname, nn.Parameter(p.data.index_select(dim, idx)))
+            for bname, b in list(layer.named_buffers(recurse=False)):
+                if m.kind != "in" and b is not None and b.dim() > 0:
+                    layer.register_buffer(bname, b.index_select(0, idx))
+            n = len(idx)
+            if isinstance(layer, nn.Linear):
+                layer.out_features, layer.in_features = layer.weight.shape
+            elif isinstance(layer, nn.Conv2d) and m.kind == "in":
+                layer.in_channels = n
+            elif isinstance(layer, nn.Conv2d):  # a grouped conv loses whole conv groups
+                if layer.groups > 1:
+                    layer.groups = n // (layer.out_channels // layer.groups)
+                    layer.in_channels = layer.groups * layer.weight.shape[1]
+                layer.out_channels = n
+            elif isinstance(layer, NORM_TYPES):
+                layer.num_features = n
         if group.heads is not None:
             self.model.get_submodule(group.heads).sync_heads()
