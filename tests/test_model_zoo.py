@@ -20,10 +20,9 @@ from prunekit.runner import run
 from prunekit.sparsity import Pruner, PruneSpec
 
 SIZE = 32
-SIZES = {"inception_v3": 96, "vit_h_14": 28}  # more than 32 px; patches of 14
+SIZES = {"inception_v3": 96, "vit_h_14": 28, "maxvit_t": 224}  # more than 32 px; patches of 14
 # Refused in one line: (pattern, what the line says)
-REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle"),
-           ("maxvit_t", "cannot take 3x32x32 images")]
+REFUSED = [("shufflenet_v2", "ShuffleNetV2's channel shuffle")]
 
 
 def family(arch: str) -> str:
@@ -339,6 +338,7 @@ def test_pretrained_weights_offline_are_one_line_naming_the_file(tmp_path):
     (["model=torchvision", "model.arch=resnet18", "model.weights=IMAGENET9K"],
      "not a weights name of resnet18"),
     (["model=resnet18", "model.weights=DEFAULT"], "model.weights is for model=torchvision"),
+    (["model=torchvision", "model.arch=maxvit_t"], "cannot take 3x32x32 images"),
     (["model=custom"], "model.target is not set"),
     (["model=custom", "model.target=no_such_module:build"], "cannot import no_such_module"),
 ])
