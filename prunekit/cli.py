@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import sys
-from typing import List
+from datetime import datetime
+from typing import List, Optional
 
 import hydra
 import hydra._internal.utils as hydra_utils
@@ -21,6 +22,7 @@ from hydra.errors import CompactHydraException, MissingConfigException, Override
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from prunekit import distributed
 from prunekit.config import known_key, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
@@ -42,6 +44,42 @@ def group_options() -> str:
 
 OmegaConf.register_new_resolver("prunekit_groups", group_options, replace=True)
 
+LAUNCH: dict = {"time": None}  # a distributed run's start, rank 0's, the same on every rank
+
+
+def launch_time(pattern: str) -> str:
+    """`${prunekit_now:PATTERN}` in the run and sweep directories: the time now, or in a
+    distributed run rank 0's launch time, so every rank names the same directory."""
+    return (LAUNCH["time"] or datetime.now()).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("prunekit_now", launch_time, use_cache=True, replace=True)
+
+
+def join_launched(args: List[str]) -> Optional[distributed.World]:
+    """Under torchrun / SLURM with several processes (and hardware.distributed not off): join
+    the process group now, before Hydra names the run directory from rank 0's clock."""
+    if not distributed.launched().distributed or any(
+            a.lstrip("+") == "hardware.distributed=off" for a in args):
+        return None
+    world = distributed.join("auto")
+    LAUNCH["time"] = distributed.from_main(datetime.now())
+    return world
+
+
+def rank_log_file(world: distributed.World) -> None:
+    """Ranks other than 0 log to prune-run.rank<r>.log beside rank 0's prune-run.log, and show
+    only warnings on the console (rank 0 tells the run's story once)."""
+    if world.rank == 0:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            base, ext = os.path.splitext(handler.baseFilename)
+            handler.close()
+            handler.baseFilename = f"{base}.rank{world.rank}{ext}"
+        elif isinstance(handler, logging.StreamHandler) or hasattr(handler, "console"):
+            handler.setLevel(max(handler.level, logging.WARNING))
+
 
 def error_line(msg: str) -> None:
     """The one line a failure ends with, on stderr and, once a job has a log, in its log file."""
@@ -56,13 +94,17 @@ def error_line(msg: str) -> None:
 def task(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    world = distributed.current()
+    if world.distributed:
+        rank_log_file(world)
     try:
         check_added_keys(cfg)
         validate(cfg)  # before the data and the model: a typo is answered at once
     except ConfigError as e:
         if full_error:
             raise
-        write_failed_summary(out_dir, cfg, str(e))
+        if world.main:
+            write_failed_summary(out_dir, cfg, str(e))
         error_line(str(e))
         FAILED.append(out_dir)
         return
@@ -184,7 +226,11 @@ def check_added_keys(cfg: DictConfig) -> None:
 def main() -> None:
     hydra_utils.run_and_report = _run_and_report_one_line
     sys.argv[1:] = loosen_swept_group_keys(sys.argv[1:])
-    task()
+    join_launched(sys.argv[1:])
+    try:
+        task()
+    finally:
+        distributed.leave()
     from prunekit.report import ReportCallback  # jobs in other processes (joblib, submitit)
     if FAILED or ReportCallback.failed_jobs:  # report their failures through the sweep's files
         sys.exit(1)

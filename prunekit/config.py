@@ -102,6 +102,7 @@ class HardwareConfig:
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile both models for the latency measurement
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
+    distributed: str = "auto"  # auto: one run over the processes torchrun / SLURM started; off
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
@@ -311,6 +312,7 @@ def check_hardware(cfg: DictConfig) -> None:
     h = cfg.hardware
     choice(cfg, "hardware.device", DEVICES)
     choice(cfg, "hardware.precision", PRECISIONS)
+    choice(cfg, "hardware.distributed", ("auto", "off"))
     at_least(cfg, "hardware.threads", 0)
     at_least(cfg, "hardware.latency.warmup", 0)
     at_least(cfg, "hardware.latency.repeats", 1)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prunekit import distributed
 from prunekit.errors import ConfigError
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,6 +87,8 @@ def setup_hardware(hw_cfg, deterministic: bool = True) -> Hardware:
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     device = torch.device(wanted)
+    if wanted == "cuda" and distributed.current().distributed:  # each rank its own GPU
+        device = torch.device("cuda", torch.cuda.current_device())  # (distributed.join's)
     if hw_cfg.sparse_2of4 and (device.type != "cuda"
                                or torch.cuda.get_device_capability(device)[0] < 8):
         raise ConfigError("hardware.sparse_2of4 needs an NVIDIA GPU of compute capability 8.0 or "

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prunekit import distributed
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
@@ -96,8 +97,10 @@ class Checkpointer:
     """Writes and finds the checkpoints of one run directory. `due()` spaces them at least
     `min_interval_s` apart; a requested stop (SIGTERM) forces one, then stops the run."""
 
-    def __init__(self, run_dir: Path, cfg_hash: str, keep: int = 2, min_interval_s: float = 0.0):
+    def __init__(self, run_dir: Path, cfg_hash: str, keep: int = 2, min_interval_s: float = 0.0,
+                 writes: bool = True):
         self.dir = Path(run_dir) / "checkpoints"
+        self.writes = writes  # False on a distributed run's other ranks: rank 0 writes
         self.cfg_hash = cfg_hash
         self.keep = keep
         self.min_interval_s = min_interval_s
@@ -105,23 +108,35 @@ class Checkpointer:
         self.count = 0
 
     def due(self) -> bool:
-        return STOP["requested"] or time.perf_counter() - self.last >= self.min_interval_s
+        """A checkpoint now? In a distributed run the ranks answer together: rank 0's clock
+        spaces the checkpoints, and a stop requested on any rank (SIGTERM to one process) is
+        requested on all, so every rank stops after the same checkpoint."""
+        timed = time.perf_counter() - self.last >= self.min_interval_s
+        world = distributed.current()
+        if not world.distributed:
+            return STOP["requested"] or timed
+        votes = distributed.sum_(torch.tensor([float(STOP["requested"]),
+                                               float(timed and world.main)]))
+        if votes[0] > 0:
+            STOP["requested"] = True
+        return STOP["requested"] or bool(votes[1] > 0)
 
     def save(self, payload: dict) -> Path:
         """One file: a JSON header line (format, configuration hash, sha256 of the rest), then
         the torch-serialised payload, written raw (a second torch.save around the bytes would
         cost ten times the serialisation)."""
         buf = io.BytesIO()
-        torch.save(payload, buf)
+        torch.save(payload if self.writes else {}, buf)
         data = buf.getbuffer()
         header = json.dumps({"format": FORMAT, "config": self.cfg_hash,
                              "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
         self.count += 1
         path = self.dir / f"ckpt-{payload['journal_position']:05d}-{self.count:05d}.pt"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: (f.write(header), f.write(data)), binary=True)
-        for old in self.files()[:-self.keep]:
-            old.unlink(missing_ok=True)
+        if self.writes:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: (f.write(header), f.write(data)), binary=True)
+            for old in self.files()[:-self.keep]:
+                old.unlink(missing_ok=True)
         self.last = time.perf_counter()
         if STOP["requested"]:
             log.warning("SIGTERM: stopped after writing %s", path)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from prunekit import distributed
 from prunekit.artifacts import (
     cache_lock,
     dense_cache_path,
@@ -96,22 +97,28 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
                 "dense_training_s": None}
     key, path = dense_key(cfg), dense_cache_path(cfg)
-    with cache_lock(path) if cfg.pretrain.cache else contextlib.nullcontext():
-        if cfg.pretrain.cache:
-            meta = load_dense(path, model, key)
-            if meta is not None:
-                log.info("dense model: cached %s (trained in %.1f s)", path,
-                         meta["time_pretrain_s"])
-                return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
-                        "dense_training_s": meta["time_pretrain_s"]}
+    # In a distributed run rank 0 alone looks up, locks and writes the cache; the other ranks
+    # load what it loaded, or train with it (one DDP fit) and wait for its write.
+    main = distributed.current().main
+    locked = cache_lock(path) if cfg.pretrain.cache and main else contextlib.nullcontext()
+    with locked:
+        meta = load_dense(path, model, key) if cfg.pretrain.cache and main else None
+        meta = distributed.from_main(meta)
+        if meta is not None:
+            if not main:
+                load_dense(path, model, key)
+            log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
+            return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
+                    "dense_training_s": meta["time_pretrain_s"]}
         started = time.perf_counter()
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
         trainer.hw.sync()
-        seconds = time.perf_counter() - started
-        if cfg.pretrain.cache:
+        seconds = distributed.from_main(time.perf_counter() - started)
+        if cfg.pretrain.cache and main:
             save_dense(path, model, key, {"time_pretrain_s": seconds})
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
+    distributed.barrier()
     return {"dense_source": "trained", "time_pretrain_s": seconds, "dense_training_s": seconds}
 
 
@@ -207,10 +214,18 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
     data = build_data(cfg.dataset, cfg.train, channels=cfg.model.in_channels, device=hw.device,
                       seed=cfg.seed, channels_last=hw.channels_last)
     log.info("data      %s", data.describe())
+    world = distributed.current()
+    if world.distributed:
+        if cfg.train.batch_size < world.size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is smaller than the "
+                              f"{world.size} processes it is split over")
+        data = data.shard(world.rank, world.size)
+        log.info("world     rank %d of %d (%s): each takes its share of every batch", world.rank,
+                 world.size, "NCCL" if hw.is_cuda else "gloo")
     model = hw.prepare(build_model(cfg.model, data.num_classes, data.image_size))
     summary.update(device=str(hw.device))
 
-    with Trainer(data, cfg.train, hw) as trainer:
+    with Trainer(data, cfg.train, hw, progress=world.main) as trainer:
         summary.update(obtain_dense(cfg, model, trainer, user_state))
         # Same RNG state after the dense model whether it was trained now or loaded, so a cached
         # run prunes exactly as an uncached one does.
@@ -254,9 +269,11 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                    target_unit=unit.target_unit(cfg), scope=cfg.method.scope,
                    criterion=cfg.method.criterion, prunable_layers=len(layers), **tally.results)
     recorder.layers([{**row, **tally.layer_info.get(row["layer"], {})} for row in rows])
-    save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
-               compacted=tally.compacted)
-    if checkpointer is not None:
+    if distributed.current().main:
+        save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
+                   compacted=tally.compacted)
+    distributed.barrier()  # (ranks leave together: no rank clears what another still reads)
+    if checkpointer is not None and distributed.current().main:
         checkpointer.clear()  # the results are written: nothing left to resume
 
 
@@ -264,10 +281,11 @@ def resumable(cfg: DictConfig, out_dir: Path):
     """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
     whose state is restored where the method's replay reaches it."""
     checkpointer = (Checkpointer(out_dir, config_hash(cfg), keep=cfg.checkpoint.keep,
-                                 min_interval_s=cfg.checkpoint.min_interval_s)
+                                 min_interval_s=cfg.checkpoint.min_interval_s,
+                                 writes=distributed.current().main)
                     if cfg.checkpoint.enabled else None)
     if not cfg.resume:
-        if checkpointer is not None:
+        if checkpointer is not None and distributed.current().main:
             checkpointer.clear()  # a fresh run in a used directory: old checkpoints are not its
         return checkpointer, Journal()
     state = checkpointer.latest() if checkpointer is not None else None
@@ -309,15 +327,19 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
 
     Raises what stopped the run (ConfigError for bad input) after writing `status: failed`."""
     out_dir = Path(out_dir)
-    recorder = Recorder(out_dir)
+    mode = OmegaConf.select(cfg, "hardware.distributed", default="auto")
+    # rank 0 alone writes files (an unknown mode is refused by validate, below)
+    main = distributed.join(mode if mode in distributed.MODES else "off").main
+    recorder = Recorder(out_dir if main else None)
     summary = summary_identity(cfg)
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     try:
         with sigterm_interrupts(graceful=bool(cfg.checkpoint.enabled)):
             validate(cfg)
-            atomic_write_text(out_dir / "config_resolved.yaml",
-                              OmegaConf.to_yaml(cfg, resolve=True))
+            if main:
+                atomic_write_text(out_dir / "config_resolved.yaml",
+                                  OmegaConf.to_yaml(cfg, resolve=True))
             pipeline(cfg, out_dir, recorder, summary)
         summary["status"] = "ok"
     except Terminated:
@@ -332,7 +354,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
         raise
     finally:
         recorder.summary(summary)
-        if show and summary["status"] == "ok":
+        if show and main and summary["status"] == "ok":
             print_summary(summary)
             CONSOLE.print(f"results in {out_dir}")
     return summary

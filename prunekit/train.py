@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prunekit import distributed
 from prunekit.console import make_progress
 from prunekit.data import Data
 from prunekit.hardware import Hardware
@@ -152,6 +153,7 @@ class Trainer:
             step = first * len(loader)
             self.progress.advance(task, step)
         model.train()
+        net = self.parallel(model)
         try:
             for epoch in range(first, epochs):
                 loss_sum = torch.zeros((), device=self.hw.device)
@@ -159,7 +161,7 @@ class Trainer:
                     if hooks.before_step is not None:
                         hooks.before_step(step)
                     with self.hw.autocast():
-                        out = model(x)
+                        out = net(x)
                         if loss_fn is None:
                             loss = F.cross_entropy(out, y, label_smoothing=smoothing)
                         else:
@@ -174,7 +176,9 @@ class Trainer:
                     loss_sum += loss.detach().float()
                     step += 1
                     self.progress.advance(task)
-                last_loss = float(loss_sum) / len(loader)  # the one host sync of the epoch
+                # the one host sync of the epoch; every rank's mean (the same on all ranks)
+                last_loss = float(distributed.sum_(loss_sum)) / len(loader) / \
+                    distributed.current().size
                 if not math.isfinite(last_loss):
                     raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
                                           f"'{desc}': lower the learning rate")
@@ -190,6 +194,17 @@ class Trainer:
         log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
                 step, lr, last_loss)
         return FitResult(epochs, step, last_loss)
+
+    def parallel(self, model: nn.Module) -> nn.Module:
+        """What a fit runs forward and backward through: the model itself, or in a distributed
+        run a DistributedDataParallel wrapper built for this fit (after a compaction the shapes
+        are new; frozen layers are left out, as they do not require grad). Hooks and masks keep
+        working on `model`, whose parameters the wrapper shares."""
+        if not distributed.current().distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.hw.device.index] if self.hw.is_cuda else None
+        return DistributedDataParallel(model, device_ids=ids)  # BN statistics: rank 0's
 
     def distillation_loss(self, teacher: nn.Module, temperature: float) -> LossFn:
         """Cross-entropy plus KL(student || teacher) at `temperature`, averaged over the batch
@@ -243,7 +258,12 @@ class Trainer:
             correct5 += hits.any(1).sum()
             n += len(y)
         model.train(was_training)
+        # a distributed run: each rank saw its share of the split; the counts of all of them
+        totals = distributed.sum_(torch.stack([correct1.double(), correct5.double(),
+                                               loss_sum.double(),
+                                               torch.tensor(float(n), device=loss_sum.device)]))
+        c1, c5, loss, n = totals.tolist()
+        n = int(n)
         if n == 0:
             return Evaluation(float("nan"), float("nan"), float("nan"), 0)
-        return Evaluation(100.0 * float(correct1) / n, 100.0 * float(correct5) / n,
-                          float(loss_sum) / n, n)
+        return Evaluation(100.0 * c1 / n, 100.0 * c5 / n, loss / n, n)

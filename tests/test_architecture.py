@@ -16,7 +16,7 @@ LAYERS = [
     ("errors", "files", "clock", "metrics", "state", "sparsity.masks", "sparsity.units",
      "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),
-    ("registry",),
+    ("registry", "distributed"),
     ("config", "console", "sparsity", "data", "hardware"),
     ("models", "record", "artifacts"),
     ("resume", "train"),

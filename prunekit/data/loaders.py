@@ -53,6 +53,8 @@ class TensorLoader:
         self.std = std.to(device).view(1, -1, 1, 1)
         self.pad = max(1, split.images.shape[-1] // 8)  # 4 px at 32 px, as in the CIFAR recipes
         self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.aug_gen = self.gen  # one process: the shuffle and the augmentation share one
+        self.rank, self.world = 0, 1
         # BatchNorm cannot train on a batch of one: drop a trailing partial batch when training.
         self.drop_last = train and len(split) > batch_size
 
@@ -66,6 +68,19 @@ class TensorLoader:
 
     def reseed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
+        if self.aug_gen is not self.gen:
+            self.aug_gen.manual_seed(seed * 1009 + self.rank)
+
+    def shard(self, rank: int, world: int) -> "TensorLoader":
+        """This rank's share of every batch (`rank`::`world` of its samples): the shuffle is
+        drawn alike on every rank (one seed), each rank's augmentation apart."""
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        out.gen = torch.Generator(device=self.gen.device).manual_seed(self.gen.initial_seed())
+        out.aug_gen = torch.Generator(device=self.gen.device).manual_seed(
+            self.gen.initial_seed() * 1009 + rank)
+        out.unsharded = self
+        return out
 
     def subset(self, fraction: float, seed: int) -> "TensorLoader":
         """The same loader over a stratified `fraction` of the split."""
@@ -74,6 +89,8 @@ class TensorLoader:
         out = copy.copy(self)
         out.split = subsample(self.split, fraction, seed)
         out.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
+        out.aug_gen = out.gen if self.aug_gen is self.gen else torch.Generator(
+            device=self.gen.device).manual_seed(seed * 1009 + self.rank)
         out.drop_last = self.train and len(out.split) > self.batch_size
         return out
 
@@ -83,12 +100,14 @@ class TensorLoader:
         order = (torch.randperm(n, generator=self.gen, device=device) if self.train
                  else torch.arange(n, device=device))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]
+            if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
+                continue
             x = self.split.images[idx].float().div_(255.0)
             if self.augment in ("crop", "crop_flip"):
-                x = random_crop(x, self.pad, self.gen)
+                x = random_crop(x, self.pad, self.aug_gen)
             if self.augment == "crop_flip":
-                x = random_flip(x, self.gen)
+                x = random_flip(x, self.aug_gen)
             x = (x - self.mean) / self.std
             if x.shape[1] != self.channels:
                 x = x.expand(-1, self.channels, -1, -1)
@@ -161,8 +180,17 @@ class Data:
                 f"{self.image_size}x{self.image_size}, {path}")
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        x, _ = next(iter(self.val))
+        """The first val images (the same on every rank of a distributed run)."""
+        x, _ = next(iter(getattr(self.val, "unsharded", self.val)))
         return x[:batch_size]
+
+    def shard(self, rank: int, world: int) -> "Data":
+        """Each split as rank `rank` of `world` sees it (its share of every batch)."""
+        if world == 1:
+            return self
+        return dataclasses.replace(self, train=self.train.shard(rank, world),
+                                   val=self.val.shard(rank, world),
+                                   test=self.test.shard(rank, world))
 
     def subset(self, train: float = 1.0, val: float = 1.0, seed: int = 0) -> "Data":
         """A view with fractions of the train and val splits (tuning trials, cheap decisions);

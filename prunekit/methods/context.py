@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from prunekit import distributed
 from prunekit.clock import PhaseClock
 from prunekit.config import METHODS
 from prunekit.data import Data
@@ -254,5 +255,12 @@ class Context:
         return prunable_sparsity(self.model, self.pruner.dense_numel)
 
     def record_step(self, **row) -> None:
-        """A steps.csv row; at top level it ends a pruning step, so a checkpoint follows."""
+        """A steps.csv row; at top level it ends a pruning step, so a checkpoint follows. In a
+        distributed run every rank must have taken the same decisions: their masks and shapes
+        are compared here, and differing ones stop the run."""
+        if distributed.current().distributed:
+            shapes = [torch.tensor(p.shape) for p in self.model.parameters()]
+            masks = [m for _, m in sorted(self.pruner.masks.items())]
+            distributed.check_agree(f"the masks at steps.csv row {len(self.recorder.steps) + 1}",
+                                    distributed.digest([*shapes, *masks]))
         self.op(lambda: self.recorder.step(**row), checkpoint=True)

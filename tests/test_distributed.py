@@ -1,0 +1,152 @@
+"""One run over two processes: `torchrun --nproc_per_node=2 -m prunekit.cli` on the CPU (gloo)
+gives one run directory with one summary, close to the single-process run of the same settings;
+ranks that would decide apart are stopped."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit
+from conftest import FAST, make_cfg
+from prunekit.config import METHODS
+from prunekit.runner import run
+
+LENET = ["model=lenet5", "hardware.latency.enabled=false", "checkpoint.enabled=false",
+         "pretrain.cache=false", *FAST]
+OWN_MODEL = {"slimming": ["model=resnet20", "dataset.batch_size=128", "method.finetune_epochs=3",
+                          "sparsity=0.3"]}  # BatchNorm to slim (64 images per rank), settled
+
+
+def torchrun(args, cwd: Path, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def overrides(method: str) -> list:
+    own = OWN_MODEL.get(method, [])
+    base = [o for o in LENET if not (own and o.startswith("model="))]
+    return [f"method={method}", *METHODS[method].quick, *own, *base]
+
+
+def only_run_dir(cwd: Path) -> Path:
+    dirs = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    assert len(dirs) == 1, f"one run directory expected, found {dirs}"
+    return dirs[0]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_make_one_run_close_to_one_process(method, tmp_path):
+    r = torchrun(["-m", "prunekit.cli", *overrides(method)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert (run_dir / "prune-run.log").is_file() and (run_dir / "prune-run.rank1.log").is_file()
+    assert "ranks disagree" not in r.stderr
+    single = run(make_cfg(overrides(method)), tmp_path / "single", show=False)
+    assert summary["sparsity"] == pytest.approx(single["sparsity"], abs=0.02)
+    assert summary["top1_dense"] == pytest.approx(single["top1_dense"], abs=3.0)
+    assert summary["top1"] == pytest.approx(single["top1"], abs=5.0)
+
+
+def test_a_compacted_run_of_two_processes_loads_as_its_masked_form(tmp_path):
+    r = torchrun(["-m", "prunekit.cli", "method=oneshot", "method.granularity=filter",
+                  "method.finetune_epochs=1", "model=resnet20", "dataset.subset=0.3",
+                  *LENET[1:]], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compacted"] and summary["compaction_max_abs_diff"] < 1e-4
+    model = prunekit.load_pruned(run_dir / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == summary["params"] < \
+        summary["params_dense"]
+
+
+def test_ranks_that_decide_apart_are_stopped(tmp_path):
+    """check_agree: every rank fails, naming what differed."""
+    script = tmp_path / "disagree.py"
+    script.write_text(textwrap.dedent("""
+        from prunekit import distributed
+        world = distributed.join("auto")
+        distributed.check_agree("the masks", distributed.digest([__import__("torch").ones(3)]))
+        try:
+            distributed.check_agree("the masks", f"rank {world.rank}")
+        except RuntimeError as e:
+            print("stopped:", e, flush=True)
+        distributed.leave()
+    """))
+    r = torchrun([str(script)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("stopped: ranks disagree on the masks") == 2
+
+
+def test_a_batch_is_shared_out_and_evaluation_counts_every_sample_once():
+    """The loader's view per rank: disjoint shares of the same shuffled batches."""
+    from prunekit.data import build_data
+    cfg = make_cfg(["model=lenet5"])
+    data = build_data(cfg.dataset, cfg.train, channels=1, seed=0)
+    shards = [data.shard(r, 2) for r in range(2)]
+    for split in ("train", "test"):
+        whole = [y for _, y in getattr(data, split)]
+        parts = [[y for _, y in getattr(s, split)] for s in shards]
+        assert len(parts[0]) == len(parts[1]) == len(whole)  # every rank: the same step count
+        for b, batch in enumerate(whole):
+            halves = torch.cat([parts[0][b], parts[1][b]])
+            assert sorted(halves.tolist()) == sorted(batch.tolist())
+            assert len(parts[0][b]) - len(parts[1][b]) in (0, 1)
+
+
+STOPPER = """
+import os, signal, sys
+from prunekit import distributed
+from prunekit.record import Recorder
+original = Recorder.step
+
+def step(self, **row):  # SIGTERM to rank {rank} alone, after its first steps.csv row
+    original(self, **row)
+    if len(self.steps) == 1 and distributed.current().rank == {rank} and not os.environ.get(
+            "RESUMED"):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+Recorder.step = step
+from prunekit.cli import main
+sys.argv[0] = "prune-run"
+main()
+"""
+ITERATIVE = ["method=iterative", "method.steps=3", "method.finetune_epochs=1", "model=lenet5",
+             "hardware.latency.enabled=false", "checkpoint.min_interval_s=0",
+             "pretrain.cache=false", "hydra.run.dir=outputs/run", *FAST]
+
+
+@pytest.mark.parametrize("resume_with", [2, 1])
+def test_sigterm_to_one_rank_stops_every_rank_after_one_checkpoint_and_resume_completes(
+        resume_with, tmp_path):
+    script = tmp_path / "stopper.py"
+    script.write_text(STOPPER.replace("{rank}", "1"))
+    r = torchrun([str(script), *ITERATIVE], tmp_path)
+    assert r.returncode != 0
+    run_dir = tmp_path / "outputs" / "run"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) >= 1
+    env = {"RESUMED": "1"}
+    args = [str(script), *ITERATIVE, "resume=true"]
+    if resume_with == 2:
+        os.environ.update(env)
+        try:
+            r = torchrun(args, tmp_path)
+        finally:
+            os.environ.pop("RESUMED")
+    else:
+        r = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and "resumed_from" in summary and summary["steps"] == 3
