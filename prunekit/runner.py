@@ -155,7 +155,8 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     kind = speedup_kind(cfg, compacted, hw)
     out["speedup_kind"] = kind
     lat = cfg.hardware.latency
-    if lat.enabled:
+    # rank 0 alone measures latency (the others would share its cores, and write nothing)
+    if lat.enabled and distributed.current().main:
         shape = tuple(example.shape[1:])
         kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats,
                   max_seconds=lat.max_seconds)

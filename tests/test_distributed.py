@@ -150,3 +150,36 @@ def test_sigterm_to_one_rank_stops_every_rank_after_one_checkpoint_and_resume_co
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and "resumed_from" in summary and summary["steps"] == 3
+
+
+def test_a_streamed_split_is_shared_out_the_same_way(tmp_path):
+    """The DataLoader path: each rank loads only its share of the batch every rank draws."""
+    from omegaconf import OmegaConf
+    from test_data import dataset_cfg, write_image_folder
+
+    from prunekit.data import build_data
+    write_image_folder(tmp_path, n=7)
+    cfg = dataset_cfg("imagefolder", path=str(tmp_path), image_size=8, in_memory=False,
+                      val_fraction=0.3)
+    data = build_data(cfg, OmegaConf.create({"batch_size": 4, "eval_batch_size": 5}), channels=3)
+    shards = [data.shard(r, 2) for r in range(2)]
+    whole = list(data.test)
+    parts = [list(s.test) for s in shards]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for b, (x, _) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][b][0], parts[1][b][0]]).sum((1, 2, 3)).sort()[0],
+                           x.sum((1, 2, 3)).sort()[0])
+    train = [[len(y) for _, y in s.train] for s in shards]
+    assert train[0] == train[1] == [2] * len(data.train)  # batches of 4, two images each
+
+
+@pytest.mark.parametrize("method", [
+    ["method=iterative", "method.steps=2", "method.granularity=filter", "method.criterion=taylor"],
+    ["method=ice", "method.autotune.enabled=false", "method.criterion=mean_activation"]])
+def test_a_data_driven_criterion_decides_alike_on_every_rank(method, tmp_path):
+    """It reads the same whole batches on every rank; the masks check would stop it otherwise."""
+    r = torchrun(["-m", "prunekit.cli", *method, "method.finetune_epochs=1", "model=resnet20",
+                  "dataset.subset=0.3", *LENET[1:]], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] >= 2

@@ -91,6 +91,8 @@ class TensorLoader:
         out.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
         out.aug_gen = out.gen if self.aug_gen is self.gen else torch.Generator(
             device=self.gen.device).manual_seed(seed * 1009 + self.rank)
+        if hasattr(self, "unsharded"):
+            out.unsharded = self.unsharded.subset(fraction, seed)
         out.drop_last = self.train and len(out.split) > self.batch_size
         return out
 
@@ -116,17 +118,43 @@ class TensorLoader:
             yield x, self.split.labels[idx]
 
 
+class ShareOfBatches(torch.utils.data.Sampler):
+    """Rank `rank`'s share (`rank`::`world`) of every batch a BatchSampler draws."""
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            share = batch[self.rank::self.world]
+            if share:
+                yield share
+
+
 class StreamLoader:
     """A torchvision DataLoader over an image folder, moving batches to the device."""
 
     def __init__(self, dataset, batch_size: int, *, train: bool, num_workers: int, device,
-                 seed: int, channels_last: bool = False):
+                 seed: int, channels_last: bool = False, share: Tuple[int, int] = (0, 1)):
         self.gen = torch.Generator().manual_seed(seed)
-        self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-            generator=self.gen, persistent_workers=num_workers > 0)
+        drop_last = train and len(dataset) > batch_size
+        common = dict(num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                      persistent_workers=num_workers > 0)
+        self.rank, self.world = share
+        if self.world == 1:
+            self.loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+                generator=self.gen, **common)
+        else:  # every rank draws the same batches (one seed) and loads its share of each
+            order = (torch.utils.data.RandomSampler(dataset, generator=self.gen) if train
+                     else torch.utils.data.SequentialSampler(dataset))
+            batches = torch.utils.data.BatchSampler(order, batch_size, drop_last)
+            self.loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=ShareOfBatches(batches, self.rank, self.world), **common)
+        self.batch_size = batch_size
         self.device = device
         self.channels_last = channels_last
         self.train = train
@@ -149,9 +177,19 @@ class StreamLoader:
         ds, loader = self.loader.dataset, self.loader
         n = max(1, int(round(fraction * len(ds))))
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-        return StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), loader.batch_size,
+        return StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), self.batch_size,
                             train=self.train, num_workers=loader.num_workers, device=self.device,
-                            seed=seed, channels_last=self.channels_last)
+                            seed=seed, channels_last=self.channels_last,
+                            share=(self.rank, self.world))
+
+    def shard(self, rank: int, world: int) -> "StreamLoader":
+        """This rank's share of every batch, as TensorLoader.shard."""
+        out = StreamLoader(self.loader.dataset, self.batch_size, train=self.train,
+                           num_workers=self.loader.num_workers, device=self.device,
+                           seed=self.gen.initial_seed(), channels_last=self.channels_last,
+                           share=(rank, world))
+        out.unsharded = self
+        return out
 
     def __iter__(self):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -188,7 +188,9 @@ class Context:
 
     # ------------------------------------------------------------------ spending
     def _prepare_criterion(self) -> None:
-        self.pruner.prepare(self.data.train, self.cfg.method.criterion_batches)
+        # every rank reads the same (whole) batches: a data-driven score is then the same on all
+        train = self.data.train
+        self.pruner.prepare(getattr(train, "unsharded", train), self.cfg.method.criterion_batches)
 
     def prune_to(self, target: float) -> None:
         def prune() -> None:

@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from omegaconf import DictConfig
 
+from prunekit import distributed
 from prunekit.methods.context import Context
 from prunekit.methods.ice_pipeline import IceKnobs, ice_prune, least_changed, probe_weight_changes
 from prunekit.train import DivergenceError
@@ -57,7 +58,8 @@ class TrialBench:
         top1 = ice_prune(trial_ctx, self.cfg, knobs, frozen, log_level=logging.DEBUG)
         trial_ctx.hw.sync()
         return dict(status="ok", val_top1=top1, drop=self.dense_top1 - top1,
-                    time_s=time.perf_counter() - started,
+                    # rank 0's seconds: the choice weighs them, and must be one on every rank
+                    time_s=distributed.from_main(time.perf_counter() - started),
                     finetunes=trial_ctx.tally.finetune_count, steps=trial_ctx.tally.steps)
 
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from prunekit import distributed
 from prunekit.config import MethodConfig, at_least, positive
 from prunekit.methods.admm import (
     HardPruneMethod,
@@ -82,7 +83,9 @@ class SlrState(PenaltySplit):
 
     def epoch_ce(self) -> float:
         """The mean CE of the epoch just trained, and a fresh sum for the next."""
-        ce = float(self._ce_sum) / self._batches if self._batches else math.nan
+        # the mean over every rank's batches: the surrogate checks decide alike on all ranks
+        ce = (float(distributed.sum_(self._ce_sum)) / self._batches / distributed.current().size
+              if self._batches else math.nan)
         self._ce_sum, self._batches = None, 0
         return ce
 
