@@ -226,7 +226,11 @@ def check_added_keys(cfg: DictConfig) -> None:
 def main() -> None:
     hydra_utils.run_and_report = _run_and_report_one_line
     sys.argv[1:] = loosen_swept_group_keys(sys.argv[1:])
-    join_launched(sys.argv[1:])
+    try:
+        join_launched(sys.argv[1:])
+    except ConfigError as e:  # launched as several processes that cannot meet
+        error_line(str(e))
+        sys.exit(1)
     try:
         task()
     finally:

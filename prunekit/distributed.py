@@ -66,7 +66,9 @@ def join(mode: str = "auto", cuda: Optional[bool] = None) -> World:
     if mode == "off" or not world.distributed or current().distributed:
         return current()
     env = os.environ
-    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+    if not env.get("MASTER_ADDR") and "SLURM_JOB_ID" in env:
+        export_slurm_rendezvous()
+    if not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
         raise ConfigError(f"{world.size} processes but no MASTER_ADDR / MASTER_PORT to meet at: "
                           "launch with torchrun, or export them in the SLURM script")
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -74,6 +76,16 @@ def join(mode: str = "auto", cuda: Optional[bool] = None) -> World:
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.size)
     return current()
+
+
+def export_slurm_rendezvous() -> None:
+    """Inside a SLURM job submitted by submitit (hydra/launcher=submitit_slurm): the first node
+    and a port from the job id as the meeting point, as submitit exports them for torch."""
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except Exception:  # not a submitit job, or submitit missing: the caller says what to set
+        pass
 
 
 def leave() -> None:

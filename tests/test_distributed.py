@@ -181,3 +181,30 @@ def test_a_data_driven_criterion_decides_alike_on_every_rank(method, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] >= 2
+
+
+def test_the_world_is_read_from_torchrun_or_slurm(monkeypatch):
+    from prunekit import distributed
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID", "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.launched() == distributed.World(0, 1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert distributed.launched() == distributed.World(5, 8, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's variables win (torchrun under SLURM)
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.launched() == distributed.World(1, 2, 0)
+    from prunekit.errors import ConfigError
+    with pytest.raises(ConfigError, match="MASTER_ADDR / MASTER_PORT"):
+        distributed.join("auto", cuda=False)  # nowhere to meet: one line
+    assert distributed.join("off") == distributed.World()
+
+
+def test_processes_that_cannot_meet_say_so_in_one_line(tmp_path):
+    from conftest import run_cli
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""}
+    r = run_cli(["method=dense", *LENET], tmp_path, env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("prune-run: error: 2 processes but no")
