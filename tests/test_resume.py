@@ -241,8 +241,13 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen([str(exe), f"hydra.run.dir={run_dir}", *common], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (run_dir / "steps.csv").exists() or len(
-            (run_dir / "steps.csv").read_text().splitlines()) < 3:  # two steps done
+
+    def two_steps_checkpointed() -> bool:  # the checkpoint after the second step's row is on disk
+        # (the row comes first: a kill between the two would leave the first step's checkpoint)
+        return any(int(p.name.split("-")[1]) >= 12
+                   for p in (run_dir / "checkpoints").glob("ckpt-*.pt"))
+
+    while not two_steps_checkpointed():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
