@@ -208,3 +208,27 @@ def test_processes_that_cannot_meet_say_so_in_one_line(tmp_path):
     r = run_cli(["method=dense", *LENET], tmp_path, env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("prune-run: error: 2 processes but no")
+
+
+def test_a_streamed_split_is_shared_out_the_same_way(tmp_path):
+    """The DataLoader path: each rank loads only its share of the batch every rank draws."""
+    from omegaconf import OmegaConf
+    from test_data import dataset_cfg, write_image_folder
+
+    from prunekit.data import build_data
+    write_image_folder(tmp_path, n=7)
+    cfg = dataset_cfg("imagefolder", path=str(tmp_path), image_size=8, in_memory=False,
+                      val_fraction=0.3)
+    data = build_data(cfg, OmegaConf.create({"batch_size": 4, "eval_batch_size": 5}), channels=3)
+    shards = [data.shard(r, 2) for r in range(2)]
+    whole = list(data.test)
+    parts = [list(s.test) for s in shards]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for b, (x, _) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][b][0], parts[1][b][0]]).sum((1, 2, 3)).sort()[0],
+                           x.sum((1, 2, 3)).sort()[0])
+    train = [[len(y) for _, y in s.train] for s in shards]
+    assert train[0] == train[1] == [2] * len(data.train)  # batches of 4, two images each
+    # a subset (ICE's trials) keeps the whole batches a data-driven criterion reads
+    subset = shards[1].train.subset(0.5, seed=0)
+    assert [len(y) for _, y in subset.unsharded] == [2 * len(y) for _, y in subset]

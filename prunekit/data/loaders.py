@@ -27,6 +27,11 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     return padded[batch, chan, rows, cols]
 
 
+def augmentation_seed(seed: int, rank: int) -> int:
+    """A distributed rank's augmentation seed: its own stream, drawn from the run's seed."""
+    return seed * 1009 + rank
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = (torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -69,7 +74,7 @@ class TensorLoader:
     def reseed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
         if self.aug_gen is not self.gen:
-            self.aug_gen.manual_seed(seed * 1009 + self.rank)
+            self.aug_gen.manual_seed(augmentation_seed(seed, self.rank))
 
     def shard(self, rank: int, world: int) -> "TensorLoader":
         """This rank's share of every batch (`rank`::`world` of its samples): the shuffle is
@@ -78,7 +83,7 @@ class TensorLoader:
         out.rank, out.world = rank, world
         out.gen = torch.Generator(device=self.gen.device).manual_seed(self.gen.initial_seed())
         out.aug_gen = torch.Generator(device=self.gen.device).manual_seed(
-            self.gen.initial_seed() * 1009 + rank)
+            augmentation_seed(self.gen.initial_seed(), rank))
         out.unsharded = self
         return out
 
@@ -90,7 +95,7 @@ class TensorLoader:
         out.split = subsample(self.split, fraction, seed)
         out.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
         out.aug_gen = out.gen if self.aug_gen is self.gen else torch.Generator(
-            device=self.gen.device).manual_seed(seed * 1009 + self.rank)
+            device=self.gen.device).manual_seed(augmentation_seed(seed, self.rank))
         if hasattr(self, "unsharded"):
             out.unsharded = self.unsharded.subset(fraction, seed)
         out.drop_last = self.train and len(out.split) > self.batch_size
@@ -177,10 +182,13 @@ class StreamLoader:
         ds, loader = self.loader.dataset, self.loader
         n = max(1, int(round(fraction * len(ds))))
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-        return StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), self.batch_size,
-                            train=self.train, num_workers=loader.num_workers, device=self.device,
-                            seed=seed, channels_last=self.channels_last,
-                            share=(self.rank, self.world))
+        out = StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), self.batch_size,
+                           train=self.train, num_workers=loader.num_workers, device=self.device,
+                           seed=seed, channels_last=self.channels_last,
+                           share=(self.rank, self.world))
+        if hasattr(self, "unsharded"):  # as TensorLoader.subset: the whole batches come along
+            out.unsharded = self.unsharded.subset(fraction, seed)
+        return out
 
     def shard(self, rank: int, world: int) -> "StreamLoader":
         """This rank's share of every batch, as TensorLoader.shard."""
