@@ -6,6 +6,9 @@ What a target means (say it in every table):
   removes round(s * units) units of every layer (exact per layer); global scope ranks the units of
   all layers by their per-element score and removes the prefix whose weight count is closest to s.
 - `nm`: N of every M consecutive input-channel weights are kept; the sparsity is 1 - N/M.
+- With a `Cost` of another kind (`target.kind=flops|params`), a target is the removed fraction of
+  that cost (`sparsity.cost`): the same allocation rule (a uniform ratio per layer or per group,
+  or one global ranking) is solved for by bisection on the exact count of that cost instead.
 - `filter`: still a fraction of the prunable weights, but filters are removed with everything
   coupled to them (BN channel, the next layers' input channels, every branch of a residual add),
   so the unit is a channel *group* and the target is met as closely as whole channels allow: a
@@ -25,6 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.criteria import Criterion, criterion_named
 from prunekit.sparsity.groups import ChannelGroup, ChannelGroups
 from prunekit.sparsity.masks import MaskSet
@@ -38,6 +42,8 @@ from prunekit.sparsity.units import (
     pruned_units,
     ranking,
 )
+
+Alive = Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]  # module -> (rows, columns) alive
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,12 @@ def _bisect_closest(f: Callable[[float], float], target: float, lo: float, hi: f
 class Pruner:
     def __init__(self, model: nn.Module, spec: PruneSpec, layers: Dict[str, nn.Module],
                  example_input: torch.Tensor, seed: int = 0, blocks: Sequence[str] = (),
-                 channel_groups: Optional[bool] = None):
+                 channel_groups: Optional[bool] = None, cost: Optional[Cost] = None):
         self.model = model
         self.spec = spec
         self.layer_names: List[str] = list(layers)
         self.dense_numel = {n: m.weight.numel() for n, m in layers.items()}
+        self.cost = cost or Cost.weights(layers)  # what a target counts
         self.masks = MaskSet(model)
         self.criterion: Criterion = criterion_named(spec.criterion)
         self.generator = torch.Generator().manual_seed(seed)
@@ -173,41 +180,50 @@ class Pruner:
         return names
 
     def _prune_units(self, target: float) -> None:
-        g, crit = self.spec.granularity, self.criterion
+        g, crit, cost = self.spec.granularity, self.criterion, self.cost
         names = self.unit_layers(g)
         forced = {}
         for n in names:
             mask = self.masks.get(f"{n}.weight")
             forced[n] = pruned_units(mask, g) if mask is not None else None
         if self.spec.scope == "layerwise":
+            ratio = target if cost.kind == "sparsity" else self._layerwise_ratio(names, forced,
+                                                                                 target)
             for n in names:
                 w = self.weight(n)
                 n_units = num_units(w.shape, g)
                 already = int(forced[n].sum()) if forced[n] is not None else 0
-                n_prune = max(already, int(round(target * n_units)))
+                n_prune = max(already, int(round(ratio * n_units)))
                 keep = keep_vector(crit.unit_scores(n, w, g, False, self.generator), n_prune,
                                    forced[n])
                 self.masks.set(f"{n}.weight", expand_units(keep, w.shape, g))
             return
-        # global: one ranking of all units by per-element score, prefix sized by weight count
+        # global: one ranking of all units by per-element score, prefix sized by its cost
         scores, sizes, owners, forced_all = [], [], [], []
         for li, n in enumerate(names):
             w = self.weight(n)
             s = crit.unit_scores(n, w, g, True, self.generator).cpu()
             scores.append(s)
-            sizes.append(torch.full_like(s, w.numel() / len(s), dtype=torch.float64))
+            unit_cost = w.numel() / len(s) * cost.per_weight.get(n, 0.0)
+            sizes.append(torch.full_like(s, unit_cost, dtype=torch.float64))
             owners.append(torch.full((len(s),), li, dtype=torch.long))
             f = forced[n]
             forced_all.append(f.cpu() if f is not None else torch.zeros(len(s), dtype=torch.bool))
-        scores_t, forced_t = torch.cat(scores), torch.cat(forced_all)
-        total = float(sum(self.dense_numel[n] for n in names))
+        scores_t, forced_t, sizes_t = torch.cat(scores), torch.cat(forced_all), torch.cat(sizes)
         n_forced = int(forced_t.sum())
-        if g == "unstructured":  # every unit is one weight: the count is exact, no ranking needed
+        if g == "unstructured" and cost.kind == "sparsity":  # one weight per unit: exact count
+            total = float(sum(self.dense_numel[n] for n in names))
             chosen = lowest(scores_t, max(n_forced, int(round(target * total))), forced_t)
         else:
             order = ranking(scores_t, forced_t)
-            cum = torch.cumsum(torch.cat(sizes)[order], 0)
-            removed = lambda k: 0.0 if k == 0 else float(cum[int(k) - 1]) / total  # noqa: E731
+            cum = torch.cumsum(sizes_t[order], 0)
+            # the forced units come first and are already zero: the cost now holds none of them
+            start = cost.total(self.model) + float(sizes_t[forced_t].sum())
+
+            def removed(k: float) -> float:
+                gone = 0.0 if k == 0 else float(cum[int(k) - 1])
+                return 1.0 - (start - gone) / cost.dense_total
+
             k = int(_bisect_closest(removed, target, n_forced, len(order), integer=True))
             chosen = order[:k]
         pruned = torch.zeros(len(scores_t), dtype=torch.bool)
@@ -218,6 +234,27 @@ class Pruner:
             keep = ~pruned[owner == li]
             self.masks.set(f"{n}.weight", expand_units(keep.to(w.device), w.shape, g))
 
+    def _layerwise_ratio(self, names: Sequence[str], forced: Dict[str, Optional[torch.Tensor]],
+                         target: float) -> float:
+        """The fraction of every layer's units whose removal leaves the cost's removed fraction
+        closest to `target` (the layerwise rule, solved on the exact count)."""
+        g, cost = self.spec.granularity, self.cost
+        now = cost.total(self.model)
+        layers = []
+        for n in names:
+            shape = self.weight(n).shape
+            n_units = num_units(shape, g)
+            already = int(forced[n].sum()) if forced[n] is not None else 0
+            unit_cost = self.weight(n).numel() / n_units * cost.per_weight.get(n, 0.0)
+            layers.append((n_units, already, unit_cost))
+
+        def removed(r: float) -> float:
+            gone = sum((max(already, int(round(r * n_units))) - already) * unit_cost
+                       for n_units, already, unit_cost in layers)
+            return 1.0 - (now - gone) / cost.dense_total
+
+        return _bisect_closest(removed, target, 0.0, 1.0, integer=False)
+
     def _prune_nm(self) -> None:
         n, m = self.spec.nm
         for name in self.layer_names:
@@ -226,13 +263,28 @@ class Pruner:
             self.masks.set(f"{name}.weight", nm_mask(w, n, m, scores))
 
     # ------------------------------------------------------------------ filters (channel groups)
-    def _keep_state(self) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-        """Per prunable layer: which output rows and input columns are still alive."""
-        state = {}
-        for n in self.layer_names:
+    def _alive_state(self) -> Alive:
+        """Per prunable layer and every module a channel group touches: which output rows and
+        input columns are still alive (a norm layer: its channels, and None)."""
+        norms = set()
+        names = dict.fromkeys(self.layer_names)
+        for group in self.groups.groups if self.groups is not None else []:
+            for m in group.members:
+                if m.kind == "norm":
+                    if getattr(self.model.get_submodule(m.module), "weight", None) is not None:
+                        norms.add(m.module)
+                        names.setdefault(m.module)
+                else:
+                    names.setdefault(m.module)
+        state: Alive = {}
+        for n in names:
             w = self.weight(n)
-            o, i = w.shape[0], w.shape[1]
             mask = self.masks.get(f"{n}.weight")
+            if n in norms:
+                state[n] = (torch.ones(w.shape[0], dtype=torch.bool) if mask is None
+                            else mask.ne(0).cpu(), None)
+                continue
+            o, i = w.shape[0], w.shape[1]
             if mask is None:
                 state[n] = (torch.ones(o, dtype=torch.bool), torch.ones(i, dtype=torch.bool))
             else:
@@ -240,27 +292,36 @@ class Pruner:
                 state[n] = (m2.any(2).any(1), m2.any(2).any(0))
         return state
 
-    def _removal_sparsity(self, base: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
-                          removal: Dict[int, torch.Tensor]) -> float:
-        """Exact prunable-weight sparsity if, from the alive rows/columns in `base`, the given
-        channels (group index -> channel ids) went too."""
-        state = {n: (o.clone(), i.clone()) for n, (o, i) in base.items()}
+    def _plan_cost(self, base: Alive) -> Callable[[Dict[int, torch.Tensor]], float]:
+        """removal -> the cost's removed fraction if, from the alive rows and columns in `base`,
+        the given channels (group index -> channel ids) went too. Exact for whole channels: what
+        the modules in `base` do not hold (other layers, other FLOPs) is the model's cost now."""
         groups = self.groups.groups
-        for gi, chans in removal.items():
-            if len(chans) == 0:
-                continue
-            for m in groups[gi].members:
-                if m.module not in state or m.kind == "norm":
+        cost = self.cost
+
+        def modules_total(state: Alive) -> float:
+            total = 0.0
+            for n, (o, i) in state.items():
+                total += cost.module_cost(n, self.model.get_submodule(n), int(o.sum()),
+                                          None if i is None else int(i.sum()))
+            return total
+
+        rest = cost.total(self.model) - modules_total(base)
+
+        def removed(removal: Dict[int, torch.Tensor]) -> float:
+            state = {n: (o.clone(), None if i is None else i.clone())
+                     for n, (o, i) in base.items()}
+            for gi, chans in removal.items():
+                if len(chans) == 0:
                     continue
-                pos = m.take(chans.tolist())
-                state[m.module][0 if m.kind == "out" else 1][pos] = False
-        remaining = 0
-        for n, (o, i) in state.items():
-            w = self.weight(n)
-            k = w[0, 0].numel()
-            remaining += int(o.sum()) * int(i.sum()) * k
-        dense = sum(self.dense_numel.values())
-        return 1.0 - remaining / dense
+                for m in groups[gi].members:
+                    if m.module not in state:
+                        continue
+                    pos = m.take(chans.tolist())
+                    state[m.module][0 if m.kind in ("out", "norm") else 1][pos] = False
+            return 1.0 - (rest + modules_total(state)) / cost.dense_total
+
+        return removed
 
     def _group_orders(self,
                       per_element: bool) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -281,7 +342,7 @@ class Pruner:
         """Which channels of each group (by index) to remove to reach `target`, as `prune_to`
         would remove them (ADMM takes the per-group counts of this plan as its constraints)."""
         groups = self.groups.groups
-        base = self._keep_state()
+        removed = self._plan_cost(self._alive_state())
         orders = self._group_orders(per_element=self.spec.scope == "global")
         if self.spec.scope == "layerwise":
             def removal_at(r: float) -> Dict[int, torch.Tensor]:
@@ -294,8 +355,8 @@ class Pruner:
                     plan[gi] = order[:n]
                 return plan
 
-            r = _bisect_closest(lambda r: self._removal_sparsity(base, removal_at(r)), target,
-                                0.0, 1.0, integer=False)
+            r = _bisect_closest(lambda r: removed(removal_at(r)), target, 0.0, 1.0,
+                                integer=False)
             plan = removal_at(r)
         else:
             # global: pool every group's channels, masked first, then by per-element score; never
@@ -319,8 +380,8 @@ class Pruner:
                     plan[gi].append(c)
                 return {gi: torch.tensor(v, dtype=torch.long) for gi, v in plan.items()}
 
-            k = _bisect_closest(lambda k: self._removal_sparsity(base, removal_k(k)), target,
-                                n_masked, len(eligible), integer=True)
+            k = _bisect_closest(lambda k: removed(removal_k(k)), target, n_masked,
+                                len(eligible), integer=True)
             plan = removal_k(int(k))
         return plan
 
@@ -338,6 +399,14 @@ class Pruner:
             return sorted(blocks.items(), key=lambda kv: order[kv[0]])
         return sorted(((g.root, [g]) for g in groups), key=lambda kv: order[kv[0]])
 
+    @staticmethod
+    def _block_count(g: ChannelGroup, ratio: float, n_masked: int) -> int:
+        """How many of `g`'s current channels `prune_groups` masks at `ratio`: ceil(ratio * dense
+        channels) in all (at least one kept), less those compaction removed already."""
+        gone = g.dense_size - g.size
+        want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
+        return min(max(want, n_masked), g.size - 1)
+
     def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float) -> int:
         """Remove ceil(ratio * dense channels) of each group (cumulative, at least one kept), the
         lowest-scoring first. Returns the number of channels masked now."""
@@ -345,11 +414,43 @@ class Pruner:
         for g in groups:
             masked = self.groups.masked_channels(g, self.masks)
             s = self.channel_scores(g)
-            gone = g.dense_size - g.size
-            want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
-            n = min(max(want, int(masked.sum())), g.size - 1)
+            n = self._block_count(g, ratio, int(masked.sum()))
             chans = lowest(s, n, masked)
             n_new += n - int(masked.sum())
             self.groups.mask_channels(g, chans, self.masks)
         self.masks.apply()
         return n_new
+
+    # ------------------------------------------------------------------ reaching a cost
+    def block_ratio(self, groups: Sequence[ChannelGroup], target: float) -> float:
+        """The channel ratio that `prune_groups` applied to every one of `groups` needs for the
+        cost's removed fraction to be closest to `target` (ICE's and the blockwise baseline's
+        per-block ratio under a FLOPs or params target). Which channels go does not change the
+        count: the ratio is exact before any is chosen."""
+        removed = self._plan_cost(self._alive_state())
+        index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
+        masked = {index[id(g)]: self.groups.masked_channels(g, self.masks) for g in groups}
+
+        def plan(ratio: float) -> Dict[int, torch.Tensor]:
+            out = {}
+            for g in groups:
+                m = masked[index[id(g)]]
+                order = ranking(torch.zeros(len(m)), m)  # the masked first, then any
+                out[index[id(g)]] = order[:self._block_count(g, ratio, int(m.sum()))]
+            return out
+
+        return _bisect_closest(lambda r: removed(plan(r)), target, 0.0, 1.0, integer=False)
+
+    def max_removed(self, groups: Optional[Sequence[ChannelGroup]] = None) -> float:
+        """The largest removed fraction of the cost this pruner can reach: every group (or every
+        one of `groups`) down to one channel (filters); every prunable weight (other
+        granularities; N:M's is fixed)."""
+        if self.spec.granularity == "filter" or groups is not None:
+            groups = self.groups.groups if groups is None else groups
+            index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
+            return self._plan_cost(self._alive_state())(
+                {index[id(g)]: torch.arange(g.size - 1) for g in groups})
+        names = self.unit_layers(self.spec.granularity)
+        gone = sum(int(torch.count_nonzero(self.weight(n))) * self.cost.per_weight.get(n, 0.0)
+                   for n in names)
+        return 1.0 - (self.cost.total(self.model) - gone) / self.cost.dense_total

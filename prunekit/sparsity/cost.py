@@ -1,0 +1,113 @@
+"""What a pruning target counts (`target.kind`), and the exact cost of a model as masks leave it.
+
+- `sparsity`: the prunable layers' weights, zeroed or removed (the target: top-level `sparsity`).
+- `flops`: a reduction factor (`target.value=2.0`) of the FLOPs as `metrics.effective_flops`
+  counts them: a conv or linear layer's FLOPs scale with its non-zero weights.
+- `params`: a reduction factor of the non-zero parameters (the compression ratio).
+- `latency`: a measured speedup, solved by measurement into a FLOPs target (`methods.budget`).
+
+Every kind is handled as the *removed fraction* c of its measure (sparsity: s; a factor F:
+1 − 1/F), so a method's schedule toward its target (iterative's geometric steps, AGP's cubic,
+AutoCompress's rounds) runs unchanged in any kind: the geometric steps 1 − (1 − c)^(k/n) are the
+factors F^(k/n).
+
+`Cost` counts a model the way the final measurement does, so the pruner's solvers can aim at the
+reported figure: per conv/linear layer what one of its weights costs (FLOPs: 2 × its output
+positions, which pruning channels never changes), whether biases and norm parameters count
+(params), and what costs the same whatever is pruned (FLOPs outside conv/linear layers). Those
+"other" FLOPs are taken as fixed: exact for CNNs; in a transformer, pruning heads also shrinks the
+attention matmuls, which the solve does not see (the reported FLOPs are measured, not solved).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from prunekit.metrics import count_params, layer_flops
+
+KINDS = ("sparsity", "flops", "params", "latency")
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def removed_fraction(kind: str, value: float) -> float:
+    """A target as the fraction of its measure removed: sparsity as is, a factor F as 1 − 1/F."""
+    return float(value) if kind == "sparsity" else 1.0 - 1.0 / float(value)
+
+
+def as_factor(removed: float) -> float:
+    """The reduction factor of a removed fraction (1 / (1 − c))."""
+    return 1.0 / max(1.0 - removed, 1e-12)
+
+
+def describe(kind: str, value: float) -> str:
+    """`sparsity 0.5`, `flops 2×`: a target as tables show it."""
+    return f"sparsity {value:g}" if kind == "sparsity" else f"{kind} {value:g}×"
+
+
+class Cost:
+    """One kind's exact count of a model (see the module docstring). Built on the dense model:
+    `dense_total` is the reference every removed fraction is against."""
+
+    def __init__(self, kind: str, per_weight: Dict[str, float], dense_total: float,
+                 counts_params: bool = False, other: float = 0.0):
+        self.kind = kind
+        self.per_weight = per_weight  # conv/linear layer -> cost of one of its weights
+        self.dense_total = float(dense_total)
+        self.counts_params = counts_params  # biases and norm parameters count too
+        self.other = float(other)  # the FLOPs outside conv/linear layers, taken as fixed
+
+    @classmethod
+    def weights(cls, layers: Dict[str, nn.Module]) -> "Cost":
+        """kind=sparsity: the prunable layers' weights."""
+        return cls("sparsity", {n: 1.0 for n in layers},
+                   sum(m.weight.numel() for m in layers.values()))
+
+    @classmethod
+    def of(cls, kind: str, model: nn.Module, example: Optional[torch.Tensor],
+           prunable: Iterable[str]) -> "Cost":
+        """The cost of `kind` (latency: FLOPs, which the latency solve aims at) on the dense
+        `model`; `example` (one input) is needed for FLOPs."""
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+        if kind == "sparsity":
+            return cls.weights({n: layers[n] for n in prunable})
+        if kind == "params":
+            return cls("params", {n: 1.0 for n in layers}, count_params(model),
+                       counts_params=True)
+        raw = layer_flops(model, example)
+        per_weight = {n: raw.get(n, 0) / m.weight.numel() for n, m in layers.items()}
+        other = raw["__total__"] - sum(raw.get(n, 0) for n in layers)
+        return cls("flops", per_weight, raw["__total__"], other=other)
+
+    # ------------------------------------------------------------------ counting
+    @torch.no_grad()
+    def total(self, model: nn.Module) -> float:
+        """The model's cost now (masked weights are zero, removed ones are gone)."""
+        if self.counts_params:
+            return float(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+        total = self.other
+        for name, w in self.per_weight.items():
+            total += int(torch.count_nonzero(model.get_submodule(name).weight)) * w
+        return total
+
+    def removed(self, model: nn.Module) -> float:
+        """The fraction of the dense cost the model has shed."""
+        return 1.0 - self.total(model) / self.dense_total
+
+    def module_cost(self, name: str, module: nn.Module, out_alive: int,
+                    in_alive: Optional[int]) -> float:
+        """What `module` costs with `out_alive` output rows (a norm's channels) and `in_alive`
+        input columns of its weight alive (None: a norm layer)."""
+        if in_alive is None:  # a norm layer: its affine parameters per channel
+            if not self.counts_params:
+                return 0.0
+            size = module.weight.shape[0] if getattr(module, "weight", None) is not None else 1
+            per_channel = sum(p.numel() for p in module.parameters(recurse=False)) / size
+            return out_alive * per_channel
+        w = module.weight
+        k = w[0, 0].numel()
+        cost = out_alive * in_alive * k * self.per_weight.get(name, 0.0)
+        if self.counts_params and getattr(module, "bias", None) is not None:
+            cost += out_alive
+        return cost
