@@ -138,6 +138,22 @@ class CheckpointConfig:
     min_interval_s: float = 60.0  # at most one per minute (0: after every step and epoch)
 
 
+TARGET_KINDS = ("sparsity", "flops", "params", "latency")  # what `target.kind` may count
+
+
+@dataclass
+class TargetConfig:
+    """What pruning aims at (sparsity.cost, README "Targets"): `sparsity` (the top-level key) or
+    a reduction factor of the FLOPs, the non-zero parameters or the measured latency."""
+
+    kind: str = "sparsity"
+    value: Optional[float] = None  # flops, params, latency: the factor, e.g. 2.0 (= half)
+    batch_size: Optional[int] = None  # latency: the batch measured (None: the first of
+    # hardware.latency.batch_sizes)
+    tolerance: float = 0.03  # latency: the solve stops within this relative error of the value
+    max_measurements: int = 8  # latency: the most measurements one solve takes
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -146,6 +162,7 @@ class Config:
     hardware: Any = MISSING
     seed: int = 0
     sparsity: float = 0.5
+    target: TargetConfig = field(default_factory=TargetConfig)
     resume: bool = False
     deterministic: bool = True
     cache_dir: str = "${oc.env:PRUNEKIT_CACHE,'~/.cache/prunekit'}"
@@ -248,8 +265,34 @@ def validate(cfg: DictConfig) -> None:
     check_training(cfg)
     check_dataset(cfg)
     check_model(cfg)
+    check_target(cfg)
     METHODS.choose(cfg.method.name, "method.name").check(cfg)  # a method checks its own keys
     check_hardware(cfg)
+
+
+def check_target(cfg: DictConfig) -> None:
+    """The target's own keys; whether the method can reach its kind is the method's check."""
+    t = cfg.target
+    choice(cfg, "target.kind", TARGET_KINDS)
+    if t.kind == "sparsity":
+        if t.value is not None:
+            raise ConfigError(f"target.value={t.value} is the reduction factor of target.kind="
+                              f"flops, params or latency: with target.kind=sparsity set "
+                              f"sparsity={cfg.sparsity} instead")
+    elif t.value is None:
+        raise ConfigError(f"target.kind={t.kind} needs target.value, the factor it shrinks by "
+                          "(e.g. target.value=2.0 for half)")
+    elif not t.value > 1.0:
+        raise ConfigError(f"target.value={t.value} must be > 1: it is the factor the {t.kind} "
+                          "shrinks by (2.0 = half)")
+    at_least(cfg, "target.batch_size", 1)
+    at_least(cfg, "target.max_measurements", 2)
+    if not 0.0 < t.tolerance < 0.5:
+        raise ConfigError(f"target.tolerance={t.tolerance} must be in (0, 0.5): the relative "
+                          "error the latency solve may stop at")
+    if t.kind == "latency" and not cfg.hardware.latency.enabled:
+        raise ConfigError("target.kind=latency measures latency: set "
+                          "hardware.latency.enabled=true")
 
 
 def check_training(cfg: DictConfig) -> None:

@@ -45,6 +45,7 @@ from prunekit.hardware import (
     with_sparse_kernels,
 )
 from prunekit.methods import METHODS, Context
+from prunekit.methods.budget import achieved, aim, check_reach, latency_batch_size, target_fraction
 from prunekit.methods.context import build_pruner
 from prunekit.metrics import (
     count_nonzero,
@@ -158,7 +159,10 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     # rank 0 alone measures latency (the others would share its cores, and write nothing)
     if lat.enabled and distributed.current().main:
         shape = tuple(example.shape[1:])
-        kw = dict(batch_sizes=list(lat.batch_sizes), warmup=lat.warmup, repeats=lat.repeats,
+        batch_sizes = list(lat.batch_sizes)
+        if cfg.target.kind == "latency" and latency_batch_size(cfg) not in batch_sizes:
+            batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
+        kw = dict(batch_sizes=batch_sizes, warmup=lat.warmup, repeats=lat.repeats,
                   max_seconds=lat.max_seconds)
         timed_dense, timed = dense, model
         if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
@@ -173,7 +177,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         real = kind in ("compacted", "sparse_kernels")
         doubts = {bs: latency_doubts(ld[bs], lp[bs], out["theoretical_speedup"], real,
                                      lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
-                  for bs in lat.batch_sizes}
+                  for bs in batch_sizes}
 
         def speedup(bs: int) -> Optional[float]:
             return ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs] else None
@@ -183,7 +187,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
                    latency_ms=lp[first]["median_ms"], measured_speedup=speedup(first),
                    latency_reliable=not warning, latency_warning=warning or None)
-        for bs in lat.batch_sizes:
+        for bs in batch_sizes:
             out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
                         f"latency_ms_bs{bs}": lp[bs]["median_ms"],
                         f"latency_p95_ms_dense_bs{bs}": ld[bs]["p95_ms"],
@@ -225,6 +229,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                  world.size, "NCCL" if hw.is_cuda else "gloo")
     model = hw.prepare(build_model(cfg.model, data.num_classes, data.image_size))
     summary.update(device=str(hw.device))
+    unit = METHODS[cfg.method.name]
+    check_reach(cfg, unit(cfg.method), model, data.example_input(1))
 
     with Trainer(data, cfg.train, hw, progress=world.main) as trainer:
         summary.update(obtain_dense(cfg, model, trainer, user_state))
@@ -244,13 +250,15 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
         layers = pruner.layer_names
         checkpointer, journal = resumable(cfg, out_dir)
         ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
-                      pruner=pruner, recorder=recorder, clock=clock, hw=hw, target=cfg.sparsity,
+                      pruner=pruner, recorder=recorder, clock=clock, hw=hw,
+                      target=target_fraction(cfg),
                       dense_val_top1=dense_val, check_input=data.example_input(32),
                       replay=Replay(journal, checkpointer), started=started,
                       rebuild_pruner=lambda m: build_pruner(cfg, m, example))
         ctx.replay.attach(ctx)
-        unit = METHODS[cfg.method.name]
-        unit(cfg.method).run(ctx)
+        method = unit(cfg.method)
+        aim(ctx, method)
+        method.run(ctx)
         ctx.finish_replay()  # a run stopped after its method's last operation
         hw.sync()
         summary.update(time_total_s=ctx.elapsed(), **clock.as_summary())
@@ -263,11 +271,13 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
         numbers, rows = measure(cfg, model, dense, trainer, hw, data, ctx.pruner.dense_numel,
                                 layers, tally.compacted)
     summary.update(numbers)
+    summary.update(achieved(cfg, numbers, unit.prunes))
     summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=tally.steps,
                    finetune_count=tally.finetune_count, finetune_epochs=tally.finetune_epochs,
                    compacted=tally.compacted,
                    compaction_max_abs_diff=tally.compaction_max_abs_diff,
-                   target_unit=unit.target_unit(cfg), scope=cfg.method.scope,
+                   target_unit=unit.target_unit(cfg) if cfg.target.kind == "sparsity"
+                   else cfg.target.kind, scope=cfg.method.scope,
                    criterion=cfg.method.criterion, prunable_layers=len(layers), **tally.results)
     recorder.layers([{**row, **tally.layer_info.get(row["layer"], {})} for row in rows])
     if distributed.current().main:

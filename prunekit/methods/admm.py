@@ -238,7 +238,8 @@ def admm_constraints(ctx: Context, cfg: DictConfig) -> List:
                 for gi, grp in enumerate(groups)]
     names = pruner.unit_layers(g)
     rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates), names)
-    return [LayerConstraint.for_rate(pruner.weight(n), n, g, rates.get(n, ctx.target),
+    rate = pruner.unit_ratio(ctx.target)  # every layer's: the target, or what meets its cost
+    return [LayerConstraint.for_rate(pruner.weight(n), n, g, rates.get(n, rate),
                                      pruner.dense_numel[n], tuple(cfg.nm)) for n in names]
 
 

@@ -226,7 +226,8 @@ class Autocompress(ProjectionMethod):
         at_least(cfg, "method.search.perturbation", 0)
         fraction(cfg, "method.search.scheme_flip", low_open=False)
         fraction(cfg, "method.search.val_fraction")
-        if not cfg.sparsity < s.max_rate < 1.0:
+        if not 0.0 < s.max_rate < 1.0 or (cfg.target.kind == "sparsity"
+                                            and not cfg.sparsity < s.max_rate):
             raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity="
                               f"{cfg.sparsity}, 1): no layer may lose more, and the target must "
                               "be reachable")

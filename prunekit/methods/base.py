@@ -51,6 +51,16 @@ class Method:
     def run(self, ctx: "Context") -> None:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ reaching a cost target
+    def reach(self, ctx: "Context") -> None:
+        """Prune `ctx`'s model at once to `ctx.target` with this method's allocation rule (the
+        latency solve measures what it gives, on a copy)."""
+        ctx.prune_to(ctx.target)
+
+    def max_removed(self, pruner) -> float:
+        """The largest fraction of the target's cost this method can remove from the model."""
+        return pruner.max_removed()
+
     # ------------------------------------------------------------------ what it declares
     @classmethod
     def accepted_criteria(cls) -> Tuple[str, ...]:
@@ -68,8 +78,29 @@ class Method:
         return "weights"
 
     @classmethod
-    def target_sparsity(cls, cfg: DictConfig) -> float:
-        return cfg.sparsity if cls.prunes else 0.0
+    def target_sparsity(cls, cfg: DictConfig) -> Optional[float]:
+        """The `sparsity` aimed at (None: the target is another kind)."""
+        if not cls.prunes:
+            return 0.0
+        return cfg.sparsity if cfg.target.kind == "sparsity" else None
+
+    @classmethod
+    def target_problem(cls, cfg: DictConfig) -> Optional[str]:
+        """Why this configuration cannot reach a target of `target.kind` (None: it can). Counted
+        kinds (flops, params) are solved on exact counts; latency by measurement, which only
+        removed filters change."""
+        kind, g = cfg.target.kind, cfg.method.granularity
+        if kind == "sparsity" or not cls.prunes:  # dense: no target, a row in any table
+            return None
+        if g == "nm":
+            return "N:M fixes the sparsity at 1 - N/M"
+        if "channel" in g.split("+"):
+            return ("its compaction also removes the filters no layer reads any more, which the "
+                    "solve cannot foresee: use method.granularity=filter or unstructured")
+        if kind == "latency" and g != "filter":
+            return ("only removed filters run faster on dense kernels: use "
+                    "method.granularity=filter")
+        return None
 
     @classmethod
     def needs_channel_groups(cls, method_cfg: DictConfig) -> Optional[bool]:
@@ -94,6 +125,10 @@ class Method:
         choice(cfg, "method.scope", cls.scopes)
         if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:
             raise ConfigError(f"method.nm={list(m.nm)} must be [N, M] with 0 < N < M, e.g. [2, 4]")
+        problem = cls.target_problem(cfg)
+        if problem:
+            raise ConfigError(f"target.kind={cfg.target.kind} cannot be reached by method="
+                              f"{m.name} with method.granularity={m.granularity}: {problem}")
         if m.granularity == "nm":
             implied = 1.0 - m.nm[0] / m.nm[1]
             if abs(implied - cfg.sparsity) > 1e-9:

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,20 +30,31 @@ from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers, residual_blocks
 from prunekit.record import Recorder
 from prunekit.resume import Replay
+from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.train import FitHooks, FitResult, Freezer, Trainer
 
 
-def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor) -> Pruner:
+def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor,
+                 cost: Optional[Cost] = None) -> Pruner:
     """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec
-    (and channel groups where the method asks for them whatever its granularity)."""
+    (and channel groups where the method asks for them whatever its granularity), and the cost
+    its targets count (default: the target's kind counted on `model`, taken as dense)."""
     m = cfg.method
     layers = prunable_layers(model, m.prune_first_conv, m.prune_classifier)
+    if cost is None:
+        cost = Cost.of(cost_kind(cfg), model, example_input, layers)
     return Pruner(model, PruneSpec.from_cfg(m), layers, example_input, seed=cfg.seed,
                   blocks=list(residual_blocks(model)),
-                  channel_groups=METHODS[m.name].needs_channel_groups(m))
+                  channel_groups=METHODS[m.name].needs_channel_groups(m), cost=cost)
+
+
+def cost_kind(cfg: DictConfig) -> str:
+    """What the pruner's targets count: the target's kind; a latency target is reached through
+    FLOPs (methods.budget solves which FLOPs give the speedup)."""
+    return "flops" if cfg.target.kind == "latency" else cfg.target.kind
 
 
 @dataclass
@@ -105,7 +116,7 @@ class Context:
     recorder: Recorder
     clock: PhaseClock
     hw: Hardware
-    target: float  # cfg.sparsity (see Pruner for its unit per granularity)
+    target: float  # the removed fraction of the target's cost (sparsity.cost; Pruner: its unit)
     dense_val_top1: float  # the reference the decisions compare with (on the data in use)
     check_input: torch.Tensor  # a validation batch for the masked-vs-compacted check
     rebuild_pruner: Callable[[nn.Module], Pruner]  # a pruner over a (resumed, resized) model
@@ -115,6 +126,7 @@ class Context:
     stateful: Dict[str, Any] = field(default_factory=dict)  # objects with state_dict(), resumed
     started: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # pruning seconds of the segments before a resume
+    solved_block_ratio: Optional[float] = None  # block_ratio() once solved
 
     def __post_init__(self):
         if self.frozen is None:
@@ -148,7 +160,8 @@ class Context:
         copied). `quiet`: fit() logs at DEBUG."""
         model = copy.deepcopy(self.model)
         fork = dataclasses.replace(
-            self, model=model, pruner=build_pruner(self.cfg, model, self.check_input[:1]),
+            self, model=model, pruner=build_pruner(self.cfg, model, self.check_input[:1],
+                                                     self.pruner.cost),
             check_input=self.check_input[:4],  # side work: a cheaper compaction check
             recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), tally=Tally(),
             replay=Replay(), frozen=Freezer(model), stateful={})
@@ -160,6 +173,22 @@ class Context:
 
     def unfreeze(self) -> None:
         self.frozen.unfreeze()
+
+    def blockwise_groups(self) -> List[ChannelGroup]:
+        """Every channel group block-wise pruning removes channels from, in network order."""
+        return [g for _, groups in self.pruner.steps_in_order() for g in groups]
+
+    def block_ratio(self) -> float:
+        """The channel ratio block-wise pruning (ICE, the blockwise baseline) removes from every
+        block: the target itself under target.kind=sparsity (the ICE paper's pruning ratio);
+        under a cost target the ratio that meets it once every block is pruned, solved on the
+        exact count the first time it is asked (journaled, so a resumed run reads it back)."""
+        if self.cfg.target.kind == "sparsity":
+            return self.target
+        if self.solved_block_ratio is None:
+            self.solved_block_ratio = self.op(
+                lambda: self.pruner.block_ratio(self.blockwise_groups(), self.target))
+        return self.solved_block_ratio
 
     # ------------------------------------------------------------------ journal, checkpoints
     def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:

@@ -10,6 +10,7 @@ from typing import Optional
 from prunekit.config import MethodConfig, at_least
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Method, register
+from prunekit.methods.budget import target_fraction
 from prunekit.methods.context import Context
 from prunekit.sparsity.schedules import AGPSchedule
 from prunekit.train import FitHooks
@@ -40,9 +41,10 @@ class Gradual(Method):
         at_least(cfg, "method.begin_step", 0)
         at_least(cfg, "method.power", 1)
         at_least(cfg, "method.epochs", 1, " (gradual pruning happens during training)")
-        if not 0.0 <= m.initial_sparsity <= cfg.sparsity:
+        final = target_fraction(cfg)
+        if not 0.0 <= m.initial_sparsity <= final:
             raise ConfigError(f"method.initial_sparsity={m.initial_sparsity} must be in "
-                              f"[0, sparsity={cfg.sparsity}]")
+                              f"[0, {final:g}] (the target's removed fraction)")
         if m.end_step is not None and m.end_step <= m.begin_step:
             raise ConfigError(f"method.end_step={m.end_step} must be greater than "
                               f"method.begin_step={m.begin_step}")

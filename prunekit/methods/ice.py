@@ -128,6 +128,12 @@ class Ice(Method):
                               f"method.lr={min(values['lr'])}: the pruning-aware LR falls to "
                               "lr - delta")
 
+    def reach(self, ctx: Context) -> None:
+        ctx.prune_groups(ctx.blockwise_groups(), ctx.block_ratio())
+
+    def max_removed(self, pruner) -> float:
+        return pruner.max_removed([g for _, gs in pruner.steps_in_order() for g in gs])
+
     def run(self, ctx: Context) -> None:
         c = self.cfg
         knobs = IceKnobs.from_cfg(c)

@@ -98,9 +98,10 @@ def freeze_candidates(model: nn.Module) -> List[str]:
 
 # --------------------------------------------------------------------------- the pipeline
 def prune_block(ctx: Context, groups: Sequence[ChannelGroup]) -> int:
-    """Remove ceil(sparsity · C) filters of each of the block's groups by the criterion (a
-    data-driven one reads the model on `criterion_batches` training batches first)."""
-    return ctx.prune_groups(groups, ctx.target)
+    """Remove ceil(ratio · C) filters of each of the block's groups by the criterion (a
+    data-driven one reads the model on `criterion_batches` training batches first); the ratio is
+    `sparsity`, or the one that meets a cost target (Context.block_ratio)."""
+    return ctx.prune_groups(groups, ctx.block_ratio())
 
 
 def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
@@ -162,6 +163,6 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
 
         val = prune_and_finetune(
             ctx, k, lambda: prune_block(ctx, groups),
-            plan, fit=fit, block=block, target=ctx.target)
+            plan, fit=fit, block=block, target=ctx.block_ratio())
     ctx.unfreeze()
     return val

@@ -49,13 +49,24 @@ class Iterative(Method):
             raise ConfigError("method.schedule=blockwise prunes filters block by block: "
                               "set method.granularity=filter")
 
+    def reach(self, ctx: Context) -> None:
+        if self.cfg.schedule == "blockwise":
+            ctx.prune_groups(ctx.blockwise_groups(), ctx.block_ratio())
+        else:
+            super().reach(ctx)
+
+    def max_removed(self, pruner) -> float:
+        if self.cfg.schedule == "blockwise":
+            return pruner.max_removed([g for _, gs in pruner.steps_in_order() for g in gs])
+        return super().max_removed(pruner)
+
     def run(self, ctx: Context) -> None:
         c = self.cfg
         plan = fixed_plan(c.finetune_epochs, c.lr)
         if c.schedule == "blockwise":
             for k, block, groups in blockwise_steps(ctx):
-                prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.target), plan,
-                                   block=block, target=ctx.target)
+                prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.block_ratio()),
+                                   plan, block=block, target=ctx.block_ratio())
             return
         for k, target in enumerate(iterative_targets(ctx.target, c.steps, c.schedule), 1):
             prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, target=target)

@@ -182,10 +182,7 @@ class Pruner:
     def _prune_units(self, target: float) -> None:
         g, crit, cost = self.spec.granularity, self.criterion, self.cost
         names = self.unit_layers(g)
-        forced = {}
-        for n in names:
-            mask = self.masks.get(f"{n}.weight")
-            forced[n] = pruned_units(mask, g) if mask is not None else None
+        forced = self._forced_units(names)
         if self.spec.scope == "layerwise":
             ratio = target if cost.kind == "sparsity" else self._layerwise_ratio(names, forced,
                                                                                  target)
@@ -210,12 +207,19 @@ class Pruner:
             f = forced[n]
             forced_all.append(f.cpu() if f is not None else torch.zeros(len(s), dtype=torch.bool))
         scores_t, forced_t, sizes_t = torch.cat(scores), torch.cat(forced_all), torch.cat(sizes)
+        owner_t = torch.cat(owners)
         n_forced = int(forced_t.sum())
         if g == "unstructured" and cost.kind == "sparsity":  # one weight per unit: exact count
             total = float(sum(self.dense_numel[n] for n in names))
             chosen = lowest(scores_t, max(n_forced, int(round(target * total))), forced_t)
         else:
             order = ranking(scores_t, forced_t)
+            if g != "unstructured":  # never empty a layer: compaction would leave it no width
+                last = torch.cat([torch.nonzero(owner_t[order] == li).flatten()[-1:]
+                                  for li in range(len(names))])
+                keep_last = torch.ones(len(order), dtype=torch.bool)
+                keep_last[last] = False
+                order = order[keep_last]
             cum = torch.cumsum(sizes_t[order], 0)
             # the forced units come first and are already zero: the cost now holds none of them
             start = cost.total(self.model) + float(sizes_t[forced_t].sum())
@@ -228,11 +232,27 @@ class Pruner:
             chosen = order[:k]
         pruned = torch.zeros(len(scores_t), dtype=torch.bool)
         pruned[chosen] = True
-        owner = torch.cat(owners)
         for li, n in enumerate(names):
             w = self.weight(n)
-            keep = ~pruned[owner == li]
+            keep = ~pruned[owner_t == li]
             self.masks.set(f"{n}.weight", expand_units(keep.to(w.device), w.shape, g))
+
+    def unit_ratio(self, target: float) -> float:
+        """The fraction of every layer's units the layerwise rule removes for `target`: the
+        target itself when it counts weights, else the ratio that meets its cost (ADMM's and
+        SLR's per-layer constraint rate)."""
+        if self.cost.kind == "sparsity":
+            return target
+        names = self.unit_layers(self.spec.granularity)
+        return self._layerwise_ratio(names, self._forced_units(names), target)
+
+    def _forced_units(self, names: Sequence[str]) -> Dict[str, Optional[torch.Tensor]]:
+        """Per layer, its units an earlier step removed (None: no mask yet)."""
+        forced = {}
+        for n in names:
+            mask = self.masks.get(f"{n}.weight")
+            forced[n] = pruned_units(mask, self.spec.granularity) if mask is not None else None
+        return forced
 
     def _layerwise_ratio(self, names: Sequence[str], forced: Dict[str, Optional[torch.Tensor]],
                          target: float) -> float:

@@ -1,0 +1,150 @@
+"""The run's target as a method reaches it (README "Targets"): its removed fraction, the reach check
+before any training, the latency solve, and what the summary says was achieved.
+
+A latency target (`target.kind=latency`, a speedup factor F at `target.batch_size`) is turned into
+a FLOPs target by measurement, once, before the method runs: a copy of the model is pruned with
+the method's own allocation rule (`Method.reach`) to a FLOPs fraction c, compacted, and measured
+side by side with the dense model under the hardware's latency protocol. The first c is the
+FLOPs reduction F itself; below F the next is the largest c the method can reach (a target it
+cannot meet there is refused in one line); then the bracket [c below F, c above F] shrinks by
+interpolating log speedup, until a measurement lands within `target.tolerance` of F or
+`target.max_measurements` are spent (then the smallest c measured at or above F is taken). The
+method then runs toward that FLOPs fraction; the final measurement reports the speedup achieved.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from prunekit import distributed
+from prunekit.errors import ConfigError
+from prunekit.hardware import measure_latencies
+from prunekit.methods.context import Context, build_pruner
+from prunekit.sparsity.cost import as_factor, removed_fraction
+
+if TYPE_CHECKING:
+    from prunekit.methods.base import Method
+
+log = logging.getLogger(__name__)
+
+
+def target_fraction(cfg: DictConfig) -> float:
+    """The removed fraction a run aims at: `sparsity`, or 1 − 1/F of a factor (a latency target's
+    until its solve has found the FLOPs fraction that meets it)."""
+    t = cfg.target
+    return cfg.sparsity if t.kind == "sparsity" else removed_fraction(t.kind, t.value)
+
+
+def latency_batch_size(cfg: DictConfig) -> int:
+    return int(cfg.target.batch_size or cfg.hardware.latency.batch_sizes[0])
+
+
+def check_reach(cfg: DictConfig, unit: "Method", model: nn.Module, example) -> None:
+    """Refuse, before any training, a counted target (flops, params) this method cannot reach on
+    this model: counts do not depend on the weights, so the untrained model answers."""
+    kind = cfg.target.kind
+    if kind not in ("flops", "params") or not unit.prunes:
+        return
+    most = unit.max_removed(build_pruner(cfg, model, example))
+    if most < target_fraction(cfg) - 1e-9:
+        raise ConfigError(f"target.value={cfg.target.value} is out of reach: method="
+                          f"{cfg.method.name} can shrink the {kind} of model={cfg.model.name} "
+                          f"at most {as_factor(most):.3g}×")
+
+
+def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
+    """The FLOPs fraction whose pruned model measures the speedup `target.value` (module
+    docstring); rank 0 measures, every rank gets its answer. Returns the summary keys."""
+    if not distributed.current().main:
+        return distributed.from_main(None)
+    cfg, t = ctx.cfg, ctx.cfg.target
+    lat, bs, goal = cfg.hardware.latency, latency_batch_size(cfg), float(t.value)
+    shape = tuple(ctx.check_input.shape[1:])
+    most = unit.max_removed(ctx.pruner)
+    tried: List[Dict[str, float]] = []
+
+    def measure(c: float) -> float:
+        fork = ctx.fork(quiet=True)
+        fork.target = c
+        unit.reach(fork)
+        fork.compact()
+        dense, pruned = measure_latencies([ctx.dense_model, fork.model], shape, ctx.hw,
+                                          batch_sizes=[bs], warmup=lat.warmup,
+                                          repeats=lat.repeats, max_seconds=lat.max_seconds)
+        speedup = dense[bs]["median_ms"] / pruned[bs]["median_ms"]
+        spread = max(dense[bs]["spread"], pruned[bs]["spread"])
+        flops = as_factor(fork.pruner.cost.removed(fork.model))
+        tried.append({"removed": c, "speedup": speedup, "spread": spread, "flops": flops})
+        log.info("latency target %.3g× at batch %d: FLOPs %.3g× measures %.3f× (p95/median "
+                 "%.2f)", goal, bs, flops, speedup, spread)
+        return speedup
+
+    below: Optional[Dict[str, float]] = None
+    above: Optional[Dict[str, float]] = None
+    chosen: Optional[Dict[str, float]] = None
+    c = min(removed_fraction("flops", goal), most)
+    with ctx.clock.phase("search"):
+        while len(tried) < t.max_measurements:
+            s = measure(c)
+            point = tried[-1]
+            if abs(s / goal - 1.0) <= t.tolerance:
+                chosen = point
+                break
+            if s < goal:
+                if c >= most - 1e-9:
+                    raise ConfigError(
+                        f"target.value={goal:g} is out of reach: the most method="
+                        f"{cfg.method.name} can prune measures {s:.3g}× at batch {bs} on "
+                        f"{ctx.hw.device.type} (FLOPs {point['flops']:.3g}×)")
+                below = point
+            else:
+                above = point
+            if above is None:
+                c = most if len(tried) == 1 else 0.5 * (below["removed"] + most)
+            else:
+                lo = below["removed"] if below else 0.0
+                lo_s = below["speedup"] if below else 1.0
+                hi, hi_s = above["removed"], above["speedup"]
+                share = ((math.log(goal) - math.log(lo_s)) /
+                         max(math.log(hi_s) - math.log(lo_s), 1e-12))
+                c = lo + (hi - lo) * min(max(share, 0.1), 0.9)  # the bracket always shrinks
+    if chosen is None:
+        chosen = above if above is not None else tried[-1]
+        log.warning("latency target %.3g×: no measurement within %.0f%% after %d; taking FLOPs "
+                    "%.3g× (measured %.3f×)", goal, 100 * t.tolerance, len(tried),
+                    chosen["flops"], chosen["speedup"])
+    return distributed.from_main({
+        "removed": chosen["removed"], "latency_solve_measurements": len(tried),
+        "latency_solve_speedup": chosen["speedup"], "latency_solve_spread": chosen["spread"],
+        "latency_solve_flops": chosen["flops"]})
+
+
+def aim(ctx: Context, unit: "Method") -> None:
+    """Before the method runs: a latency target becomes the FLOPs fraction that meets it
+    (solved once, journaled: a resumed run reads it back)."""
+    if ctx.cfg.target.kind != "latency" or not unit.prunes:
+        return
+    solved = ctx.once(lambda: solve_latency(ctx, unit))
+    ctx.target = solved.pop("removed")
+    ctx.tally.report(**solved)
+
+
+def achieved(cfg: DictConfig, numbers: dict, prunes: bool = True) -> dict:
+    """The summary's target keys: the target, what was achieved in every kind, and the relative
+    error of the achieved value of the target's kind (achieved / target − 1; none for a method
+    that does not prune)."""
+    t = cfg.target
+    value = cfg.sparsity if t.kind == "sparsity" else float(t.value)
+    bs = latency_batch_size(cfg)
+    got = {"sparsity": numbers.get("sparsity"), "flops": numbers.get("theoretical_speedup"),
+           "params": numbers.get("compression_ratio"),
+           "latency": numbers.get(f"measured_speedup_bs{bs}", numbers.get("measured_speedup"))}
+    reached = got[t.kind]
+    return {"target_kind": t.kind, "target_value": value,
+            **{f"achieved_{k}": v for k, v in got.items()}, "target_achieved": reached,
+            "target_error": None if reached is None or not value or not prunes
+            else reached / value - 1.0}
