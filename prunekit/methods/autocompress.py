@@ -22,6 +22,7 @@ from prunekit.errors import ConfigError
 from prunekit.methods.admm import AdmmSolverConfig, ProjectionMethod, admm_train, constraint_rows
 from prunekit.methods.autocompress_search import (
     Action,
+    Measure,
     SearchUnit,
     Trial,
     anneal,
@@ -32,7 +33,13 @@ from prunekit.methods.autocompress_search import (
 from prunekit.methods.base import register
 from prunekit.methods.context import Context
 from prunekit.metrics import count_params
-from prunekit.sparsity.projection import FilterConstraint, LayerConstraint, hard_prune
+from prunekit.sparsity.cost import as_factor
+from prunekit.sparsity.projection import (
+    FilterConstraint,
+    LayerConstraint,
+    hard_prune,
+    zero_count,
+)
 from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,36 @@ def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List
     return out
 
 
+def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
+    """Under a counted target (flops, params): the exact removed fraction of its cost an action
+    leaves. A filter unit loses the channels its constraint would zero (the count does not
+    depend on which); a column unit's layers keep at most (1 - rate) of their dense weights.
+    None under target.kind=sparsity: the search counts weights (its nominal sparsity)."""
+    if pruner.cost.kind == "sparsity":
+        return None
+    removed = pruner.plan_cost()
+    index = {g.root: gi for gi, g in enumerate(pruner.groups.groups)}
+    alive = {}  # filter-capable unit -> non-zero weights of each of its channels
+    for u in units:
+        if "filter" in u.schemes:
+            group = pruner.groups.groups[index[u.name]]
+            weights = {n: pruner.weight(n) for n in u.layers}
+            alive[u.name] = group.per_channel(weights, lambda rows: rows.ne(0).sum(1)).long()
+
+    def measure(rates: Sequence[float], schemes: Sequence[str]) -> float:
+        removal, caps = {}, {}
+        for u, rate, scheme in zip(units, rates, schemes):
+            if scheme == "filter":
+                a = alive[u.name]
+                n = zero_count(a.double(), a, u.size, rate)
+                removal[index[u.name]] = torch.argsort(a, stable=True)[:n]  # the dead first
+            else:
+                caps.update({n: (1.0 - rate) * pruner.dense_numel[n] for n in u.layers})
+        return removed(removal, caps)
+
+    return measure
+
+
 @contextlib.contextmanager
 def undone(pruner):
     """Whatever is masked inside is undone on exit: the masks and every parameter come back."""
@@ -129,9 +166,10 @@ def undone(pruner):
                 p.copy_(s)
 
 
-def purify(ctx: Context, cfg: DictConfig, val_ref: float,
+def purify(ctx: Context, cfg: DictConfig, val_ref: float, most: Optional[float] = None,
            **row) -> Tuple[Purified, Optional[float]]:
-    """Exact removal of unread channels, then the largest threshold val accuracy allows."""
+    """Exact removal of unread channels, then the largest threshold val accuracy allows (and,
+    under a counted target, that leaves at most `most` of its cost removed)."""
     pruner = ctx.pruner
     with ctx.clock.phase("prune"):
         done = Purified(mask_unread(pruner), 0)
@@ -140,10 +178,11 @@ def purify(ctx: Context, cfg: DictConfig, val_ref: float,
         with undone(pruner):
             with ctx.clock.phase("prune"):
                 got = mask_near_zero(pruner, tau)
+                over = most is not None and pruner.cost.removed(ctx.model) > most + 1e-12
             val = ctx.validate()
-        ok = val >= val_ref - cfg.tolerance
+        ok = val >= val_ref - cfg.tolerance and not over
         ctx.record_step(event="purify", **row, threshold=tau, channels=got.channels,
-                        columns=got.columns, val_top1=val, accepted=ok)
+                        columns=got.columns, val_top1=val, past_target=over, accepted=ok)
         if not ok:
             break
         chosen = tau
@@ -165,9 +204,11 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
             hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
             return search.evaluate(ctx.model, "val").top1
 
+    measure = action_measure(ctx.pruner, units)
+
     def propose(action: Action, heat: float) -> Action:
         return neighbour(action, units, target, s.max_rate, outside, total,
-                         s.perturbation * heat, s.scheme_flip * heat, rng)
+                         s.perturbation * heat, s.scheme_flip * heat, rng, measure)
 
     def on_trial(t: Trial) -> None:
         ctx.record_step(event="trial", round=i, trial=t.number, temperature=t.temperature,
@@ -177,7 +218,7 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
                         action=t.action.describe(units))
 
     with ctx.clock.phase("search"):
-        start = initial_action(units, target, s.max_rate, outside, total)
+        start = initial_action(units, target, s.max_rate, outside, total, measure)
         return anneal(quick_evaluation, start, propose, temperature=s.temperature,
                       final_temperature=s.final_temperature, cooling=s.cooling,
                       evaluations=s.evaluations, rng=rng, on_trial=on_trial)
@@ -267,7 +308,10 @@ class Autocompress(ProjectionMethod):
         with ctx.clock.phase("prune"):
             hard_prune(constraints, ctx.pruner)
         val_hard = ctx.validate()
-        got, tau = (purify(ctx, c.purify, val_hard, round=i) if c.purify.enabled
+        most = None  # under a counted target, purification may pass it by the tolerance only
+        if ctx.cfg.target.kind != "sparsity":
+            most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
+        got, tau = (purify(ctx, c.purify, val_hard, most, round=i) if c.purify.enabled
                     else (Purified(), None))
         ctx.compact()
         val_purified = ctx.validate()

@@ -9,6 +9,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
+# (rates, schemes) -> the fraction of the target's cost an action removes (default: its nominal
+# sparsity); a cost target (target.kind=flops|params) counts it exactly
+Measure = Callable[[Sequence[float], Sequence[str]], float]
+
 
 @dataclass(frozen=True)
 class SearchUnit:
@@ -37,9 +41,10 @@ def nominal_sparsity(rates: Sequence[float], units: Sequence[SearchUnit], outsid
 
 
 def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: float,
-                  max_rate: float, outside: float = 0.0,
-                  total: Optional[float] = None) -> List[float]:
-    """Rates from `base` under the experience rule, scaled so the nominal sparsity is `target`."""
+                  max_rate: float, outside: float = 0.0, total: Optional[float] = None,
+                  schemes: Sequence[str] = (), measure: Optional[Measure] = None) -> List[float]:
+    """Rates from `base` under the experience rule, scaled so the action's `measure` (default:
+    the nominal sparsity) is `target`."""
     n = len(units)
     total = float(total if total is not None else sum(u.size for u in units))
     order = sorted(range(n), key=lambda i: (units[i].size, i))
@@ -58,6 +63,8 @@ def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: fl
         return out
 
     def f(scale: float) -> float:
+        if measure is not None:
+            return measure(rates_at(scale), schemes)
         return nominal_sparsity(rates_at(scale), units, outside, total)
 
     lo, hi = 0.0, max_rate / min(x for x in b if x > 0)
@@ -77,22 +84,25 @@ def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: fl
 
 
 def initial_action(units: Sequence[SearchUnit], target: float, max_rate: float, outside: float,
-                   total: float) -> Action:
+                   total: float, measure: Optional[Measure] = None) -> Action:
     """The uniform start: every unit at the same rate (as far as lower bounds allow), each with
     its preferred scheme."""
-    rates = fit_to_target([target] * len(units), units, target, max_rate, outside, total)
-    return Action(tuple(rates), tuple(u.schemes[0] for u in units))
+    schemes = tuple(u.schemes[0] for u in units)
+    rates = fit_to_target([target] * len(units), units, target, max_rate, outside, total,
+                          schemes, measure)
+    return Action(tuple(rates), schemes)
 
 
 def neighbour(action: Action, units: Sequence[SearchUnit], target: float, max_rate: float,
               outside: float, total: float, step: float, flip: float,
-              rng: random.Random) -> Action:
+              rng: random.Random, measure: Optional[Measure] = None) -> Action:
     """A random move of size `step` (rates) and `flip` (scheme probability), re-fitted to the
     target under the experience rule."""
     base = [r + rng.uniform(-step, step) for r in action.rates]
     schemes = tuple(rng.choice([s for s in u.schemes if s != cur]) if len(u.schemes) > 1
                     and rng.random() < flip else cur for u, cur in zip(units, action.schemes))
-    return Action(tuple(fit_to_target(base, units, target, max_rate, outside, total)), schemes)
+    return Action(tuple(fit_to_target(base, units, target, max_rate, outside, total, schemes,
+                                      measure)), schemes)
 
 
 @dataclass

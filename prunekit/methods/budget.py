@@ -7,7 +7,8 @@ the method's own allocation rule (`Method.reach`) to a FLOPs fraction c, compact
 side by side with the dense model under the hardware's latency protocol. The first c is the
 FLOPs reduction F itself; below F the next is the largest c the method can reach (a target it
 cannot meet there is refused in one line); then the bracket [c below F, c above F] shrinks by
-interpolating log speedup, until a measurement lands within `target.tolerance` of F or
+interpolating log speedup, until a measurement lands in [F, F · (1 + target.tolerance)] (at or
+above the target, so the final measurement's noise still leaves it there) or
 `target.max_measurements` are spent (then the smallest c measured at or above F is taken). The
 method then runs toward that FLOPs fraction; the final measurement reports the speedup achieved.
 """
@@ -91,7 +92,7 @@ def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
         while len(tried) < t.max_measurements:
             s = measure(c)
             point = tried[-1]
-            if abs(s / goal - 1.0) <= t.tolerance:
+            if goal <= s <= goal * (1.0 + t.tolerance):
                 chosen = point
                 break
             if s < goal:
@@ -109,12 +110,13 @@ def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
                 lo = below["removed"] if below else 0.0
                 lo_s = below["speedup"] if below else 1.0
                 hi, hi_s = above["removed"], above["speedup"]
-                share = ((math.log(goal) - math.log(lo_s)) /
+                aim_at = goal * (1.0 + 0.5 * t.tolerance)  # the middle of what is accepted
+                share = ((math.log(aim_at) - math.log(lo_s)) /
                          max(math.log(hi_s) - math.log(lo_s), 1e-12))
                 c = lo + (hi - lo) * min(max(share, 0.1), 0.9)  # the bracket always shrinks
     if chosen is None:
         chosen = above if above is not None else tried[-1]
-        log.warning("latency target %.3g×: no measurement within %.0f%% after %d; taking FLOPs "
+        log.warning("latency target %.3g×: no measurement within +%.0f%% after %d; taking FLOPs "
                     "%.3g× (measured %.3f×)", goal, 100 * t.tolerance, len(tried),
                     chosen["flops"], chosen["speedup"])
     return distributed.from_main({

@@ -96,9 +96,10 @@ class Cost:
         return 1.0 - self.total(model) / self.dense_total
 
     def module_cost(self, name: str, module: nn.Module, out_alive: int,
-                    in_alive: Optional[int]) -> float:
+                    in_alive: Optional[int], cap: Optional[float] = None) -> float:
         """What `module` costs with `out_alive` output rows (a norm's channels) and `in_alive`
-        input columns of its weight alive (None: a norm layer)."""
+        input columns of its weight alive (None: a norm layer), and at most `cap` weights left
+        (what a per-layer constraint leaves, e.g. column pruning)."""
         if in_alive is None:  # a norm layer: its affine parameters per channel
             if not self.counts_params:
                 return 0.0
@@ -107,7 +108,8 @@ class Cost:
             return out_alive * per_channel
         w = module.weight
         k = w[0, 0].numel()
-        cost = out_alive * in_alive * k * self.per_weight.get(name, 0.0)
+        weights = out_alive * in_alive * k
+        cost = (weights if cap is None else min(weights, cap)) * self.per_weight.get(name, 0.0)
         if self.counts_params and getattr(module, "bias", None) is not None:
             cost += out_alive
         return cost

@@ -312,23 +312,36 @@ class Pruner:
                 state[n] = (m2.any(2).any(1), m2.any(2).any(0))
         return state
 
-    def _plan_cost(self, base: Alive) -> Callable[[Dict[int, torch.Tensor]], float]:
+    def plan_cost(self) -> Callable[..., float]:
+        """`removed(removal, caps=None)`: the cost's removed fraction if, from the masks now, the
+        given channels (group index -> channel ids) went too, and each layer in `caps` kept at
+        most that many of its weights now (less the share of them the removal takes), which is
+        AutoCompress's count of an action: exact for filter or column units alone, the expected
+        count where a column unit reads channels a filter unit removes."""
+        return self._plan_cost(self._alive_state())
+
+    def _plan_cost(self, base: Alive) -> Callable[..., float]:
         """removal -> the cost's removed fraction if, from the alive rows and columns in `base`,
         the given channels (group index -> channel ids) went too. Exact for whole channels: what
         the modules in `base` do not hold (other layers, other FLOPs) is the model's cost now."""
         groups = self.groups.groups
         cost = self.cost
 
-        def modules_total(state: Alive) -> float:
+        def modules_total(state: Alive, caps: Dict[str, float]) -> float:
             total = 0.0
             for n, (o, i) in state.items():
-                total += cost.module_cost(n, self.model.get_submodule(n), int(o.sum()),
-                                          None if i is None else int(i.sum()))
+                o_n, i_n = int(o.sum()), None if i is None else int(i.sum())
+                cap = caps.get(n)
+                if cap is not None and i_n is not None:  # a cap counts the weights of `base`:
+                    # the rows and columns the removal takes shrink it alike (independence)
+                    cap *= o_n * i_n / max(int(base[n][0].sum()) * int(base[n][1].sum()), 1)
+                total += cost.module_cost(n, self.model.get_submodule(n), o_n, i_n, cap)
             return total
 
-        rest = cost.total(self.model) - modules_total(base)
+        rest = cost.total(self.model) - modules_total(base, {})
 
-        def removed(removal: Dict[int, torch.Tensor]) -> float:
+        def removed(removal: Dict[int, torch.Tensor],
+                    caps: Optional[Dict[str, float]] = None) -> float:
             state = {n: (o.clone(), None if i is None else i.clone())
                      for n, (o, i) in base.items()}
             for gi, chans in removal.items():
@@ -339,7 +352,7 @@ class Pruner:
                         continue
                     pos = m.take(chans.tolist())
                     state[m.module][0 if m.kind in ("out", "norm") else 1][pos] = False
-            return 1.0 - (rest + modules_total(state)) / cost.dense_total
+            return 1.0 - (rest + modules_total(state, caps or {})) / cost.dense_total
 
         return removed
 
