@@ -67,15 +67,20 @@ def summary_table(s: dict) -> Table:
     t.add_row("top-1 (test, %)", _fmt(s.get("top1_dense"), ".2f"), _fmt(s.get("top1"), ".2f"),
               _fmt(s.get("delta_top1"), "+.2f"))
     t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
+    kind = s.get("target_kind", "sparsity")
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
-              f"target {_fmt(s.get('target_sparsity'), '.4f')}")
+              f"target {_fmt(s.get('target_sparsity'), '.4f')}" if kind == "sparsity" else "")
+    if kind != "sparsity":
+        t.add_row(f"target: {kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
+                  f"target {_fmt(s.get('target_value'), 'g')}× "
+                  f"({_fmt(s.get('target_error'), '+.1%')})")
     t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
     t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
     t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
               _ratio(s.get("compression_ratio"), "smaller"))
     t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
               _ratio(s.get("theoretical_speedup"), "(theoretical)"))
-    kind = s.get("speedup_kind")
+    kind = s.get("speedup_kind")  # (the target's kind is shown above)
     batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
     for bs in batches or [s.get("latency_batch_size", 1)]:
         dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")

@@ -69,7 +69,8 @@ def effective_flops(model: nn.Module, example: torch.Tensor) -> Dict[str, float]
 def layer_rows(model: nn.Module, dense_shapes: Dict[str, tuple], dense_flops: Dict[str, float],
                flops: Dict[str, float], prunable: List[str]) -> List[dict]:
     """One row per conv/linear layer for layers.csv: dense vs now, size, density, FLOPs
-    (`dense_flops` and `flops` as `effective_flops` gives them)."""
+    (`dense_flops` and `flops` as `effective_flops` gives them), and the ratios kept of its output
+    channels and FLOPs: how a method spread its budget over the layers."""
     rows = []
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -90,5 +91,8 @@ def layer_rows(model: nn.Module, dense_shapes: Dict[str, tuple], dense_flops: Di
             "density": nonzero / dense_numel,
             "flops_dense": int(dense_flops.get(name, 0)),
             "flops": int(flops.get(name, 0)),
+            # what the allocation left of this layer: output channels, FLOPs (density: weights)
+            "channels_ratio": m.weight.shape[0] / dense_shapes[name][0],
+            "flops_ratio": flops.get(name, 0) / max(dense_flops.get(name, 0), 1),
         })
     return rows

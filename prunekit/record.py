@@ -71,6 +71,7 @@ def summary_identity(cfg: DictConfig) -> dict:
     """The keys a summary has even when the run fails before doing anything."""
     method = cfg.get("method") or {}
     unit = METHODS.get(method.get("name"))
+    target = cfg.get("target") or {}
     hparams = (OmegaConf.to_container(method, resolve=False)
                if isinstance(method, DictConfig) else {})
     return {
@@ -80,6 +81,9 @@ def summary_identity(cfg: DictConfig) -> dict:
         "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
         "granularity": method.get("granularity"),
         "target_sparsity": unit.target_sparsity(cfg) if unit else cfg.get("sparsity"),
+        "target_kind": target.get("kind", "sparsity"),
+        "target_value": (cfg.get("sparsity") if target.get("kind", "sparsity") == "sparsity"
+                         else target.get("value")),
         # the contract's "params dict" of hyperparameters: `params` itself is the parameter count
         "hparams": hparams, "error": None,
     }

@@ -1,7 +1,9 @@
 """prune-report: every run under some directories -> one comparison table, its files and plots.
 
 `prune-report DIR...` finds every summary.json under the given run or sweep directories and
-groups the finished runs by (dataset, model, method, target sparsity) (`--group-by`). Each metric
+groups the finished runs by (dataset, model, method, target) (`--group-by`; the target is
+`sparsity 0.5`, `flops 2×`, ...: runs at a matched FLOPs, params or latency target share a row
+group whatever their sparsity). Each metric
 is shown as its mean ± std, with n, over the seeds. The report goes into the first directory (or
 `--out`) as:
 
@@ -36,18 +38,20 @@ from prunekit.clock import PHASES
 from prunekit.config import METHODS
 from prunekit.console import CONSOLE
 from prunekit.files import atomic_write_text
+from prunekit.sparsity.cost import describe
 
 log = logging.getLogger(__name__)
 
 # the method whose pruning time the others are measured against (its unit declares it)
 REFERENCE = next(name for name, unit in METHODS.items() if unit.time_reference)
 RELATIVE_TIME = f"time_vs_{REFERENCE}"
-GROUP_BY = ["dataset", "model", "method", "target_sparsity"]
+GROUP_BY = ["dataset", "model", "method", "target"]
 # (summary key, column title, format); the default metrics of the table, in order
 METRICS = [
     ("top1", "top-1 %", ".2f"),
     ("delta_top1", "Δ top-1", "+.2f"),
     ("sparsity", "sparsity", ".3f"),
+    ("target_error", "target error", "+.2%"),
     ("params", "params", ",.0f"),
     ("params_nonzero", "non-zeros", ",.0f"),
     ("compression_ratio", "compression ×", ".2f"),
@@ -78,18 +82,27 @@ def collect(dirs: Sequence[Path]) -> Tuple[pd.DataFrame, List[dict]]:
                 continue
             row = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
             row.setdefault("run_dir", str(path.parent))
+            row["target"] = target_label(row)
             (ok if s.get("status") == "ok" else failed).append(row)
     return pd.DataFrame(ok), failed
 
 
+def target_label(summary: dict) -> str:
+    """What a run aimed at, as the table groups it: `sparsity 0.5`, `flops 2×` (summaries written
+    before target.kind existed aimed at their target sparsity)."""
+    kind = summary.get("target_kind") or "sparsity"
+    value = summary.get("target_value", summary.get("target_sparsity"))
+    return describe(kind, value) if value is not None else kind
+
+
 def add_relative_time(runs: pd.DataFrame) -> pd.DataFrame:
     """time_vs_<reference>: each run's pruning time over the mean of the reference method's runs
-    (the standard pipeline) of its (dataset, model, target sparsity); absent where none ran."""
+    (the standard pipeline) of its (dataset, model, target); absent where none ran."""
     runs = runs.copy()
     runs[RELATIVE_TIME] = math.nan
     if runs.empty or "time_total_s" not in runs or not (runs["method"] == REFERENCE).any():
         return runs
-    keys = ["dataset", "model", "target_sparsity"]
+    keys = ["dataset", "model", "target"]
     base = runs[runs["method"] == REFERENCE].groupby(keys)["time_total_s"].mean()
     for i, r in runs.iterrows():
         b = base.get(tuple(r[k] for k in keys))
@@ -233,7 +246,7 @@ def write_plots(out: Path, runs: pd.DataFrame, agg: pd.DataFrame) -> List[Path]:
         paths.append(_save(fig, out / "accuracy_vs_time.png"))
     phase_cols = [f"time_{p}_s" for p in PHASES if f"time_{p}_s" in runs]
     if phase_cols:
-        keys = [k for k in ("method", "target_sparsity") if k in runs]
+        keys = [k for k in ("method", "target") if k in runs]
         phases = runs[keys + phase_cols].copy()
         phases[phase_cols] = phases[phase_cols].apply(pd.to_numeric, errors="coerce")
         means = phases.groupby(keys)[phase_cols].mean()
@@ -263,8 +276,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-CONSOLE_COLUMNS = ("n", "top-1 %", "Δ top-1", "sparsity", "compression ×", "FLOPs ×", "measured ×",
-                   "pruning time s", "time / iterative")
+CONSOLE_COLUMNS = ("n", "top-1 %", "Δ top-1", "sparsity", "target error", "compression ×",
+                   "FLOPs ×", "measured ×", "pruning time s", "time / iterative")
 
 
 def console_table(table: pd.DataFrame, failed: List[dict]) -> Table:
@@ -277,8 +290,7 @@ def console_table(table: pd.DataFrame, failed: List[dict]) -> Table:
     cols = [c for c in table.columns if c not in same and (c not in METRIC_TITLES or (
         c in CONSOLE_COLUMNS and (table[c] != "–").any()))]
     for col in cols:
-        t.add_column({"target_sparsity": "target"}.get(str(col), str(col)),
-                     justify="left" if col in GROUP_BY else "right")
+        t.add_column(str(col), justify="left" if col in GROUP_BY else "right")
     for _, r in table.iterrows():
         t.add_row(*[str(r[c]) for c in cols])
     t.caption = "report.md has every column" + (
