@@ -71,9 +71,11 @@ def summary_table(s: dict) -> Table:
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
               f"target {_fmt(s.get('target_sparsity'), '.4f')}" if kind == "sparsity" else "")
     if kind != "sparsity":
+        solve = s.get("latency_solve_measurements")
         t.add_row(f"target: {kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
                   f"target {_fmt(s.get('target_value'), 'g')}× "
-                  f"({_fmt(s.get('target_error'), '+.1%')})")
+                  f"({_fmt(s.get('target_error'), '+.1%')})"
+                  + (f", solved in {plural(solve, 'measurement')}" if solve else ""))
     t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
     t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
     t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),

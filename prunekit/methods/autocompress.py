@@ -251,6 +251,13 @@ class Autocompress(ProjectionMethod):
     channel_groups = True  # purification removes channels whatever the schemes
 
     @classmethod
+    def target_problem(cls, cfg) -> Optional[str]:
+        if cfg.target.kind == "latency":
+            return ("its search fits every action to a counted budget, which a measured latency "
+                    "is not: use target.kind=flops")
+        return super().target_problem(cfg)
+
+    @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
         cls.check_solver(cfg)
