@@ -110,6 +110,9 @@ EVERY_METHOD = [
     ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2",
              "method.use_threshold=false"], 2, "step 2 fine-tune"),  # lr and x from the model
     ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2"], 2, "fine-tune"),
+    ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2",
+             "method.use_threshold=false", "target.kind=flops", "target.value=1.5"], 2,
+     "step 2 fine-tune"),  # the block ratio solved for a FLOPs target, journaled
     ("admm", ["method.iterations=3", "method.retrain_epochs=2"], 2, "ADMM"),  # Z, U mid-ADMM
     ("admm", ["method.granularity=filter", "method.iterations=2", "method.retrain_epochs=2"], 3,
      "masked retraining"),  # compacted, then retrained
