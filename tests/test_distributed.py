@@ -70,6 +70,23 @@ def test_a_compacted_run_of_two_processes_loads_as_its_masked_form(tmp_path):
         summary["params_dense"]
 
 
+@pytest.mark.parametrize("value", [1.2, 1000])
+def test_a_latency_target_is_solved_by_rank_0_for_every_rank(value, tmp_path):
+    """Rank 0 measures; every rank prunes to its answer, or refuses with it (no rank waits)."""
+    r = torchrun(["-m", "prunekit.cli", "method=oneshot", "method.granularity=filter",
+                  "method.finetune_epochs=1", "model=resnet20", "dataset.subset=0.3",
+                  *LENET[1:], "hardware.latency.enabled=true", "target.kind=latency",
+                  f"target.value={value}", "target.max_measurements=3"], tmp_path)
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    if value > 100:
+        assert r.returncode != 0 and summary["status"] == "failed"
+        assert "out of reach" in summary["error"]  # (torchrun adds its own traceback)
+        assert f"prune-run: error: target.value={value} is out of reach" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert summary["status"] == "ok" and 1 <= summary["latency_solve_measurements"] <= 3
+
+
 def test_ranks_that_decide_apart_are_stopped(tmp_path):
     """check_agree: every rank fails, naming what differed."""
     script = tmp_path / "disagree.py"

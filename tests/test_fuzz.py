@@ -22,6 +22,8 @@ BAD_VALUES = st.one_of(
     st.tuples(st.just("pretrain.epochs"), st.integers(max_value=-1, min_value=-99).map(str)),
     st.tuples(st.just("hardware.latency.repeats"), st.sampled_from(["0", "-1", "many"])),
     st.tuples(st.just("method.granularity"), TEXT),
+    st.tuples(st.just("target.kind"), TEXT),
+    st.tuples(st.just("target.value"), st.sampled_from(["0.5", "-2", "1", "2", "fast"])),
     st.tuples(st.sampled_from(["method", "model", "dataset", "hardware"]),
               TEXT.map(lambda t: f"no{t}")),
     st.tuples(TEXT.map(lambda t: f"nosuch{t}"), st.just("1")),

@@ -59,9 +59,21 @@ def check_reach(cfg: DictConfig, unit: "Method", model: nn.Module, example) -> N
 
 def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     """The FLOPs fraction whose pruned model measures the speedup `target.value` (module
-    docstring); rank 0 measures, every rank gets its answer. Returns the summary keys."""
-    if not distributed.current().main:
-        return distributed.from_main(None)
+    docstring), and the summary keys; rank 0 measures, every rank gets its answer (or its
+    refusal)."""
+    answer = None
+    if distributed.current().main:
+        try:
+            answer = _solve_latency(ctx, unit)
+        except ConfigError as e:
+            answer = {"refused": str(e)}
+    answer = distributed.from_main(answer)
+    if "refused" in answer:
+        raise ConfigError(answer["refused"])
+    return answer
+
+
+def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     cfg, t = ctx.cfg, ctx.cfg.target
     lat, bs, goal = cfg.hardware.latency, latency_batch_size(cfg), float(t.value)
     shape = tuple(ctx.check_input.shape[1:])
@@ -119,10 +131,9 @@ def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
         log.warning("latency target %.3g×: no measurement within +%.0f%% after %d; taking FLOPs "
                     "%.3g× (measured %.3f×)", goal, 100 * t.tolerance, len(tried),
                     chosen["flops"], chosen["speedup"])
-    return distributed.from_main({
-        "removed": chosen["removed"], "latency_solve_measurements": len(tried),
-        "latency_solve_speedup": chosen["speedup"], "latency_solve_spread": chosen["spread"],
-        "latency_solve_flops": chosen["flops"]})
+    return {"removed": chosen["removed"], "latency_solve_measurements": len(tried),
+            "latency_solve_speedup": chosen["speedup"], "latency_solve_spread": chosen["spread"],
+            "latency_solve_flops": chosen["flops"]}
 
 
 def aim(ctx: Context, unit: "Method") -> None:
