@@ -254,7 +254,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                       target=target_fraction(cfg),
                       dense_val_top1=dense_val, check_input=data.example_input(32),
                       replay=Replay(journal, checkpointer), started=started,
-                      rebuild_pruner=lambda m: build_pruner(cfg, m, example))
+                      # (a resumed model may be compacted: the cost keeps the dense reference)
+                      rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
         ctx.replay.attach(ctx)
         method = unit(cfg.method)
         aim(ctx, method)

@@ -106,6 +106,9 @@ EVERY_METHOD = [
     ("iterative", ["method.steps=3", "method.finetune_epochs=2"], 2, "step 2 fine-tune"),
     ("iterative", ["method.granularity=filter", "method.schedule=blockwise",
                    "method.finetune_epochs=2"], 2, "step 2 fine-tune"),  # compacted per step
+    ("iterative", ["method.granularity=filter", "method.steps=3", "method.finetune_epochs=2",
+                   "target.kind=flops", "target.value=1.5"], 2,
+     "step 2 fine-tune"),  # each step re-solved on a compacted model against the dense FLOPs
     ("gradual", ["method.epochs=3", "method.frequency=2"], 6, "gradual"),  # mid-fit AGP updates
     ("ice", ["method.autotune.enabled=false", "method.finetune_epochs=2",
              "method.use_threshold=false"], 2, "step 2 fine-tune"),  # lr and x from the model
