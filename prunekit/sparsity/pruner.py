@@ -4,7 +4,8 @@ What a target means (say it in every table):
 
 - `unstructured`, `channel`, `column`: the fraction of the prunable weights zeroed. Layerwise scope
   removes round(s * units) units of every layer (exact per layer); global scope ranks the units of
-  all layers by their per-element score and removes the prefix whose weight count is closest to s.
+  all layers by their per-element score and removes the prefix whose weight count is closest to s
+  (channel and column never empty a layer: compaction would leave it no width).
 - `nm`: N of every M consecutive input-channel weights are kept; the sparsity is 1 - N/M.
 - With a `Cost` of another kind (`target.kind=flops|params`), a target is the removed fraction of
   that cost (`sparsity.cost`): the same allocation rule (a uniform ratio per layer or per group,
