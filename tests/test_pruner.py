@@ -254,3 +254,16 @@ def test_the_cifar_resnet_family_builds_prunes_and_compacts(depth):
     scale = float(m.eval()(x).detach().abs().max())
     assert diff < 1e-5 * max(scale, 10.0) and filters.channels_removed > 0, (diff, scale)
     assert sum(p.numel() for p in m.parameters()) < params
+
+
+@pytest.mark.parametrize("granularity", ["channel", "column"])
+def test_global_channel_and_column_pruning_never_empty_a_layer(granularity):
+    """At a high target one global ranking could take a whole layer; compaction would then
+    leave a conv with no width (it crashed on resnet18 at 0.8)."""
+    model = model_of("resnet20", size=16)
+    pruner = pruner_for(model, size=16, granularity=granularity, scope="global")
+    pruner.prune_to(0.95)
+    for n in pruner.unit_layers(granularity):
+        assert not bool(pruned_units(pruner.masks[f"{n}.weight"], granularity).all()), n
+    x = torch.randn(2, 3, 16, 16)
+    assert pruner.compact(check_input=x) < 1e-4
