@@ -70,7 +70,7 @@ def summary_table(s: dict) -> Table:
     kind = s.get("target_kind", "sparsity")
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
               f"target {_fmt(s.get('target_sparsity'), '.4f')}" if kind == "sparsity" else "")
-    if kind != "sparsity":
+    if kind != "sparsity" and s.get("speedup_kind") != "none":  # (a dense row aims at nothing)
         solve = s.get("latency_solve_measurements")
         t.add_row(f"target: {kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
                   f"target {_fmt(s.get('target_value'), 'g')}× "
