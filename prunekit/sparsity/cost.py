@@ -95,6 +95,10 @@ class Cost:
         """The fraction of the dense cost the model has shed."""
         return 1.0 - self.total(model) / self.dense_total
 
+    def counts(self, name: str, norm: bool = False) -> bool:
+        """Whether the layer `name` (a norm layer: `norm`) costs anything in this kind."""
+        return self.counts_params or (not norm and name in self.per_weight)
+
     def module_cost(self, name: str, module: nn.Module, out_alive: int,
                     in_alive: Optional[int], cap: Optional[float] = None) -> float:
         """What `module` costs with `out_alive` output rows (a norm's channels) and `in_alive`

@@ -285,17 +285,19 @@ class Pruner:
 
     # ------------------------------------------------------------------ filters (channel groups)
     def _alive_state(self) -> Alive:
-        """Per prunable layer and every module a channel group touches: which output rows and
-        input columns are still alive (a norm layer: its channels, and None)."""
+        """Per prunable layer and every module a channel group touches that the cost counts:
+        which output rows and input columns are still alive (a norm layer: its channels, and
+        None)."""
         norms = set()
         names = dict.fromkeys(self.layer_names)
         for group in self.groups.groups if self.groups is not None else []:
             for m in group.members:
                 if m.kind == "norm":
-                    if getattr(self.model.get_submodule(m.module), "weight", None) is not None:
+                    if getattr(self.model.get_submodule(m.module), "weight", None) is not None \
+                            and self.cost.counts(m.module, norm=True):
                         norms.add(m.module)
                         names.setdefault(m.module)
-                else:
+                elif self.cost.counts(m.module):
                     names.setdefault(m.module)
         state: Alive = {}
         for n in names:
