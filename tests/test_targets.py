@@ -5,6 +5,7 @@ import csv
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from test_pruner import model_of
 
 import prunekit.methods.budget as budget
@@ -249,3 +250,27 @@ def test_a_report_groups_runs_by_their_matched_target(tmp_path):
     assert sorted(set(table["target"])) == ["flops 2×", "sparsity 0.5"]
     matched = table[table["target"] == "flops 2×"]
     assert list(matched["n"]) == [2, 2]  # both seeds in one row per method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121", "regnet_x_400mf",
+                                  "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
+                                  "vit_b_16", "swin_t"])
+def test_the_count_is_the_measured_one_on_every_family(arch):
+    """Grouped convs, concatenations, depthwise convs, channel LayerNorms, heads, untraced MLPs:
+    the solve's count is what the compacted model measures."""
+    from prunekit.config import ModelConfig
+    from prunekit.models import build_model
+
+    size = 224 if arch.startswith(("vit", "swin")) else 32
+    torch.manual_seed(0)
+    dense = build_model(OmegaConf.merge(OmegaConf.structured(ModelConfig(name="torchvision")),
+                                        {"arch": arch}), 10, size).eval()
+    for kind in ("flops", "params"):
+        model = copy.deepcopy(dense)
+        pruner, x = cost_pruner(model, kind, "filter", size=size)
+        pruner.prune_to(0.5)
+        predicted = as_factor(pruner.cost.removed(model))
+        assert pruner.compact(check_input=x) < 1e-4
+        assert measured(kind, dense, model, x) == pytest.approx(predicted, rel=5e-4)
+        assert predicted == pytest.approx(2.0, rel=0.02)
