@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop verdicts verdicts-full clean
+        bench-speedup bench-loop verdicts verdicts-full report-screenshot clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,14 @@ data:  ## Fashion-MNIST, the offline benchmark data: Debian's dataset-fashion-mn
 
 demo:  ## the default run: resnet18 on digits, gradual pruning to 50%, offline
 	$(BIN)/prune-run
+
+REPORT  ?= outputs/report.html
+SHOT    ?= docs/img/report.png
+report-screenshot:  ## a PNG of a report.html in headless Chromium (REPORT=..., SHOT=docs/img/report.png)
+	@command -v chromium >/dev/null || { echo "needs Debian's chromium (apt-get install chromium)"; exit 1; }
+	@mkdir -p $(dir $(SHOT))
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,1250 \
+		--virtual-time-budget=5000 --screenshot=$(abspath $(SHOT)) file://$(abspath $(REPORT))
 
 test:  ## lint, then the fast suite (what CI runs)
 	$(BIN)/ruff check prunekit tests scripts

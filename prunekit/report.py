@@ -38,6 +38,7 @@ from prunekit.clock import PHASES
 from prunekit.config import METHODS
 from prunekit.console import CONSOLE
 from prunekit.files import atomic_write_text
+from prunekit.html_report import config_text, page
 from prunekit.sparsity.cost import describe
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ METRICS = [
     (RELATIVE_TIME, f"time / {REFERENCE}", ".2f"),
 ]
 METRIC_TITLES = {title for _, title, _ in METRICS}
-FORMATS = ("md", "csv", "tex")
+FORMATS = ("md", "csv", "tex", "html")
+REPORT_NOTE = ("Accuracies are test top-1 in %; sparsity counts the prunable weights; FLOPs × is "
+               "theoretical; measured × is a real speedup (compacted or sparse kernels) at the "
+               "first latency batch size; pruning time excludes dense training.")
 
 
 # --------------------------------------------------------------------------- collecting
@@ -194,10 +198,7 @@ def write_report(out: Path, runs: pd.DataFrame, agg: pd.DataFrame, failed: List[
                  f"{n_runs} finished run(s) in {len(agg)} group(s) (mean ± std over seeds), "
                  f"{len(failed)} failed or interrupted.", ""]
         lines += [markdown(table) if not table.empty else "No finished runs.", ""]
-        lines += ["Accuracies are test top-1 in %; sparsity counts the prunable weights; "
-                  "FLOPs × is theoretical; measured × is a real speedup (compacted or sparse "
-                  "kernels) at the first latency batch size; pruning time excludes dense "
-                  "training.", ""]
+        lines += [REPORT_NOTE, ""]
         lines += ["## Failed and interrupted runs", ""]
         lines += failed_lines(failed) or ["None."]
         written.append(out / "report.md")
@@ -209,9 +210,31 @@ def write_report(out: Path, runs: pd.DataFrame, agg: pd.DataFrame, failed: List[
         written.append(out / "report.tex")
         tex = table.to_latex(index=False, escape=True) if not table.empty else "% no runs\n"
         atomic_write_text(written[-1], tex)
-    if plots and not runs.empty:
-        written += write_plots(out, runs, agg)
-    return written
+    images = write_plots(out, runs, agg) if plots and not runs.empty else []
+    if "html" in formats:
+        written.append(out / "report.html")
+        atomic_write_text(written[-1], html_page(runs, agg, table, failed, group_by, metrics,
+                                                 images))
+    return written + images
+
+
+def html_page(runs: pd.DataFrame, agg: pd.DataFrame, table: pd.DataFrame, failed: List[dict],
+              group_by: Sequence[str], metrics: Sequence[str], images: List[Path]) -> str:
+    """report.html (`html_report.page`): the table with every cell's mean to sort by, the plots,
+    the failed runs and each run's config."""
+    shown = [m for m in metrics if f"{m}_mean" in agg]
+    sort_values = [[r[k] for k in group_by] + [r["n"]] + [r[f"{m}_mean"] for m in shown]
+                   for _, r in agg.iterrows()]
+    cells = [[str(v) for v in row] for row in table.values] if not table.empty else []
+    run_list = []
+    for _, r in (runs.sort_values([k for k in ("method", "seed") if k in runs])
+                 if not runs.empty else runs).iterrows():
+        label = " · ".join(str(r.get(k)) for k in ("method", "model", "dataset", "target"))
+        run_list.append({"label": f"{label} · seed {r.get('seed')}", "run_dir": r["run_dir"],
+                         "config": config_text(Path(r["run_dir"]))})
+    return page(f"prunekit report: {len(runs)} finished run(s), {len(failed)} failed",
+                list(table.columns) if not table.empty else [], list(group_by), cells,
+                sort_values, images, failed, run_list, REPORT_NOTE)
 
 
 def write_plots(out: Path, runs: pd.DataFrame, agg: pd.DataFrame) -> List[Path]:
@@ -262,6 +285,39 @@ def write_plots(out: Path, runs: pd.DataFrame, agg: pd.DataFrame) -> List[Path]:
         ax.tick_params(axis="x", rotation=45)
         ax.legend()
         paths.append(_save(fig, out / "time_by_phase.png"))
+    return paths + layer_heatmaps(out, runs)
+
+
+def layer_heatmaps(out: Path, runs: pd.DataFrame) -> List[Path]:
+    """Per model: each method's per-layer sparsity (mean over its runs, from their layers.csv),
+    one row per method, one column per prunable layer: where each method spent its budget."""
+    import matplotlib.pyplot as plt
+
+    if "run_dir" not in runs or "model" not in runs:
+        return []
+    paths = []
+    for model, of_model in runs.groupby("model"):
+        rows: Dict[str, List[pd.Series]] = {}
+        for _, r in of_model.iterrows():
+            path = Path(r["run_dir"]) / "layers.csv"
+            if not path.is_file():
+                continue
+            layers = pd.read_csv(path)
+            layers = layers[layers["prunable"].astype(str) == "True"]
+            rows.setdefault(str(r["method"]), []).append(
+                (1.0 - layers.set_index("layer")["density"]).rename(str(r["method"])))
+        if not rows:
+            continue
+        matrix = pd.DataFrame({m: pd.concat(v, axis=1).mean(axis=1) for m, v in rows.items()}).T
+        fig, ax = plt.subplots(figsize=(max(6, 0.28 * matrix.shape[1] + 2),
+                                        1.0 + 0.45 * matrix.shape[0]))
+        im = ax.imshow(matrix.values, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_yticks(range(len(matrix.index)), labels=list(matrix.index))
+        ax.set_xticks(range(matrix.shape[1]), labels=list(matrix.columns), rotation=90,
+                      fontsize=6)
+        ax.set_title(f"per-layer sparsity, {model} (mean over runs)")
+        fig.colorbar(im, ax=ax, label="sparsity")
+        paths.append(_save(fig, out / f"layer_sparsity_{model}.png"))
     return paths
 
 

@@ -16,7 +16,7 @@ LAYERS = [
     ("errors", "files", "clock", "metrics", "state", "sparsity.masks", "sparsity.units",
      "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),
-    ("registry", "distributed"),
+    ("registry", "distributed", "html_report"),
     ("config", "console", "sparsity", "data", "hardware"),
     ("models", "record", "artifacts"),
     ("resume", "train"),
