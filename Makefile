@@ -33,7 +33,7 @@ SHOT    ?= docs/img/report.png
 report-screenshot:  ## a PNG of a report.html in headless Chromium (REPORT=..., SHOT=docs/img/report.png)
 	@command -v chromium >/dev/null || { echo "needs Debian's chromium (apt-get install chromium)"; exit 1; }
 	@mkdir -p $(dir $(SHOT))
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,1250 \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1760,1250 \
 		--virtual-time-budget=5000 --screenshot=$(abspath $(SHOT)) file://$(abspath $(REPORT))
 
 test:  ## lint, then the fast suite (what CI runs)

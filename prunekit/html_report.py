@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1700px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{border-bottom:1px solid #ddd;padding:4px 9px;text-align:right;white-space:nowrap}
