@@ -277,8 +277,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                    finetune_count=tally.finetune_count, finetune_epochs=tally.finetune_epochs,
                    compacted=tally.compacted,
                    compaction_max_abs_diff=tally.compaction_max_abs_diff,
-                   target_unit=unit.target_unit(cfg) if cfg.target.kind == "sparsity"
-                   else cfg.target.kind, scope=cfg.method.scope,
+                   target_unit=unit.target_unit(cfg), scope=cfg.method.scope,
                    criterion=cfg.method.criterion, prunable_layers=len(layers), **tally.results)
     recorder.layers([{**row, **tally.layer_info.get(row["layer"], {})} for row in rows])
     if distributed.current().main:

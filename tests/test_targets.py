@@ -77,7 +77,7 @@ def test_the_block_ratio_meets_a_flops_target_once_every_block_is_pruned():
     dense = model_of("resnet20", size=16)
     model = copy.deepcopy(dense)
     pruner, x = cost_pruner(model, "flops", "filter")
-    groups = [g for _, gs in pruner.steps_in_order() for g in gs]
+    groups = pruner.blockwise_groups()
     assert removed_fraction("flops", 1.6) < pruner.max_removed(groups) <= pruner.max_removed()
     ratio = pruner.block_ratio(groups, removed_fraction("flops", 1.6))
     for _, gs in pruner.steps_in_order():

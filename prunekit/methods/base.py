@@ -70,9 +70,15 @@ class Method:
 
     @classmethod
     def target_unit(cls, cfg: DictConfig) -> str:
-        """What `sparsity` counts for this configuration (summary key `target_unit`)."""
+        """What the target counts for this configuration (summary key `target_unit`): a cost
+        target's kind, or what `sparsity` counts (`sparsity_unit`)."""
         if not cls.prunes:
             return "none"
+        return cfg.target.kind if cfg.target.kind != "sparsity" else cls.sparsity_unit(cfg)
+
+    @classmethod
+    def sparsity_unit(cls, cfg: DictConfig) -> str:
+        """What `sparsity` counts for this configuration."""
         if cfg.method.granularity == "nm":
             return f"{cfg.method.nm[0]}:{cfg.method.nm[1]}"
         return "weights"

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -174,10 +174,6 @@ class Context:
     def unfreeze(self) -> None:
         self.frozen.unfreeze()
 
-    def blockwise_groups(self) -> List[ChannelGroup]:
-        """Every channel group block-wise pruning removes channels from, in network order."""
-        return [g for _, groups in self.pruner.steps_in_order() for g in groups]
-
     def block_ratio(self) -> float:
         """The channel ratio block-wise pruning (ICE, the blockwise baseline) removes from every
         block: the target itself under target.kind=sparsity (the ICE paper's pruning ratio);
@@ -187,7 +183,7 @@ class Context:
             return self.target
         if self.solved_block_ratio is None:
             self.solved_block_ratio = self.op(
-                lambda: self.pruner.block_ratio(self.blockwise_groups(), self.target))
+                lambda: self.pruner.block_ratio(self.pruner.blockwise_groups(), self.target))
         return self.solved_block_ratio
 
     # ------------------------------------------------------------------ journal, checkpoints

@@ -82,7 +82,7 @@ class Ice(Method):
         return tuple(CRITERIA)  # the activation criteria too: ICE scores channel groups
 
     @classmethod
-    def target_unit(cls, cfg) -> str:
+    def sparsity_unit(cls, cfg) -> str:
         return "channels per block"
 
     @classmethod
@@ -129,10 +129,10 @@ class Ice(Method):
                               "lr - delta")
 
     def reach(self, ctx: Context) -> None:
-        ctx.prune_groups(ctx.blockwise_groups(), ctx.block_ratio())
+        ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
 
     def max_removed(self, pruner) -> float:
-        return pruner.max_removed([g for _, gs in pruner.steps_in_order() for g in gs])
+        return pruner.max_removed(pruner.blockwise_groups())
 
     def run(self, ctx: Context) -> None:
         c = self.cfg

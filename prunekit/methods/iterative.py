@@ -35,10 +35,10 @@ class Iterative(Method):
     time_reference = True  # the report's time_vs_iterative: the pipeline others try to beat
 
     @classmethod
-    def target_unit(cls, cfg) -> str:
+    def sparsity_unit(cls, cfg) -> str:
         if cfg.method.schedule == "blockwise":
             return "channels per block"
-        return super().target_unit(cfg)
+        return super().sparsity_unit(cfg)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -51,13 +51,13 @@ class Iterative(Method):
 
     def reach(self, ctx: Context) -> None:
         if self.cfg.schedule == "blockwise":
-            ctx.prune_groups(ctx.blockwise_groups(), ctx.block_ratio())
+            ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
         else:
             super().reach(ctx)
 
     def max_removed(self, pruner) -> float:
         if self.cfg.schedule == "blockwise":
-            return pruner.max_removed([g for _, gs in pruner.steps_in_order() for g in gs])
+            return pruner.max_removed(pruner.blockwise_groups())
         return super().max_removed(pruner)
 
     def run(self, ctx: Context) -> None:

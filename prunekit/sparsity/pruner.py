@@ -443,6 +443,10 @@ class Pruner:
         want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
         return min(max(want, n_masked), g.size - 1)
 
+    def blockwise_groups(self) -> List[ChannelGroup]:
+        """Every channel group block-wise pruning removes channels from, in network order."""
+        return [g for _, groups in self.steps_in_order() for g in groups]
+
     def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float) -> int:
         """Remove ceil(ratio * dense channels) of each group (cumulative, at least one kept), the
         lowest-scoring first. Returns the number of channels masked now."""
