@@ -67,12 +67,13 @@ def summary_table(s: dict) -> Table:
     t.add_row("top-1 (test, %)", _fmt(s.get("top1_dense"), ".2f"), _fmt(s.get("top1"), ".2f"),
               _fmt(s.get("delta_top1"), "+.2f"))
     t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
-    kind = s.get("target_kind", "sparsity")
+    target_kind = s.get("target_kind", "sparsity")
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
-              f"target {_fmt(s.get('target_sparsity'), '.4f')}" if kind == "sparsity" else "")
-    if kind != "sparsity" and s.get("speedup_kind") != "none":  # (a dense row aims at nothing)
+              f"target {_fmt(s.get('target_sparsity'), '.4f')}" if target_kind == "sparsity"
+              else "")
+    if target_kind != "sparsity" and s.get("speedup_kind") != "none":  # a dense row aims at none
         solve = s.get("latency_solve_measurements")
-        t.add_row(f"target: {kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
+        t.add_row(f"target: {target_kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
                   f"target {_fmt(s.get('target_value'), 'g')}× "
                   f"({_fmt(s.get('target_error'), '+.1%')})"
                   + (f", solved in {plural(solve, 'measurement')}" if solve else ""))
@@ -82,7 +83,7 @@ def summary_table(s: dict) -> Table:
               _ratio(s.get("compression_ratio"), "smaller"))
     t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
               _ratio(s.get("theoretical_speedup"), "(theoretical)"))
-    kind = s.get("speedup_kind")  # (the target's kind is shown above)
+    kind = s.get("speedup_kind")
     batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
     for bs in batches or [s.get("latency_batch_size", 1)]:
         dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")

@@ -33,11 +33,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def target_value(cfg: DictConfig) -> float:
+    """What the run aims at in its kind's unit: `sparsity`, or the factor `target.value`."""
+    return float(cfg.sparsity if cfg.target.kind == "sparsity" else cfg.target.value)
+
+
 def target_fraction(cfg: DictConfig) -> float:
     """The removed fraction a run aims at: `sparsity`, or 1 − 1/F of a factor (a latency target's
     until its solve has found the FLOPs fraction that meets it)."""
-    t = cfg.target
-    return cfg.sparsity if t.kind == "sparsity" else removed_fraction(t.kind, t.value)
+    return removed_fraction(cfg.target.kind, target_value(cfg))
 
 
 def latency_batch_size(cfg: DictConfig) -> int:
@@ -151,7 +155,7 @@ def achieved(cfg: DictConfig, numbers: dict, prunes: bool = True) -> dict:
     error of the achieved value of the target's kind (achieved / target − 1; none for a method
     that does not prune)."""
     t = cfg.target
-    value = cfg.sparsity if t.kind == "sparsity" else float(t.value)
+    value = target_value(cfg)
     bs = latency_batch_size(cfg)
     got = {"sparsity": numbers.get("sparsity"), "flops": numbers.get("theoretical_speedup"),
            "params": numbers.get("compression_ratio"),

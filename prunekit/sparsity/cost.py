@@ -27,7 +27,6 @@ import torch.nn as nn
 
 from prunekit.metrics import count_params, layer_flops
 
-KINDS = ("sparsity", "flops", "params", "latency")
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -107,9 +106,8 @@ class Cost:
         if in_alive is None:  # a norm layer: its affine parameters per channel
             if not self.counts_params:
                 return 0.0
-            size = module.weight.shape[0] if getattr(module, "weight", None) is not None else 1
-            per_channel = sum(p.numel() for p in module.parameters(recurse=False)) / size
-            return out_alive * per_channel
+            per_channel = sum(p.numel() for p in module.parameters(recurse=False))
+            return out_alive * per_channel / module.weight.shape[0]
         w = module.weight
         k = w[0, 0].numel()
         weights = out_alive * in_alive * k
