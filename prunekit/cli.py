@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import List, Optional
 
 import hydra
@@ -28,7 +29,7 @@ from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
 
 FAILED: List[str] = []
-PUBLIC_GROUPS = ("model", "dataset", "method", "hardware", "experiment")
+PUBLIC_GROUPS = ("model", "dataset", "method", "hardware", "logger", "experiment")
 
 
 def group_options() -> str:
@@ -114,7 +115,7 @@ def task(cfg: DictConfig) -> None:
     from prunekit.runner import run
 
     try:
-        run(cfg, out_dir)
+        run(cfg, out_dir, names=tracking_names(cfg, out_dir))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (resume.Terminated)
         error_line(f"interrupted; partial results in {out_dir}")
         FAILED.append(out_dir)
@@ -131,6 +132,23 @@ def task(cfg: DictConfig) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         error_line(f"run failed: {type(e).__name__}: {first} (details: {out_dir}/prune-run.log)")
         FAILED.append(out_dir)
+
+
+def tracking_names(cfg: DictConfig, out_dir: str):
+    """The loggers' names for this job: in a sweep, the sweep directory is the experiment (and
+    holds the local stores), the job's overrides name its run; a single run is its own root."""
+    from hydra.types import RunMode
+
+    from prunekit.tracking import run_names
+
+    hc = HydraConfig.get()
+    overrides = [o.lstrip("+") for o in hc.overrides.task
+                 if not o.lstrip("+~").startswith(("logger", "hydra."))]
+    run = ",".join(overrides) or None
+    if hc.mode == RunMode.MULTIRUN:
+        return run_names(cfg, Path(out_dir), root=Path(hc.sweep.dir), run=run,
+                         experiment=str(hc.sweep.dir))
+    return run_names(cfg, Path(out_dir), run=run)
 
 
 def finished(out_dir: str) -> bool:

@@ -27,6 +27,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "constant")
 
 
+def flat_keys(d: dict, prefix: str = "") -> Dict[str, Any]:
+    """A nested dict as one level of dotted keys: {"a.b": 1}."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def schema_keys(schema) -> List[str]:
     """The keys of a config schema (a dataclass), in declaration order."""
     return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
@@ -155,6 +166,42 @@ class TargetConfig:
     max_measurements: int = 8  # latency: the most measurements one solve takes
 
 
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # the trackers of the `logger` group
+WANDB_MODES = ("offline", "online")
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    dir: Optional[str] = None  # None: tensorboard/ in the sweep directory (a run: its directory)
+
+
+@dataclass
+class MLflowLoggerConfig:
+    tracking_uri: Optional[str] = None  # None: sqlite:///<sweep or run directory>/mlflow.db
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "prunekit"
+    entity: Optional[str] = None  # the W&B team or user; None: the account's default
+    mode: str = "offline"  # offline: no account needed, `wandb sync` uploads later; online
+    dir: Optional[str] = None  # None: the sweep directory (a run: its directory)
+
+
+@dataclass
+class LoggerConfig:
+    """The experiment trackers a run reports to (prunekit.tracking, README "Loggers"): the
+    `logger` group's options each fill their own key, so `logger=[tensorboard,mlflow]` uses both."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    mlflow: Optional[MLflowLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    experiment: Optional[str] = None  # None: the sweep directory's path (a single run: prunekit)
+    run_name: Optional[str] = None  # None: the job's overrides, e.g. method=ice,seed=1
+    epoch_val: bool = True  # val top-1 after every training epoch (its time is not pruning time)
+    log_model: bool = False  # model.pt among the artefacts too
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -170,6 +217,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 METHODS: Registry = Registry("method")  # name -> method unit (prunekit.methods fills it)
@@ -267,6 +315,7 @@ def validate(cfg: DictConfig) -> None:
     check_dataset(cfg)
     check_model(cfg)
     check_target(cfg)
+    check_logger(cfg)
     METHODS.choose(cfg.method.name, "method.name").check(cfg)  # a method checks its own keys
     check_hardware(cfg)
 
@@ -294,6 +343,15 @@ def check_target(cfg: DictConfig) -> None:
     if t.kind == "latency" and not cfg.hardware.latency.enabled:
         raise ConfigError("target.kind=latency measures latency: set "
                           "hardware.latency.enabled=true")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    if cfg.logger.wandb is not None:
+        choice(cfg, "logger.wandb.mode", WANDB_MODES)
+    for key in ("experiment", "run_name"):
+        value = cfg.logger[key]
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"logger.{key} is empty: give a name, or null for the default")
 
 
 def check_training(cfg: DictConfig) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,7 +14,8 @@ from prunekit.files import write_csv, write_json
 
 class Recorder:
     """steps.csv row by row, plus layers.csv, summary.json and the method's own tables.
-    `out_dir=None` keeps the rows in memory only (side work such as tuning trials)."""
+    `out_dir=None` keeps the rows in memory only (side work such as tuning trials). Each of
+    `listeners` (e.g. the run's trackers) sees every row with its 1-based number."""
 
     def __init__(self, out_dir: Optional[Path]):
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -22,6 +23,7 @@ class Recorder:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.steps: List[dict] = []
         self._fields: List[str] = []
+        self.listeners: List[Callable[[dict, int], None]] = []
 
     @property
     def steps_path(self) -> Path:
@@ -30,6 +32,8 @@ class Recorder:
     def step(self, **row) -> None:
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
         self.steps.append(row)
+        for listener in self.listeners:
+            listener(row, len(self.steps))
         if self.out_dir is None:
             return
         new_fields = [k for k in row if k not in self._fields]
@@ -46,8 +50,12 @@ class Recorder:
             f.flush()
 
     def reset(self, rows: List[dict]) -> None:
-        """Continue from these rows (a resumed run): steps.csv is rewritten to hold just them."""
+        """Continue from these rows (a resumed run): steps.csv is rewritten to hold just them,
+        and the listeners see them again (a resumed run is a new tracker run)."""
         self.steps = list(rows)
+        for listener in self.listeners:
+            for number, row in enumerate(self.steps, 1):
+                listener(row, number)
         self._fields = []
         for row in self.steps:
             self._fields += [k for k in row if k not in self._fields]

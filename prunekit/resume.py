@@ -46,6 +46,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prunekit import distributed
+from prunekit.config import flat_keys
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
@@ -58,20 +59,12 @@ FORMAT = "prunekit-checkpoint/4"  # /2: fine-tune plans journaled; /3: ICE's tun
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """The resolved configuration a checkpoint belongs to (`resume` itself excluded)."""
+    """The resolved configuration a checkpoint belongs to (`resume` itself and the trackers a
+    run reports to excluded: neither changes what the run computes)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("resume", None)
-    return hashlib.sha256(repr(sorted(_flat(data).items())).encode()).hexdigest()[:16]
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    data.pop("logger", None)
+    return hashlib.sha256(repr(sorted(flat_keys(data).items())).encode()).hexdigest()[:16]
 
 
 class Journal:

@@ -31,7 +31,7 @@ from prunekit.artifacts import (
     save_model,
 )
 from prunekit.clock import PhaseClock
-from prunekit.config import validate
+from prunekit.config import LOGGERS, validate
 from prunekit.console import CONSOLE, print_summary
 from prunekit.data import Data, build_data
 from prunekit.errors import ConfigError
@@ -57,6 +57,7 @@ from prunekit.metrics import (
 from prunekit.models import build_model, load_weights, read_state_dict
 from prunekit.record import Recorder, summary_identity
 from prunekit.resume import STOP, Checkpointer, Journal, Replay, Terminated, config_hash
+from prunekit.tracking import EpochLog, RunNames, Tracking, run_names
 from prunekit.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,13 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
-                 user_state: Optional[Dict[str, torch.Tensor]]) -> dict:
+                 user_state: Optional[Dict[str, torch.Tensor]],
+                 epoch_log: Optional[EpochLog] = None) -> dict:
     """Fill `model` with the dense weights: the user's (`user_state`, read from
-    model.checkpoint), a cache hit, or training now. Dense training is timed as time_pretrain_s;
-    it is never pruning time; `dense_training_s` is what the training took, now or when cached.
-    Jobs running in parallel (joblib, SLURM) that need the same dense model wait for the one
-    training it."""
+    model.checkpoint), a cache hit, or training now. Dense training is timed as time_pretrain_s
+    (less what `epoch_log` spent reporting); it is never pruning time; `dense_training_s` is what
+    the training took, now or when cached. Jobs running in parallel (joblib, SLURM) that need the
+    same dense model wait for the one training it."""
     if user_state is not None:
         load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
@@ -115,7 +117,8 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
         trainer.hw.sync()
-        seconds = distributed.from_main(time.perf_counter() - started)
+        reporting = epoch_log.excluded if epoch_log is not None else 0.0
+        seconds = distributed.from_main(time.perf_counter() - started - reporting)
         if cfg.pretrain.cache and main:
             save_dense(path, model, key, {"time_pretrain_s": seconds})
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
@@ -209,7 +212,18 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     return out, rows
 
 
-def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) -> None:
+def epoch_log_for(cfg: DictConfig, tracking: Tracking, trainer: Trainer) -> Optional[EpochLog]:
+    """The per-epoch log of a run with loggers configured, on every rank (its evaluation is
+    collective; rank 0 alone holds the trackers), whether or not they started."""
+    if all(cfg.logger[name] is None for name in LOGGERS):
+        return None
+    evaluate = ((lambda m: trainer.evaluate(m, "val", cfg.train.val_max_batches).top1)
+                if cfg.logger.epoch_val else None)
+    return EpochLog(tracking, evaluate)
+
+
+def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
+             tracking: Tracking) -> None:
     # the user's weights are read first: a file that is no state dict fails before any data
     user_state = (read_state_dict(str(Path(cfg.model.checkpoint).expanduser()))
                   if cfg.model.checkpoint else None)
@@ -233,7 +247,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
     check_reach(cfg, unit(cfg.method), model, data.example_input(1))
 
     with Trainer(data, cfg.train, hw, progress=world.main) as trainer:
-        summary.update(obtain_dense(cfg, model, trainer, user_state))
+        trainer.epoch_end = epoch_log = epoch_log_for(cfg, tracking, trainer)
+        summary.update(obtain_dense(cfg, model, trainer, user_state, epoch_log))
         # Same RNG state after the dense model whether it was trained now or loaded, so a cached
         # run prunes exactly as an uncached one does.
         seed_everything(cfg.seed + 1, cfg.deterministic)
@@ -257,6 +272,10 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict) 
                       # (a resumed model may be compacted: the cost keeps the dense reference)
                       rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
         ctx.replay.attach(ctx)
+        if epoch_log is not None:  # the method's epochs: numbered over the run, not timed
+            epoch_log.series = "epoch"
+            epoch_log.first_index = lambda: ctx.tally.finetune_epochs
+            epoch_log.exclude = ctx.exclude_time
         method = unit(cfg.method)
         aim(ctx, method)
         method.run(ctx)
@@ -333,8 +352,9 @@ def sigterm_interrupts(graceful: bool):
         STOP["requested"] = False
 
 
-def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
+def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] = None) -> dict:
     """Run one configuration into `out_dir`; return the summary (also written to summary.json).
+    `names`: where and as what the loggers track it (default: a single run's, tracking.run_names).
 
     Raises what stopped the run (ConfigError for bad input) after writing `status: failed`."""
     out_dir = Path(out_dir)
@@ -345,13 +365,16 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
     summary = summary_identity(cfg)
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
+    tracking = Tracking()
     try:
         with sigterm_interrupts(graceful=bool(cfg.checkpoint.enabled)):
             validate(cfg)
             if main:
                 atomic_write_text(out_dir / "config_resolved.yaml",
                                   OmegaConf.to_yaml(cfg, resolve=True))
-            pipeline(cfg, out_dir, recorder, summary)
+                tracking = Tracking.start(cfg, names or run_names(cfg, out_dir))
+                recorder.listeners.append(tracking.step)
+            pipeline(cfg, out_dir, recorder, summary, tracking)
         summary["status"] = "ok"
     except Terminated:
         summary.update(status="interrupted", error="terminated (SIGTERM)")
@@ -364,7 +387,8 @@ def run(cfg: DictConfig, out_dir, show: bool = True) -> dict:
             e, ConfigError) else str(e))
         raise
     finally:
-        recorder.summary(summary)
+        recorder.summary(summary)  # first: the result is on disk whatever a tracker does
+        tracking.finish(summary, out_dir, bool(OmegaConf.select(cfg, "logger.log_model")))
         if show and main and summary["status"] == "ok":
             print_summary(summary)
             CONSOLE.print(f"results in {out_dir}")

@@ -92,6 +92,9 @@ class Trainer:
         self.hw = hw
         self.progress = make_progress(progress and train_cfg.progress)
         self.log_level = logging.INFO  # of the one line each fit() logs
+        # called after each epoch of every fit with (epoch, mean loss, model): a tracked run's
+        # per-epoch log (tracking.EpochLog); side work on copies (Context.fork) has none
+        self.epoch_end: Optional[Callable[[int, float, nn.Module], None]] = None
 
     def with_data(self, data: Data, log_level: int = logging.INFO) -> "Trainer":
         """The same trainer (settings, progress display) on other data, e.g. a tuning subset."""
@@ -185,6 +188,8 @@ class Trainer:
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
                 if hooks.after_epoch is not None:
                     hooks.after_epoch(epoch, last_loss)
+                if self.epoch_end is not None:
+                    self.epoch_end(epoch, last_loss, model)
                 if hooks.checkpoint is not None:
                     hooks.checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

@@ -19,7 +19,7 @@ LAYERS = [
     ("registry", "distributed", "html_report"),
     ("config", "console", "sparsity", "data", "hardware"),
     ("models", "record", "artifacts"),
-    ("resume", "train"),
+    ("resume", "train", "tracking"),
     ("methods",),
     ("runner", "export", "report"),
     ("cli", ""),  # "": the package's __init__

@@ -29,8 +29,9 @@ def test_default_run_on_tiny_settings(tmp_path):
 def test_help_lists_the_groups(tmp_path):
     r = run_cli(["--help"], cwd=tmp_path)
     assert r.returncode == 0
-    for group in ("model", "dataset", "method", "hardware", "experiment"):
+    for group in ("model", "dataset", "method", "hardware", "logger", "experiment"):
         assert f"\n{group}: " in r.stdout
+    assert "logger: mlflow, none, tensorboard, wandb" in r.stdout
     assert "method: " + ", ".join(sorted(METHODS)) in r.stdout  # every registered method
     for internal in ("schema/", "method_dataset", "model_dataset"):  # not for users to pick
         assert internal not in r.stdout

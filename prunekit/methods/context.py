@@ -166,6 +166,7 @@ class Context:
             recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), tally=Tally(),
             replay=Replay(), frozen=Freezer(model), stateful={})
         fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
+        fork.trainer.epoch_end = None  # side work is not the run's training curve
         return fork
 
     def freeze(self, modules: Sequence[str]) -> None:
