@@ -15,7 +15,8 @@ from prunekit.files import write_csv, write_json
 class Recorder:
     """steps.csv row by row, plus layers.csv, summary.json and the method's own tables.
     `out_dir=None` keeps the rows in memory only (side work such as tuning trials). Each of
-    `listeners` (e.g. the run's trackers) sees every row with its 1-based number."""
+    `listeners` (e.g. the run's trackers) sees every row with its 1-based number, and whether
+    it is a row a resumed run restored."""
 
     def __init__(self, out_dir: Optional[Path]):
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -23,7 +24,7 @@ class Recorder:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.steps: List[dict] = []
         self._fields: List[str] = []
-        self.listeners: List[Callable[[dict, int], None]] = []
+        self.listeners: List[Callable[[dict, int, bool], None]] = []
 
     @property
     def steps_path(self) -> Path:
@@ -33,7 +34,7 @@ class Recorder:
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
         self.steps.append(row)
         for listener in self.listeners:
-            listener(row, len(self.steps))
+            listener(row, len(self.steps), False)
         if self.out_dir is None:
             return
         new_fields = [k for k in row if k not in self._fields]
@@ -51,11 +52,11 @@ class Recorder:
 
     def reset(self, rows: List[dict]) -> None:
         """Continue from these rows (a resumed run): steps.csv is rewritten to hold just them,
-        and the listeners see them again (a resumed run is a new tracker run)."""
+        and the listeners see them again, as restored."""
         self.steps = list(rows)
         for listener in self.listeners:
             for number, row in enumerate(self.steps, 1):
-                listener(row, number)
+                listener(row, number, True)
         self._fields = []
         for row in self.steps:
             self._fields += [k for k in row if k not in self._fields]

@@ -57,6 +57,22 @@ def test_two_processes_make_one_run_close_to_one_process(method, tmp_path):
     assert summary["top1"] == pytest.approx(single["top1"], abs=5.0)
 
 
+def test_a_tracked_run_of_two_processes_is_tracked_once_with_every_epoch(tmp_path):
+    from test_tracking import scalars
+
+    r = torchrun(["-m", "prunekit.cli", "method=oneshot", "logger=tensorboard", *LENET],
+                 tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    [tracked] = (run_dir / "tensorboard").iterdir()  # rank 0 alone tracks
+    assert len(list(tracked.glob("events.*"))) == 2  # its run, and its hparams
+    series = scalars(tracked)
+    # each epoch's val top-1 is evaluated by both ranks together (a collective) and logged once
+    assert len(series["epoch/val_top1"]) == summary["finetune_epochs"] > 0
+    assert len(series["dense/val_top1"]) == make_cfg(LENET).pretrain.epochs
+
+
 def test_a_compacted_run_of_two_processes_loads_as_its_masked_form(tmp_path):
     r = torchrun(["-m", "prunekit.cli", "method=oneshot", "method.granularity=filter",
                   "method.finetune_epochs=1", "model=resnet20", "dataset.subset=0.3",

@@ -181,14 +181,17 @@ def test_a_failed_run_is_a_failed_mlflow_run_with_its_error(tmp_path):
     assert runs["status"][0] == "FAILED" and "training loss is" in runs["tags.error"][0]
 
 
-def test_wandb_offline_needs_no_account_and_holds_the_run(tmp_path, monkeypatch):
+def test_wandb_offline_needs_no_account_and_holds_the_run(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no login anywhere
     cfg = make_cfg(["method=oneshot", "logger=wandb", "logger.run_name=${method.name}-s${seed}",
                     "hardware.latency.enabled=false", *LENET])
-    summary = run(cfg, tmp_path / "run", show=False)
+    with caplog.at_level(logging.WARNING, logger="prunekit"):
+        summary = run(cfg, tmp_path / "run", show=False)
     assert summary["status"] == "ok"
-    [record] = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(records) == 1, caplog.text
+    record = records[0]
     data = record.read_bytes()  # W&B's own record file: the run, its series and its summary
     for text in (b"oneshot-s0", b"step/sparsity", b"epoch/val_top1", b"top1", b"summary.json"):
         assert text in data, text
@@ -197,11 +200,12 @@ def test_wandb_offline_needs_no_account_and_holds_the_run(tmp_path, monkeypatch)
 def test_recorder_listeners_see_every_row_and_a_resumed_runs_rows_again():
     seen = []
     recorder = Recorder(None)
-    recorder.listeners.append(lambda row, number: seen.append((number, row["step"])))
+    recorder.listeners.append(lambda row, number, restored: seen.append(
+        (number, row["step"], restored)))
     recorder.step(step=1, sparsity=0.1)
     recorder.step(step=2, sparsity=0.2)
-    recorder.reset([{"step": 1}, {"step": 2}])  # a resumed run: a new tracker run, all rows
-    assert seen == [(1, 1), (2, 2), (1, 1), (2, 2)]
+    recorder.reset([{"step": 1}, {"step": 2}])  # a resumed run: the rows it restored
+    assert seen == [(1, 1, False), (2, 2, False), (1, 1, True), (2, 2, True)]
 
 
 def test_the_logger_group_composes_alone_and_as_a_list():
@@ -247,3 +251,38 @@ def test_an_empty_tracking_is_a_no_op():
     tracking.step({"step": 1}, 1)
     tracking.finish({"status": "ok"}, Path("."), log_model=True)
     assert not tracking
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill"])
+def test_a_resumed_run_continues_its_tracker_runs(tmp_path, monkeypatch, how):
+    """An interrupted tracked run, resumed: MLflow holds one run (the same one, finished) and
+    TensorBoard one directory, each with every step and epoch of the uninterrupted run once."""
+    import mlflow
+    from test_resume import Killed, interrupt
+
+    args = ["method=iterative", "method.steps=3", "method.finetune_epochs=2",
+            "logger=[tensorboard,mlflow]", "checkpoint.min_interval_s=0",
+            "hardware.latency.enabled=false", *LENET]
+    reference = run(make_cfg(args), tmp_path / "reference", show=False)
+    with monkeypatch.context() as m:
+        interrupt(m, "step", how, 2, "")
+        with pytest.raises((KeyboardInterrupt, Killed)):
+            run(make_cfg(args), tmp_path / "run", show=False)
+    resumed = run(make_cfg([*args, "resume=true"]), tmp_path / "run", show=False)
+    assert resumed["status"] == "ok" and resumed["steps"] == reference["steps"] == 3
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    [only] = client.search_runs([client.get_experiment_by_name("prunekit").experiment_id])
+    assert only.info.status == "FINISHED"
+    for series, count in (("step/sparsity", 3), ("epoch/train_loss", 6)):
+        steps = sorted(m.step for m in client.get_metric_history(only.info.run_id, series))
+        # each step once; a kill loses what followed the last checkpoint, which is done again
+        assert sorted(set(steps)) == list(range(1, count + 1)), series
+        assert len(steps) == count or how == "kill", series
+        [tb] = (tmp_path / "run" / "tensorboard").iterdir()
+        tb_steps = sorted(s for s, _ in scalars(tb)[series])
+        assert sorted(set(tb_steps)) == list(range(1, count + 1)), series
+        assert len(tb_steps) == count or how == "kill", series
+    sparsity = dict(scalars(tb)["step/sparsity"])  # what was done again is the same
+    assert [sparsity[i] for i in (1, 2, 3)] == pytest.approx(
+        [float(r["sparsity"]) for r in steps_rows(tmp_path / "reference")], abs=1e-6)

@@ -5,7 +5,8 @@ every steps.csv row as it is written (series `step`); every training epoch's los
 (series `dense` while the dense model trains, `epoch` while the method runs); the summary's
 numbers when it ends; and its files (summary.json, steps.csv, layers.csv, the resolved config,
 model.pt with `logger.log_model`) as artefacts. One experiment per sweep, one run per job, named
-by the job's overrides.
+by the job's overrides. A resumed run continues its tracker runs (their ids are kept in the run
+directory's tracking.json): the steps it restored are not sent twice.
 
 A tracker never costs a run its result: one that cannot start (package missing, server down) is
 one warning line and the run goes on without it; one that fails later is one warning and is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import importlib
+import json
 import logging
 import math
 import pkgutil
@@ -29,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunekit.config import LOGGERS, flat_keys
 from prunekit.errors import first_line
+from prunekit.files import write_json
 from prunekit.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -85,10 +88,13 @@ def require(module: str, logger: str, extra: str):
 
 
 class Tracker(abc.ABC):
-    """One tracker's run. `__init__(settings, names)` starts it (an exception refuses it); the
-    log methods send to it; `close(status)` ends it. Values are finite floats."""
+    """One tracker's run. `__init__(settings, names, previous)` starts it (an exception refuses
+    it), continuing the run whose id is `previous` when it has one (a resumed run); the log
+    methods send to it; `close(status)` ends it. Values are finite floats."""
 
     name = ""
+    id: Optional[str] = None  # the tracker's id of its run, kept for a resume to continue it
+    continued = False  # whether it continues an interrupted run's (which has its steps so far)
 
     @abc.abstractmethod
     def log_config(self, params: Dict[str, str], text: str) -> None:
@@ -109,6 +115,17 @@ class Tracker(abc.ABC):
     @abc.abstractmethod
     def close(self, status: str) -> None:
         """End the tracker's run with the run's status (ok, failed, interrupted)."""
+
+
+IDS_FILE = "tracking.json"  # the trackers' run ids, in the run directory
+
+
+def read_ids(path: Path) -> Dict[str, str]:
+    try:
+        ids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in ids.items() if isinstance(v, str)} if isinstance(ids, dict) else {}
 
 
 def numbers(row: dict) -> Dict[str, float]:
@@ -134,29 +151,43 @@ class Tracking:
 
     @classmethod
     def start(cls, cfg: DictConfig, names: RunNames) -> "Tracking":
-        """Start every logger `cfg.logger` names; log the resolved config to each."""
+        """Start every logger `cfg.logger` names (with resume=true, continuing the tracker runs
+        the interrupted run started: their ids are in the run directory's tracking.json); log
+        the resolved config to each."""
+        ids_file = names.run_dir / IDS_FILE
+        previous = read_ids(ids_file) if cfg.resume else {}
         trackers = []
         for name in LOGGERS:
             settings = cfg.logger[name]
             if settings is None:
                 continue
             try:
-                trackers.append(TRACKERS[name](settings, names))
+                trackers.append(TRACKERS[name](settings, names, previous.get(name)))
             except Exception as e:  # missing package, unreachable server, refused credentials
                 log.warning("logger=%s cannot start (%s): the run goes on without it", name,
                             first_line(e, 200))
+        ids = {t.name: t.id for t in trackers if t.id is not None}
+        if ids:
+            write_json(ids_file, ids)
         tracking = cls(trackers)
         if tracking:
             log.info("logger    %s: run '%s' of experiment '%s'",
                      ", ".join(t.name for t in tracking.trackers), names.run, names.experiment)
+            # the experiment's settings: not how this process was started (resume, the loggers),
+            # which a resumed run may change in the tracker run it continues
             resolved = OmegaConf.to_container(cfg, resolve=True)
+            for key in ("resume", "logger"):
+                resolved.pop(key, None)
             params = {k: "null" if v is None else str(v) for k, v in flat_keys(resolved).items()}
             text = OmegaConf.to_yaml(cfg, resolve=True)
             tracking.each("config", lambda t: t.log_config(params, text))
         return tracking
 
     def each(self, what: str, call: Callable[[Tracker], None]) -> None:
-        for tracker in list(self.trackers):
+        self.each_of(list(self.trackers), what, call)
+
+    def each_of(self, trackers: List[Tracker], what: str, call: Callable[[Tracker], None]) -> None:
+        for tracker in trackers:
             try:
                 call(tracker)
             except Exception as e:
@@ -168,11 +199,14 @@ class Tracking:
                 except Exception:  # it is already broken: its close may fail too
                     pass
 
-    def step(self, row: dict, index: int) -> None:
-        """A steps.csv row (its 1-based row number is the x of the `step` series)."""
+    def step(self, row: dict, index: int, restored: bool = False) -> None:
+        """A steps.csv row (its 1-based row number is the x of the `step` series); `restored`:
+        a row a resumed run read back, sent only to trackers that do not have it yet."""
         values = numbers(row)
-        if values and self:
-            self.each("step", lambda t: t.log_scalars("step", values, index))
+        for tracker in list(self.trackers) if values else []:
+            if not (restored and tracker.continued):
+                self.each_of([tracker], "step",
+                             lambda t: t.log_scalars("step", values, index))
 
     def epoch(self, series: str, index: int, loss: float, val_top1: Optional[float]) -> None:
         values = numbers({"train_loss": loss, "val_top1": val_top1})

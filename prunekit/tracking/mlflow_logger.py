@@ -15,7 +15,7 @@ import socket
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from prunekit.artifacts import cache_lock
 from prunekit.tracking import TRACKERS, RunNames, Tracker, require
@@ -50,7 +50,7 @@ def batches(items: list, size: int):
 class MLflowTracker(Tracker):
     name = "mlflow"
 
-    def __init__(self, settings, names: RunNames):
+    def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
         require("mlflow", self.name, "mlflow")
         for noisy in ("mlflow", "alembic"):  # their INFO lines about creating tables
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -83,9 +83,23 @@ class MLflowTracker(Tracker):
                     experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=names.run,
-                                     tags={"prunekit.run_dir": str(names.run_dir)})
-        self.run_id = run.info.run_id
+        self.id = self.run_id = self.continued(previous, experiment_id) or self.client.create_run(
+            experiment_id, run_name=names.run,
+            tags={"prunekit.run_dir": str(names.run_dir)}).info.run_id
+
+    def continued(self, previous: Optional[str], experiment_id: str) -> Optional[str]:
+        """The interrupted run's id, running again, when that run is still in the experiment."""
+        if previous is None:
+            return None
+        try:
+            run = self.client.get_run(previous)
+        except Exception:  # deleted, or another store
+            return None
+        if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        self.client.update_run(previous, status="RUNNING")
+        self.continued = True
+        return previous
 
     def log_config(self, params: Dict[str, str], text: str) -> None:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH

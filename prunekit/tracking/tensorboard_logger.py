@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from prunekit.tracking import TRACKERS, RunNames, Tracker, require
 
@@ -25,13 +25,16 @@ def indented(text: str) -> str:
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
 
-    def __init__(self, settings, names: RunNames):
+    def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
+        """A resumed run writes on in the directory the interrupted one wrote (its id)."""
         require("tensorboard", self.name, "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         root = Path(settings.dir).expanduser() if settings.dir else names.root / "tensorboard"
         self.dir = root / names.slug
         self.writer = SummaryWriter(log_dir=str(self.dir), flush_secs=10)
+        self.id = str(self.dir)
+        self.continued = previous == self.id
         self.run = names.run
 
     def log_config(self, params: Dict[str, str], text: str) -> None:

@@ -4,7 +4,7 @@ needed, the runs are written under `<sweep directory>/wandb/` and `wandb sync` u
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set
 
 from prunekit.tracking import TRACKERS, RunNames, Tracker, require
 
@@ -13,7 +13,7 @@ from prunekit.tracking import TRACKERS, RunNames, Tracker, require
 class WandbTracker(Tracker):
     name = "wandb"
 
-    def __init__(self, settings, names: RunNames):
+    def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
         wandb = require("wandb", self.name, "wandb")
         root = Path(settings.dir).expanduser() if settings.dir else names.root
         root.mkdir(parents=True, exist_ok=True)
@@ -22,11 +22,14 @@ class WandbTracker(Tracker):
         self.run = wandb.init(project=settings.project, entity=settings.entity,
                               group=names.experiment, name=names.run, dir=str(root),
                               mode=settings.mode, reinit="create_new",
+                              id=previous, resume="allow" if previous else None,
                               config={"prunekit.run_dir": str(names.run_dir)},
                               settings=wandb.Settings(silent=True, console="off",
                                                       disable_git=True, save_code=False,
                                                       x_disable_stats=True))
         self.series: Set[str] = set()
+        self.id = self.run.id
+        self.continued = previous is not None and self.run.id == previous
 
     def log_config(self, params: Dict[str, str], text: str) -> None:
         self.run.config.update(params, allow_val_change=True)
