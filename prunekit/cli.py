@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from prunekit import distributed
-from prunekit.config import known_key, schema_keys, validate
+from prunekit.config import LOGGERS, known_key, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
 
@@ -180,9 +180,23 @@ def composition_error(ex: CompactHydraException) -> str:
     return next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
 
 
+def unchosen_logger_key(args: List[str]) -> Optional[str]:
+    """A `logger.<tracker>.<key>=` override of a tracker the `logger` choice leaves out (its
+    section is null, which OmegaConf cannot set a key in): the one line that says so."""
+    for arg in args:
+        key = arg.lstrip("+~").partition("=")[0]
+        group, _, rest = key.partition(".")
+        tracker = rest.partition(".")[0]
+        if group == "logger" and tracker in LOGGERS and "." in rest:
+            other = next(name for name in LOGGERS if name != tracker)
+            return (f"{key} is a setting of logger={tracker}, which is not chosen: add "
+                    f"logger={tracker} (or list it with others, 'logger=[{other},{tracker}]')")
+    return None
+
+
 def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
-    """Hydra's reporter, but composition errors (unknown option, wrong type, unknown key) end in
-    one line and exit 1, like every other bad input."""
+    """Hydra's reporter, but composition errors (unknown option, wrong type, unknown key, a key
+    of an unchosen logger) end in one line and exit 1, like every other bad input."""
     def composed():
         try:
             return func()
@@ -190,6 +204,12 @@ def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             error_line(composition_error(ex))
+            sys.exit(1)
+        except AssertionError:  # OmegaConf setting a key inside a null section
+            line = unchosen_logger_key(sys.argv[1:])
+            if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            error_line(line)
             sys.exit(1)
 
     return _report(composed)

@@ -229,6 +229,15 @@ def test_bad_logger_settings_fail_in_one_line(override, says):
     assert "\n" not in str(err.value)
 
 
+def test_a_setting_of_an_unchosen_logger_is_one_line(tmp_path):
+    r = run_cli(["logger.mlflow.tracking_uri=http://host:5000", *FAST], cwd=tmp_path,
+                timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "prune-run: error: logger.mlflow.tracking_uri is a setting of logger=mlflow, which is "
+        "not chosen: add logger=mlflow (or list it with others, 'logger=[tensorboard,mlflow]')")
+
+
 def test_loggers_do_not_change_what_a_checkpoint_belongs_to():
     assert config_hash(make_cfg([])) == config_hash(make_cfg(["logger=[tensorboard,mlflow]"]))
 

@@ -203,10 +203,9 @@ class Tracking:
         """A steps.csv row (its 1-based row number is the x of the `step` series); `restored`:
         a row a resumed run read back, sent only to trackers that do not have it yet."""
         values = numbers(row)
-        for tracker in list(self.trackers) if values else []:
-            if not (restored and tracker.continued):
-                self.each_of([tracker], "step",
-                             lambda t: t.log_scalars("step", values, index))
+        lacking = [t for t in self.trackers if not (restored and t.continued)]
+        if values and lacking:
+            self.each_of(lacking, "step", lambda t: t.log_scalars("step", values, index))
 
     def epoch(self, series: str, index: int, loss: float, val_top1: Optional[float]) -> None:
         values = numbers({"train_loss": loss, "val_top1": val_top1})
