@@ -141,7 +141,7 @@ def test_a_tracked_run_computes_and_times_what_an_untracked_one_does(tmp_path, m
     import prunekit.runner as runner
 
     base = ["method=oneshot", "method.finetune_epochs=3", "hardware.latency.enabled=false",
-            *LENET]
+            "pretrain.cache=false", *LENET]  # both train the dense model (2 epochs)
     plain = run(make_cfg(base), tmp_path / "plain", show=False)
 
     class SlowEpochLog(runner.EpochLog):  # the per-epoch evaluation only a tracked run does
@@ -157,11 +157,12 @@ def test_a_tracked_run_computes_and_times_what_an_untracked_one_does(tmp_path, m
         return [{k: v for k, v in r.items() if k != "time_s"} for r in steps_rows(run_dir)]
 
     assert untimed(tmp_path / "tracked") == untimed(tmp_path / "plain")
-    # 3 epochs x 1 s of reporting were spent, and none of it is pruning time
+    # 2 + 3 epochs x 1 s of reporting were spent, and none of it is dense training or pruning
+    assert tracked["time_pretrain_s"] < plain["time_pretrain_s"] + 1.0
     assert tracked["time_finetune_s"] < plain["time_finetune_s"] + 1.0
     assert tracked["time_total_s"] < plain["time_total_s"] + 1.0
     tb = scalars(next((tmp_path / "tracked" / "tensorboard").iterdir()))
-    assert len(tb["epoch/val_top1"]) == 3
+    assert len(tb["dense/val_top1"]) == 2 and len(tb["epoch/val_top1"]) == 3
 
 
 def test_a_failed_run_is_a_failed_mlflow_run_with_its_error(tmp_path):
@@ -195,6 +196,24 @@ def test_wandb_offline_needs_no_account_and_holds_the_run(tmp_path, monkeypatch,
     data = record.read_bytes()  # W&B's own record file: the run, its series and its summary
     for text in (b"oneshot-s0", b"step/sparsity", b"epoch/val_top1", b"top1", b"summary.json"):
         assert text in data, text
+
+
+def test_wandb_online_without_an_account_is_one_line_not_a_prompt(tmp_path, monkeypatch,
+                                                                   caplog):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    cfg = make_cfg(["method=oneshot", "logger=wandb", "logger.wandb.mode=online",
+                    "hardware.latency.enabled=false", *LENET])
+    with caplog.at_level(logging.WARNING, logger="prunekit"):
+        summary = run(cfg, tmp_path / "run", show=False)
+    assert summary["status"] == "ok"
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
+    assert said == ["logger=wandb cannot start (no W&B credentials: run `wandb login` or set "
+                    "WANDB_API_KEY (or keep logger.wandb.mode=offline)): the run goes on "
+                    "without it"]
 
 
 def test_recorder_listeners_see_every_row_and_a_resumed_runs_rows_again():

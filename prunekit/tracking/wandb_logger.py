@@ -9,6 +9,15 @@ from typing import Dict, List, Optional, Set
 from prunekit.tracking import TRACKERS, RunNames, Tracker, require
 
 
+def logged_in(wandb) -> bool:
+    """Whether W&B has credentials, found without asking (wandb.init would prompt for them in
+    a terminal, holding the run up)."""
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # a W&B too old to be asked that: its init asks or refuses by itself
+        return True
+
+
 @TRACKERS.register
 class WandbTracker(Tracker):
     name = "wandb"
@@ -18,6 +27,9 @@ class WandbTracker(Tracker):
         root = Path(settings.dir).expanduser() if settings.dir else names.root
         root.mkdir(parents=True, exist_ok=True)
         self.wandb = wandb
+        if settings.mode == "online" and not logged_in(wandb):
+            raise PermissionError("no W&B credentials: run `wandb login` or set WANDB_API_KEY "
+                                  "(or keep logger.wandb.mode=offline)")
         # console="off": W&B leaves the terminal (and its progress bars) alone; silent: no banner
         self.run = wandb.init(project=settings.project, entity=settings.entity,
                               group=names.experiment, name=names.run, dir=str(root),
@@ -54,3 +66,6 @@ class WandbTracker(Tracker):
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "ok" else 1)
+        # finish() can return before W&B's service has written the run's records out; its
+        # teardown waits for them (the next run starts a new service, in about a second)
+        self.wandb.teardown()
