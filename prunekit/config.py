@@ -38,6 +38,19 @@ def flat_keys(d: dict, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+# How this process runs, not what it computes: left out of a checkpoint's identity and of the
+# params a tracker records (a resumed run may change them)
+RUN_CONTROL_KEYS = ("resume", "logger")
+
+
+def experiment_settings(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config less RUN_CONTROL_KEYS, as flat dotted keys."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in RUN_CONTROL_KEYS:
+        data.pop(key, None)
+    return flat_keys(data)
+
+
 def schema_keys(schema) -> List[str]:
     """The keys of a config schema (a dataclass), in declaration order."""
     return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []

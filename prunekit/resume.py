@@ -43,10 +43,10 @@ from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prunekit import distributed
-from prunekit.config import flat_keys
+from prunekit.config import experiment_settings
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
@@ -59,12 +59,10 @@ FORMAT = "prunekit-checkpoint/4"  # /2: fine-tune plans journaled; /3: ICE's tun
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """The resolved configuration a checkpoint belongs to (`resume` itself and the trackers a
-    run reports to excluded: neither changes what the run computes)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("resume", None)
-    data.pop("logger", None)
-    return hashlib.sha256(repr(sorted(flat_keys(data).items())).encode()).hexdigest()[:16]
+    """The resolved configuration a checkpoint belongs to (less `resume` and the loggers, which
+    do not change what the run computes)."""
+    settings = experiment_settings(cfg)
+    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]
 
 
 class Journal:

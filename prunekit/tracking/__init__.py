@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.config import LOGGERS, flat_keys
+from prunekit.config import LOGGERS, experiment_settings
 from prunekit.errors import first_line
 from prunekit.files import write_json
 from prunekit.registry import Registry
@@ -173,12 +173,9 @@ class Tracking:
         if tracking:
             log.info("logger    %s: run '%s' of experiment '%s'",
                      ", ".join(t.name for t in tracking.trackers), names.run, names.experiment)
-            # the experiment's settings: not how this process was started (resume, the loggers),
-            # which a resumed run may change in the tracker run it continues
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            for key in ("resume", "logger"):
-                resolved.pop(key, None)
-            params = {k: "null" if v is None else str(v) for k, v in flat_keys(resolved).items()}
+            # (not resume and the loggers, which a resumed run may change in the run it continues)
+            params = {k: "null" if v is None else str(v)
+                      for k, v in experiment_settings(cfg).items()}
             text = OmegaConf.to_yaml(cfg, resolve=True)
             tracking.each("config", lambda t: t.log_config(params, text))
         return tracking
