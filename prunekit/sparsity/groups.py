@@ -28,7 +28,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from prunekit.errors import ConfigError, first_line
 from prunekit.sparsity import layernorm
@@ -134,6 +133,10 @@ class ChannelGroups:
         self.dg = None
         try:
             if not untraced:
+                # imported here, not with prunekit: torch-pruning imports timm, and timm imports
+                # wandb when it is installed, ~2 s of every process start that needs neither
+                import torch_pruning as tp
+
                 self.dg = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_input, verbose=False)
         except Exception as e:  # torch-pruning cannot trace it: say so, in one line
