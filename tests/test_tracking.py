@@ -42,6 +42,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_and_hear(overrides, run_dir: Path, caplog):
+    """Run `overrides` on the small LeNet run; its summary and what the trackers said (the
+    warnings of prunekit.tracking)."""
+    cfg = make_cfg([*overrides, "hardware.latency.enabled=false", *LENET])
+    with caplog.at_level(logging.WARNING, logger="prunekit"):
+        summary = run(cfg, run_dir, show=False)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
+    return summary, said
+
+
 def test_a_sweep_is_read_back_by_tensorboard_and_mlflow(tmp_path):
     import mlflow
 
@@ -89,13 +99,10 @@ def test_a_sweep_is_read_back_by_tensorboard_and_mlflow(tmp_path):
 
 def test_an_unreachable_server_leaves_the_run_ok_in_one_line(tmp_path, caplog):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    cfg = make_cfg(["method=oneshot", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
-                    "hardware.latency.enabled=false", *LENET])
-    with caplog.at_level(logging.WARNING, logger="prunekit"):
-        started = time.perf_counter()
-        summary = run(cfg, tmp_path / "run", show=False)
+    started = time.perf_counter()
+    summary, said = run_and_hear(["method=oneshot", "logger=mlflow",
+                                  f"logger.mlflow.tracking_uri={uri}"], tmp_path / "run", caplog)
     assert summary["status"] == "ok" and read_summary(tmp_path / "run")["status"] == "ok"
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
     assert len(said) == 1 and "\n" not in said[0]
     assert said[0].startswith("logger=mlflow cannot start") and f"cannot reach {uri}" in said[0]
     assert time.perf_counter() - started < 60  # no minutes of retries
@@ -113,12 +120,9 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_is_ok(tmp_path, cap
     monkeypatch.setattr(TensorBoardTracker, "log_scalars", broken)
     monkeypatch.setattr(TensorBoardTracker, "close",
                         lambda self, status: closed.append(status) or self.writer.close())
-    cfg = make_cfg(["method=oneshot", "logger=tensorboard", "hardware.latency.enabled=false",
-                    *LENET])
-    with caplog.at_level(logging.WARNING, logger="prunekit"):
-        summary = run(cfg, tmp_path / "run", show=False)
+    summary, said = run_and_hear(["method=oneshot", "logger=tensorboard"], tmp_path / "run",
+                                 caplog)
     assert summary["status"] == "ok" and (tmp_path / "run" / "model.pt").is_file()
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
     assert said == ["logger=tensorboard failed to log the epoch (disk full): the run goes on "
                     "without it"]  # once: dropped after its first failure
     assert closed == ["failed"]
@@ -126,12 +130,9 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_is_ok(tmp_path, cap
 
 def test_a_missing_package_names_the_extra_that_installs_it(tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    cfg = make_cfg(["method=oneshot", "logger=[wandb,tensorboard]",
-                    "hardware.latency.enabled=false", *LENET])
-    with caplog.at_level(logging.WARNING, logger="prunekit"):
-        summary = run(cfg, tmp_path / "run", show=False)
+    summary, said = run_and_hear(["method=oneshot", "logger=[wandb,tensorboard]"],
+                                 tmp_path / "run", caplog)
     assert summary["status"] == "ok"
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
     assert said == ["logger=wandb cannot start (it needs the wandb package: pip install "
                     "'prunekit[wandb]'): the run goes on without it"]
     assert list((tmp_path / "run" / "tensorboard").iterdir())  # the other logger still ran
@@ -205,12 +206,9 @@ def test_wandb_online_without_an_account_is_one_line_not_a_prompt(tmp_path, monk
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
-    cfg = make_cfg(["method=oneshot", "logger=wandb", "logger.wandb.mode=online",
-                    "hardware.latency.enabled=false", *LENET])
-    with caplog.at_level(logging.WARNING, logger="prunekit"):
-        summary = run(cfg, tmp_path / "run", show=False)
+    summary, said = run_and_hear(["method=oneshot", "logger=wandb", "logger.wandb.mode=online"],
+                                 tmp_path / "run", caplog)
     assert summary["status"] == "ok"
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("prunekit.tracking")]
     assert said == ["logger=wandb cannot start (no W&B credentials: run `wandb login` or set "
                     "WANDB_API_KEY (or keep logger.wandb.mode=offline)): the run goes on "
                     "without it"]
