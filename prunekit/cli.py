@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -20,11 +21,17 @@ import hydra
 import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from prunekit import distributed
-from prunekit.config import LOGGERS, known_key, schema_keys, validate
+from prunekit.config import LOGGERS, known_key, schema_keys, validate, wrong_type
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
 
@@ -99,7 +106,8 @@ def task(cfg: DictConfig) -> None:
     if world.distributed:
         rank_log_file(world)
     try:
-        check_added_keys(cfg)
+        hc = HydraConfig.get()
+        check_added_keys(cfg, list(hc.overrides.task), hc.runtime.choices)
         validate(cfg)  # before the data and the model: a typo is answered at once
     except ConfigError as e:
         if full_error:
@@ -117,7 +125,8 @@ def task(cfg: DictConfig) -> None:
     try:
         run(cfg, out_dir, names=tracking_names(cfg, out_dir))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (resume.Terminated)
-        error_line(f"interrupted; partial results in {out_dir}")
+        error_line(f"interrupted; partial results in {out_dir}; resume with: "
+                   f"{resume_command(out_dir)}")
         FAILED.append(out_dir)
         raise SystemExit(143 if type(e).__name__ == "Terminated" else 130)
     except ConfigError as e:
@@ -132,6 +141,23 @@ def task(cfg: DictConfig) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         error_line(f"run failed: {type(e).__name__}: {first} (details: {out_dir}/prune-run.log)")
         FAILED.append(out_dir)
+
+
+ARGV: List[str] = []  # the command line as the user gave it (main loosens a sweep's keys)
+
+
+def resume_command(out_dir: str) -> str:
+    """The command that continues this run (a sweep: the sweep, whose finished jobs are skipped)
+    where it stopped: the same overrides, resume=true, and the directory it writes to."""
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    sweep = hc.mode == RunMode.MULTIRUN
+    args = [a for a in ARGV if not a.lstrip("+").startswith(
+        ("resume=", "hydra.run.dir=", "hydra.sweep.dir="))]
+    args += ["resume=true", f"hydra.sweep.dir={hc.sweep.dir}" if sweep
+             else f"hydra.run.dir={out_dir}"]
+    return "prune-run " + " ".join(shlex.quote(a) for a in args)
 
 
 def tracking_names(cfg: DictConfig, out_dir: str):
@@ -175,6 +201,8 @@ def composition_error(ex: CompactHydraException) -> str:
             known = schema_keys(getattr(cause, "object_type", None))
             return (f"{cause.full_key} is not a known key{did_you_mean(cause.key, known)}: "
                     "`prune-run --cfg job` lists the keys")
+        if isinstance(cause, ValidationError) and getattr(cause, "child_node", None) is not None:
+            return wrong_type(cause.full_key, cause.value, type(cause.child_node).__name__)
         msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
         return f"{cause.full_key}: {msg}"
     return next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
@@ -204,6 +232,11 @@ def _run_and_report_one_line(func, _report=hydra_utils.run_and_report):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             error_line(composition_error(ex))
+            sys.exit(1)
+        except ConfigError as e:  # a sweep's job checked before the sweep starts
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            error_line(str(e))
             sys.exit(1)
         except AssertionError:  # OmegaConf setting a key inside a null section
             line = unchosen_logger_key(sys.argv[1:])
@@ -248,21 +281,46 @@ def loosen_swept_group_keys(args: List[str]) -> List[str]:
             for a, o in zip(args, parsed)]
 
 
-def check_added_keys(cfg: DictConfig) -> None:
-    """Every `++group.key` of this job names a key of the option the job chose (see
-    loosen_swept_group_keys)."""
-    for override in HydraConfig.get().overrides.task:
+def check_added_keys(cfg: DictConfig, overrides: List[str], choices=None) -> None:
+    """Every `++group.key` of this job's `overrides` names a key of the option the job chose
+    (see loosen_swept_group_keys); `choices`: the group options Hydra chose, if known."""
+    for override in overrides:
         if override.startswith("++"):
             key = override[2:].partition("=")[0]
             if not known_key(cfg, key):
                 group = key.partition(".")[0]
-                choice = HydraConfig.get().runtime.choices.get(group, cfg[group].get("name"))
+                choice = (choices or {}).get(group, cfg[group].get("name"))
                 raise ConfigError(f"{key} is not a key of {group}={choice}: `prune-run "
                                   f"{group}={choice} --cfg job` lists its keys")
 
 
+def validate_sweep(validate_batch_is_legal=Sweeper.validate_batch_is_legal):
+    """Hydra's sweepers compose every job of a batch before launching it (an unknown option is
+    refused there); prunekit's own checks run there too, so `-m sparsity=0.5,1.5` is refused
+    before the first job trains, not when its bad job comes."""
+    def validate_batch(sweeper: Sweeper, batch) -> None:
+        validate_batch_is_legal(sweeper, batch)
+        loader = getattr(sweeper, "hydra_context", None)
+        loader = loader.config_loader if loader is not None else sweeper.config_loader
+        for overrides in batch:
+            cfg = loader.load_sweep_config(master_config=sweeper.config,
+                                           sweep_overrides=list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            try:
+                check_added_keys(cfg, list(overrides))
+                validate(cfg)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (in the sweep's job {','.join(overrides)}): no job of "
+                                  "this batch was started") from None
+
+    return validate_batch
+
+
 def main() -> None:
     hydra_utils.run_and_report = _run_and_report_one_line
+    Sweeper.validate_batch_is_legal = validate_sweep()
+    ARGV[:] = sys.argv[1:]
     sys.argv[1:] = loosen_swept_group_keys(sys.argv[1:])
     try:
         join_launched(sys.argv[1:])

@@ -266,11 +266,30 @@ def register_configs() -> None:
         cs.store(group="schema/method", name=name, node=unit.schema)
 
 
+# What a key takes, where its type alone does not say it (the one line for a value of the wrong
+# type, e.g. sparsity=abc, names it)
+KEY_MEANINGS = {
+    "sparsity": "a number in [0, 1), the fraction of the prunable weights removed",
+    "seed": "a whole number",
+    "target.value": "a number > 1, the factor the target shrinks by (2.0 = half)",
+    "dataset.subset": "a number in (0, 1], the fraction of every split kept",
+}
+TYPE_MEANINGS = {"FloatNode": "a number", "IntegerNode": "a whole number",
+                 "BooleanNode": "true or false", "StringNode": "a string"}
+
+
+def wrong_type(key: str, value, node_type: str) -> str:
+    """The one line for `key=value` whose value has the wrong type for the key's schema."""
+    kind = TYPE_MEANINGS.get(node_type, "of the right type")
+    return f"{key}={value} is not {kind}: {key} takes {KEY_MEANINGS.get(key, kind)}"
+
+
 # --------------------------------------------------------------------------- validation
 def choice(cfg: DictConfig, key: str, choices) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices:
-        raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}"
+                          f"{did_you_mean(value, choices)}")
 
 
 def at_least(cfg: DictConfig, key: str, low, what: str = "") -> None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Sequence, Tuple
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,11 +24,32 @@ CONSOLE = Console()
 
 
 class ConsoleLogHandler(RichHandler):
-    """Log records on the shared console, so they print cleanly above live progress bars."""
+    """Log records on the shared console, so they print cleanly above live progress bars; off a
+    terminal (nohup, a SLURM log, a pipe) as plain lines, never wrapped at a guessed width."""
 
     def __init__(self, level: int = logging.NOTSET, stream=None):  # stream: Hydra's default config
         super().__init__(level=level, console=CONSOLE, show_time=False, show_path=False,
                          show_level=False, markup=False, rich_tracebacks=False)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if CONSOLE.is_terminal:
+            return super().emit(record)
+        try:
+            CONSOLE.file.write(self.format(record) + "\n")
+            CONSOLE.file.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def print_table(renderable) -> None:
+    """Print a table: on a terminal at its width; off one (a file or pipe has no width, and rich
+    would cut the table at 80 columns) as wide as the table needs."""
+    if CONSOLE.is_terminal:
+        CONSOLE.print(renderable)
+        return
+    needed = Measurement.get(CONSOLE, CONSOLE.options.update_width(10_000), renderable).maximum
+    Console(file=CONSOLE.file, width=max(needed, CONSOLE.width), color_system=None,
+            soft_wrap=False).print(renderable)
 
 
 def make_progress(enabled: bool = True) -> Progress:
@@ -55,8 +78,9 @@ def _si(n) -> str:
     return str(n)
 
 
-def summary_table(s: dict) -> Table:
-    """Dense vs pruned, side by side, with what each number means in the caption."""
+def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> Table:
+    """Dense vs pruned, side by side, with what each number means in the caption; `headline`:
+    the method's own figures, (title, value, format) each (Method.headline_rows)."""
     title = (f"{s.get('method')} · {s.get('model')} · {s.get('dataset')} · seed {s.get('seed')} · "
              f"{s.get('granularity')}")
     t = Table(title=title, title_style="bold", show_lines=False)
@@ -66,6 +90,10 @@ def summary_table(s: dict) -> Table:
     t.add_column("ratio / Δ", justify="right")
     t.add_row("top-1 (test, %)", _fmt(s.get("top1_dense"), ".2f"), _fmt(s.get("top1"), ".2f"),
               _fmt(s.get("delta_top1"), "+.2f"))
+    for title, value, fmt in headline:
+        t.add_row(title.replace(" %", " (test, %)"), "", _fmt(value, fmt),
+                  _fmt(value - s["top1_dense"], "+.2f")
+                  if isinstance(value, float) and s.get("top1_dense") is not None else "")
     t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
     target_kind = s.get("target_kind", "sparsity")
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
@@ -81,9 +109,12 @@ def summary_table(s: dict) -> Table:
     t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
     t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
               _ratio(s.get("compression_ratio"), "smaller"))
-    t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
-              _ratio(s.get("theoretical_speedup"), "(theoretical)"))
     kind = s.get("speedup_kind")
+    # a compacted model has its FLOPs removed for real; masked weights only in theory (the dense
+    # kernels still multiply the zeros)
+    t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
+              _ratio(s.get("theoretical_speedup"),
+                     "fewer" if kind == "compacted" else "(theoretical)"))
     batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
     for bs in batches or [s.get("latency_batch_size", 1)]:
         dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
@@ -114,7 +145,7 @@ def plural(n, noun: str) -> str:
     return f"{_fmt(n)} {noun}{'' if n == 1 else 's'}"
 
 
-def print_summary(summary: dict) -> None:
-    CONSOLE.print(summary_table(summary))
+def print_summary(summary: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> None:
+    print_table(summary_table(summary, headline))
     if summary.get("status") != "ok":
         CONSOLE.print(f"[bold red]status: {summary.get('status')}[/] {summary.get('error') or ''}")

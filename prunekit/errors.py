@@ -14,6 +14,12 @@ def did_you_mean(word: str, candidates) -> str:
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
+def closest(word: str, candidates, n: int = 3) -> str:
+    """' (closest: a, b, c)': the `n` names of a long list nearest to `word` (or '')."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=n, cutoff=0.5)
+    return f" (closest: {', '.join(close)})" if close else ""
+
+
 def first_line(err: BaseException, limit: int = 120) -> str:
     """An exception's first non-empty line, at most `limit` characters; its type's name when it
     says nothing (what a one-line error quotes of a failure it reports)."""

@@ -36,7 +36,8 @@ from rich.table import Table
 
 from prunekit.clock import PHASES
 from prunekit.config import METHODS
-from prunekit.console import CONSOLE
+from prunekit.console import CONSOLE, print_table
+from prunekit.errors import ConfigError, did_you_mean
 from prunekit.files import atomic_write_text
 from prunekit.html_report import config_text, page
 from prunekit.sparsity.cost import describe
@@ -89,6 +90,15 @@ def collect(dirs: Sequence[Path]) -> Tuple[pd.DataFrame, List[dict]]:
             row["target"] = target_label(row)
             (ok if s.get("status") == "ok" else failed).append(row)
     return pd.DataFrame(ok), failed
+
+
+def check_metrics(metrics: Sequence[str], runs: pd.DataFrame) -> None:
+    """A ConfigError naming the first metric that no run's summary has (with the nearest key)."""
+    keys = [k for k in runs.columns if k not in GROUP_BY]
+    for metric in metrics:
+        if not runs.empty and metric not in runs.columns:
+            raise ConfigError(f"--metric {metric} is not a key of these runs' summary.json"
+                              f"{did_you_mean(metric, keys)}: a run's summary.json lists them")
 
 
 def target_label(summary: dict) -> str:
@@ -360,16 +370,18 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, group_by: Sequence[
            plots: bool = True, show: bool = True) -> Dict[str, object]:
     """Collect, aggregate and write; returns what was found and written."""
     dirs = [Path(d) for d in dirs]
-    metrics = list(metrics or [k for k, _, _ in METRICS])
     runs, failed = collect(dirs)
     runs = add_relative_time(runs)
+    if metrics:  # the user's: each must be a number some run has
+        check_metrics(metrics, runs)
+    metrics = list(metrics or [k for k, _, _ in METRICS])
     agg = aggregate(runs, group_by, metrics)
     if runs.empty and not failed:  # nothing to report: write nothing (main says so)
         return {"runs": runs, "aggregate": agg, "failed": failed, "written": []}
     out = Path(out) if out is not None else dirs[0]
     written = write_report(out, runs, agg, failed, group_by, metrics, formats, plots)
     if show:
-        CONSOLE.print(console_table(display_table(agg, group_by, metrics), failed))
+        print_table(console_table(display_table(agg, group_by, metrics), failed))
         for line in failed_lines(failed):
             CONSOLE.print(line, markup=False)
         CONSOLE.print(f"report: {', '.join(str(p) for p in written)}", markup=False)
@@ -415,7 +427,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if missing:
         ap.error(f"not a directory: {', '.join(missing)}")
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()]
-    got = report(args.dirs, args.out, group_by, args.metric, formats, not args.no_plots)
+    try:
+        got = report(args.dirs, args.out, group_by, args.metric, formats, not args.no_plots)
+    except ConfigError as e:
+        ap.exit(2, f"prune-report: error: {e}\n")
     if not got["written"]:
         print(f"prune-report: error: no summary.json under {', '.join(map(str, args.dirs))}: "
               "nothing written", file=sys.stderr)

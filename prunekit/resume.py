@@ -81,12 +81,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster preempting the job, `kill`): the run stops like it does on Ctrl-C."""
 
 
-STOP = {"requested": False}  # set by the SIGTERM handler: stop at the next checkpoint
+# A stop asked for by a signal, honoured at the next checkpoint: `requested` is the signal's name
+# (SIGTERM, SIGINT) or None; `checkpointer` is the run's while checkpoints can still come (set by
+# the runner: the dense training and the method), else None and a signal stops the run at once.
+STOP: dict = {"requested": None, "checkpointer": None}
+
+
+def stop_now(signal_name: Optional[str]) -> KeyboardInterrupt:
+    """What stops the run for a signal: Terminated for SIGTERM, KeyboardInterrupt for Ctrl-C."""
+    return Terminated() if signal_name == "SIGTERM" else KeyboardInterrupt()
 
 
 class Checkpointer:
     """Writes and finds the checkpoints of one run directory. `due()` spaces them at least
-    `min_interval_s` apart; a requested stop (SIGTERM) forces one, then stops the run."""
+    `min_interval_s` apart; a requested stop (SIGTERM, Ctrl-C) forces one, then stops the run.
+
+    Two kinds of file: `ckpt-*.pt`, the method's (journal and state; the newest `keep` kept), and
+    `dense.pt`, the dense training's (its fit state and model; one file, overwritten), which a
+    resumed run continues from when no cached dense model serves it."""
+
+    DENSE = "dense.pt"
 
     def __init__(self, run_dir: Path, cfg_hash: str, keep: int = 2, min_interval_s: float = 0.0,
                  writes: bool = True):
@@ -98,21 +112,43 @@ class Checkpointer:
         self.last = time.perf_counter()
         self.count = 0
 
+    def overdue(self) -> bool:
+        """Whether the work since the last checkpoint (or the start) is older than the interval."""
+        return time.perf_counter() - self.last >= self.min_interval_s
+
     def due(self) -> bool:
         """A checkpoint now? In a distributed run the ranks answer together: rank 0's clock
         spaces the checkpoints, and a stop requested on any rank (SIGTERM to one process) is
         requested on all, so every rank stops after the same checkpoint."""
-        timed = time.perf_counter() - self.last >= self.min_interval_s
+        timed = self.overdue()
         world = distributed.current()
         if not world.distributed:
-            return STOP["requested"] or timed
-        votes = distributed.sum_(torch.tensor([float(STOP["requested"]),
+            return STOP["requested"] is not None or timed
+        votes = distributed.sum_(torch.tensor([float(STOP["requested"] is not None),
                                                float(timed and world.main)]))
-        if votes[0] > 0:
-            STOP["requested"] = True
-        return STOP["requested"] or bool(votes[1] > 0)
+        if votes[0] > 0 and STOP["requested"] is None:
+            STOP["requested"] = "SIGTERM"  # another rank's: a cluster stops every process
+        return STOP["requested"] is not None or bool(votes[1] > 0)
 
     def save(self, payload: dict) -> Path:
+        """A method checkpoint (the oldest beyond `keep` go)."""
+        self.count += 1
+        path = self.dir / f"ckpt-{payload['journal_position']:05d}-{self.count:05d}.pt"
+        self._write(path, payload)
+        if self.writes:
+            for old in self.files()[:-self.keep]:
+                old.unlink(missing_ok=True)
+        self._stop_if_requested(path)
+        return path
+
+    def save_dense(self, payload: dict) -> Path:
+        """The dense training's checkpoint: its fit state, model and RNG, in `dense.pt`."""
+        path = self.dir / self.DENSE
+        self._write(path, payload)
+        self._stop_if_requested(path)
+        return path
+
+    def _write(self, path: Path, payload: dict) -> None:
         """One file: a JSON header line (format, configuration hash, sha256 of the rest), then
         the torch-serialised payload, written raw (a second torch.save around the bytes would
         cost ten times the serialisation)."""
@@ -121,54 +157,62 @@ class Checkpointer:
         data = buf.getbuffer()
         header = json.dumps({"format": FORMAT, "config": self.cfg_hash,
                              "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
-        self.count += 1
-        path = self.dir / f"ckpt-{payload['journal_position']:05d}-{self.count:05d}.pt"
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: (f.write(header), f.write(data)), binary=True)
-            for old in self.files()[:-self.keep]:
-                old.unlink(missing_ok=True)
         self.last = time.perf_counter()
-        if STOP["requested"]:
-            log.warning("SIGTERM: stopped after writing %s", path)
-            raise Terminated()
-        return path
+
+    def _stop_if_requested(self, path: Path) -> None:
+        signal_name = STOP["requested"]
+        if signal_name is not None:
+            log.warning("%s: stopped after writing %s", signal_name, path)
+            raise stop_now(signal_name)
 
     def files(self) -> List[Path]:
         return sorted(self.dir.glob("ckpt-*.pt")) if self.dir.is_dir() else []
 
     def latest(self) -> Optional[dict]:
-        """The newest checkpoint that is intact and belongs to this configuration."""
+        """The newest method checkpoint that is intact and belongs to this configuration."""
         for path in reversed(self.files()):
-            try:
-                raw = path.read_bytes()
-                line, _, data = raw.partition(b"\n")
-                try:
-                    header = json.loads(line)
-                except ValueError:
-                    raise ValueError("not a prunekit checkpoint") from None
-                if str(header.get("format", "")).startswith("prunekit-checkpoint/") and \
-                        header.get("format") != FORMAT:
-                    raise ValueError(f"it is {header['format']}, written by another prunekit "
-                                     f"version (this one reads {FORMAT})")
-                if header.get("format") != FORMAT:
-                    raise ValueError("not a prunekit checkpoint")
-                if header.get("config") != self.cfg_hash:
-                    raise ValueError("it belongs to another configuration")
-                if hashlib.sha256(data).hexdigest() != header.get("sha256"):
-                    raise ValueError("its content hash does not match: the file is corrupt")
-                payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except Exception as e:
-                log.warning("checkpoint %s is unusable (%s): trying an older one", path,
-                            first_line(e))
-                continue
-            payload["path"] = str(path)
-            self.count = int(path.stem.rsplit("-", 1)[1])
-            return payload
+            payload = self._read(path, "trying an older one")
+            if payload is not None:
+                self.count = int(path.stem.rsplit("-", 1)[1])
+                return payload
         return None
 
+    def dense(self) -> Optional[dict]:
+        """The dense training's checkpoint, if there is a usable one."""
+        path = self.dir / self.DENSE
+        return self._read(path, "the dense training starts over") if path.is_file() else None
+
+    def _read(self, path: Path, instead: str) -> Optional[dict]:
+        """A checkpoint's payload (with its `path`), or None with a warning that says why not."""
+        try:
+            raw = path.read_bytes()
+            line, _, data = raw.partition(b"\n")
+            try:
+                header = json.loads(line)
+            except ValueError:
+                raise ValueError("not a prunekit checkpoint") from None
+            if str(header.get("format", "")).startswith("prunekit-checkpoint/") and \
+                    header.get("format") != FORMAT:
+                raise ValueError(f"it is {header['format']}, written by another prunekit "
+                                 f"version (this one reads {FORMAT})")
+            if header.get("format") != FORMAT:
+                raise ValueError("not a prunekit checkpoint")
+            if header.get("config") != self.cfg_hash:
+                raise ValueError("it belongs to another configuration")
+            if hashlib.sha256(data).hexdigest() != header.get("sha256"):
+                raise ValueError("its content hash does not match: the file is corrupt")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:
+            log.warning("checkpoint %s is unusable (%s): %s", path, first_line(e), instead)
+            return None
+        payload["path"] = str(path)
+        return payload
+
     def clear(self) -> None:
-        for path in self.files():
+        for path in [*self.files(), self.dir / self.DENSE]:
             path.unlink(missing_ok=True)
         if self.dir.is_dir() and not any(self.dir.iterdir()):
             self.dir.rmdir()

@@ -56,9 +56,20 @@ from prunekit.metrics import (
 )
 from prunekit.models import build_model, load_weights, read_state_dict
 from prunekit.record import Recorder, summary_identity
-from prunekit.resume import STOP, Checkpointer, Journal, Replay, Terminated, config_hash
+from prunekit.resume import (
+    STOP,
+    Checkpointer,
+    Journal,
+    Replay,
+    Terminated,
+    config_hash,
+    rng_state,
+    set_rng_state,
+    stop_now,
+)
+from prunekit.state import load_state
 from prunekit.tracking import EpochLog, RunNames, Tracking, run_names
-from prunekit.train import Trainer
+from prunekit.train import FitHooks, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +100,14 @@ def versions() -> Dict[str, Optional[str]]:
 
 def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
                  user_state: Optional[Dict[str, torch.Tensor]],
-                 epoch_log: Optional[EpochLog] = None) -> dict:
+                 epoch_log: Optional[EpochLog] = None,
+                 checkpointer: Optional[Checkpointer] = None) -> dict:
     """Fill `model` with the dense weights: the user's (`user_state`, read from
     model.checkpoint), a cache hit, or training now. Dense training is timed as time_pretrain_s
     (less what `epoch_log` spent reporting); it is never pruning time; `dense_training_s` is what
     the training took, now or when cached. Jobs running in parallel (joblib, SLURM) that need the
-    same dense model wait for the one training it."""
+    same dense model wait for the one training it. Training checkpoints like every other phase
+    (`checkpointer`, see train_dense)."""
     if user_state is not None:
         load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
@@ -113,17 +126,68 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
             log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
             return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
                     "dense_training_s": meta["time_pretrain_s"]}
-        started = time.perf_counter()
-        trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
-                    lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay)
-        trainer.hw.sync()
-        reporting = epoch_log.excluded if epoch_log is not None else 0.0
-        seconds = distributed.from_main(time.perf_counter() - started - reporting)
+        seconds, source = train_dense(cfg, model, trainer, epoch_log, checkpointer)
         if cfg.pretrain.cache and main:
             save_dense(path, model, key, {"time_pretrain_s": seconds})
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
     distributed.barrier()
-    return {"dense_source": "trained", "time_pretrain_s": seconds, "dense_training_s": seconds}
+    return {"dense_source": source, "time_pretrain_s": seconds, "dense_training_s": seconds}
+
+
+def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
+                epoch_log: Optional[EpochLog], checkpointer: Optional[Checkpointer]):
+    """Train the dense model; return (seconds, source). With checkpoints on, every epoch end
+    where one is due (and the one after a stop signal) writes checkpoints/dense.pt: model, fit
+    state, RNG and the seconds so far. A resumed run continues from it (a finished one is the
+    dense model: no training), and ends with the weights an uninterrupted run ends with. Without
+    the cache the finished training is checkpointed too, so a resume never trains it again."""
+    loaders = [trainer.data.train, trainer.data.val, trainer.data.test]
+    state = checkpointer.dense() if checkpointer is not None and cfg.resume else None
+    before = 0.0
+    if state is not None:
+        load_state(model, state["model"])
+        set_rng_state(state["rng"], loaders)
+        before = state["seconds"]
+        log.info("dense model: resumed from %s (%d of %d epochs done)", state["path"],
+                 state["fit"]["epochs_done"], cfg.pretrain.epochs)
+    started = time.perf_counter()
+
+    def seconds() -> float:
+        reporting = epoch_log.excluded if epoch_log is not None else 0.0
+        return before + distributed.from_main(time.perf_counter() - started - reporting)
+
+    def checkpoint(fit: dict, force: bool = False) -> None:
+        if checkpointer is not None and (force or checkpointer.due()):
+            trainer.hw.sync()
+            checkpointer.save_dense({"fit": fit, "rng": rng_state(loaders), "seconds": seconds(),
+                                     "model": {k: v.detach().cpu()
+                                               for k, v in model.state_dict().items()}})
+
+    fit_state = state["fit"] if state is not None else None
+    if fit_state is None or fit_state["epochs_done"] < cfg.pretrain.epochs:
+        last = {}
+        trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
+                    lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay,
+                    hooks=FitHooks(checkpoint=lambda fit: (last.update(fit), checkpoint(fit))),
+                    resume=fit_state)
+        trainer.hw.sync()
+        if not cfg.pretrain.cache and last:
+            checkpoint(last, force=True)
+    source = "trained" if state is None else f"trained, resumed from {state['path']}"
+    return seconds(), source
+
+
+CHANCE_MARGIN = 5.0  # points above chance under which a dense model counts as untrained
+
+
+def warn_if_untrained(val_top1: float, num_classes: int, epochs: int) -> None:
+    """A dense model within a few points of chance (too few epochs, a diverged lr) makes every
+    pruning figure meaningless: say so before the pruning starts."""
+    chance = 100.0 / num_classes
+    if val_top1 < chance + CHANCE_MARGIN:
+        log.warning("the dense model is at %.2f%% val top-1, within %g points of chance (%.2f%%): "
+                    "pruning it measures nothing; train it longer (pretrain.epochs, now %d) or "
+                    "check pretrain.lr", val_top1, CHANCE_MARGIN, chance, epochs)
 
 
 def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
@@ -200,9 +264,9 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
                         f"throughput_bs{bs}": lp[bs]["throughput"],
                         f"measured_speedup_bs{bs}": speedup(bs),
                         f"latency_reliable_bs{bs}": not doubts[bs]})
-        if warning:
-            log.warning("latency unreliable, no speedup claimed (%s): measure on an idle "
-                        "machine", warning)
+        if warning:  # the summary table says it on the console; the log file keeps it too
+            logging.getLogger("prunekit.trace").warning(
+                "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
                    latency_reliable=None, latency_warning=None)
@@ -213,9 +277,10 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
 
 
 def epoch_log_for(cfg: DictConfig, tracking: Tracking, trainer: Trainer) -> Optional[EpochLog]:
-    """The per-epoch log of a run with loggers configured, on every rank (its evaluation is
-    collective; rank 0 alone holds the trackers), whether or not they started."""
-    if all(cfg.logger[name] is None for name in LOGGERS):
+    """The per-epoch log of a run with loggers configured or off a terminal (its epoch lines), on
+    every rank (its evaluation is collective; rank 0 alone holds the trackers), whether or not
+    the trackers started."""
+    if all(cfg.logger[name] is None for name in LOGGERS) and not trainer.epoch_lines:
         return None
     evaluate = ((lambda m: trainer.evaluate(m, "val", cfg.train.val_max_batches).top1)
                 if cfg.logger.epoch_val else None)
@@ -246,9 +311,11 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
     unit = METHODS[cfg.method.name]
     check_reach(cfg, unit(cfg.method), model, data.example_input(1))
 
+    checkpointer, journal = resumable(cfg, out_dir)
     with Trainer(data, cfg.train, hw, progress=world.main) as trainer:
         trainer.epoch_end = epoch_log = epoch_log_for(cfg, tracking, trainer)
-        summary.update(obtain_dense(cfg, model, trainer, user_state, epoch_log))
+        STOP["checkpointer"] = checkpointer  # a stop signal waits for the next checkpoint
+        summary.update(obtain_dense(cfg, model, trainer, user_state, epoch_log, checkpointer))
         # Same RNG state after the dense model whether it was trained now or loaded, so a cached
         # run prunes exactly as an uncached one does.
         seed_everything(cfg.seed + 1, cfg.deterministic)
@@ -256,6 +323,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
         dense_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
         dense = copy.deepcopy(model).eval().requires_grad_(False)
         log.info("dense     val top-1 %.2f%%", dense_val)
+        warn_if_untrained(dense_val, data.num_classes, cfg.pretrain.epochs)
 
         clock = PhaseClock(sync=hw.sync)
         started = time.perf_counter()
@@ -263,7 +331,6 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
         with clock.phase("prune"):
             pruner = build_pruner(cfg, model, example)
         layers = pruner.layer_names
-        checkpointer, journal = resumable(cfg, out_dir)
         ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
                       pruner=pruner, recorder=recorder, clock=clock, hw=hw,
                       target=target_fraction(cfg),
@@ -279,6 +346,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
         method = unit(cfg.method)
         aim(ctx, method)
         method.run(ctx)
+        STOP["checkpointer"] = None  # no checkpoint comes after the method: a signal stops now
         ctx.finish_replay()  # a run stopped after its method's last operation
         hw.sync()
         summary.update(time_total_s=ctx.elapsed(), **clock.as_summary())
@@ -328,28 +396,37 @@ def resumable(cfg: DictConfig, out_dir: Path):
 
 
 @contextlib.contextmanager
-def sigterm_interrupts(graceful: bool):
-    """While the run lasts, SIGTERM stops it: at the next checkpoint when checkpoints are on (so
-    the work since the last one is kept; a second SIGTERM stops it at once), else right away.
-    Either way the summary says `interrupted`."""
+def stop_signals(graceful: bool):
+    """While the run lasts, SIGTERM and Ctrl-C stop it. With checkpoints on, SIGTERM stops it at
+    the next checkpoint (the next epoch end or pruning step: the work since the last one is
+    kept), and so does Ctrl-C when a checkpoint is due (else at once: the last one is recent); a
+    second signal stops it at once, as does one where no checkpoint lies ahead. Either way the
+    summary says `interrupted`."""
     def handler(signum, frame):
-        if graceful and not STOP["requested"]:
-            STOP["requested"] = True
-            log.warning("SIGTERM: stopping at the next checkpoint (send it again to stop now)")
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        checkpointer = STOP["checkpointer"]
+        if graceful and STOP["requested"] is None and checkpointer is not None and (
+                name == "SIGTERM" or checkpointer.overdue()):
+            STOP["requested"] = name
+            key = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
+            log.warning("%s: stopping at the next checkpoint, at the end of this epoch or "
+                        "pruning step (%s again stops at once)", key, key)
             return
-        raise Terminated()
+        raise stop_now(name)
 
-    STOP["requested"] = False
+    STOP.update(requested=None, checkpointer=None)
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals to whoever owns them
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        STOP["requested"] = False
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+        STOP.update(requested=None, checkpointer=None)
 
 
 def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] = None) -> dict:
@@ -367,7 +444,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
     summary["run_dir"] = str(out_dir)
     tracking = Tracking()
     try:
-        with sigterm_interrupts(graceful=bool(cfg.checkpoint.enabled)):
+        with stop_signals(graceful=bool(cfg.checkpoint.enabled)):
             validate(cfg)
             if main:
                 atomic_write_text(out_dir / "config_resolved.yaml",
@@ -390,6 +467,6 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
         recorder.summary(summary)  # first: the result is on disk whatever a tracker does
         tracking.finish(summary, out_dir, bool(OmegaConf.select(cfg, "logger.log_model")))
         if show and main and summary["status"] == "ok":
-            print_summary(summary)
+            print_summary(summary, METHODS[cfg.method.name].headline_rows(summary))
             CONSOLE.print(f"results in {out_dir}")
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunekit import distributed
-from prunekit.console import make_progress
+from prunekit.console import CONSOLE, make_progress
 from prunekit.data import Data
 from prunekit.hardware import Hardware
 from prunekit.sparsity.masks import MaskSet
@@ -26,6 +27,16 @@ from prunekit.sparsity.masks import MaskSet
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def clock_time(seconds: float) -> str:
+    """12s, 4m05s, 2h03m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class DivergenceError(RuntimeError):
@@ -91,10 +102,13 @@ class Trainer:
         self.cfg = train_cfg
         self.hw = hw
         self.progress = make_progress(progress and train_cfg.progress)
-        self.log_level = logging.INFO  # of the one line each fit() logs
-        # called after each epoch of every fit with (epoch, mean loss, model): a tracked run's
-        # per-epoch log (tracking.EpochLog); side work on copies (Context.fork) has none
-        self.epoch_end: Optional[Callable[[int, float, nn.Module], None]] = None
+        # off a terminal (nohup, SLURM) the bars are off: a line per epoch stands in for them
+        self.epoch_lines = bool(progress and train_cfg.progress and not CONSOLE.is_terminal)
+        self.log_level = logging.INFO  # of the lines each fit() logs
+        # called after each epoch of every fit with (epoch, mean loss, model), returns the val
+        # top-1 it measured or None: the per-epoch log of a tracked run or of one off a terminal
+        # (tracking.EpochLog); side work on copies (Context.fork) has none
+        self.epoch_end: Optional[Callable[[int, float, nn.Module], Optional[float]]] = None
 
     def with_data(self, data: Data, log_level: int = logging.INFO) -> "Trainer":
         """The same trainer (settings, progress display) on other data, e.g. a tuning subset."""
@@ -157,8 +171,10 @@ class Trainer:
             self.progress.advance(task, step)
         model.train()
         net = self.parallel(model)
+        fit_started = time.perf_counter()
         try:
             for epoch in range(first, epochs):
+                epoch_started = time.perf_counter()
                 loss_sum = torch.zeros((), device=self.hw.device)
                 for x, y in loader:
                     if hooks.before_step is not None:
@@ -186,10 +202,13 @@ class Trainer:
                     raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
                                           f"'{desc}': lower the learning rate")
                 self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
+                seconds = time.perf_counter() - epoch_started  # (the loss read synced)
                 if hooks.after_epoch is not None:
                     hooks.after_epoch(epoch, last_loss)
-                if self.epoch_end is not None:
-                    self.epoch_end(epoch, last_loss, model)
+                val = self.epoch_end(epoch, last_loss, model) if self.epoch_end else None
+                if self.epoch_lines:
+                    self.log_epoch(desc, epoch, epochs, first, last_loss, val, seconds,
+                                   time.perf_counter() - fit_started)
                 if hooks.checkpoint is not None:
                     hooks.checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -199,6 +218,17 @@ class Trainer:
         log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
                 step, lr, last_loss)
         return FitResult(epochs, step, last_loss)
+
+    def log_epoch(self, desc: str, epoch: int, epochs: int, first: int, loss: float,
+                  val: Optional[float], seconds: float, fit_seconds: float) -> None:
+        """The line that stands in for a progress bar off a terminal: phase, epoch, loss, val
+        top-1 (when the per-epoch log measured it), images/s, and the fit's time left."""
+        done = epoch + 1 - first
+        left = fit_seconds / done * (epochs - epoch - 1)
+        images = self.data.train.num_samples * distributed.current().size
+        log.log(self.log_level, "%s: epoch %d/%d  loss %.4f%s  %.0f img/s  ETA %s", desc,
+                epoch + 1, epochs, loss, "" if val is None else f"  val top-1 {val:.2f}%",
+                images / max(seconds, 1e-9), clock_time(left))
 
     def parallel(self, model: nn.Module) -> nn.Module:
         """What a fit runs forward and backward through: the model itself, or in a distributed

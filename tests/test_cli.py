@@ -51,6 +51,8 @@ BAD_INPUTS = {
     "negative epochs": (["pretrain.epochs=-3"], "pretrain.epochs"),
     "missing dataset path": (["dataset=imagefolder", "dataset.path=/no/such/folder"],
                              "dataset.path"),
+    "named idx path": (["dataset=fashion_mnist", "dataset.path={tmp}/no-such-folder"],
+                       "dataset.path={tmp}/no-such-folder is no folder"),
     "missing download": (["dataset=cifar10", "dataset.download=false", "dataset.root={tmp}/none"],
                          "dataset.root"),
     "missing checkpoint": (["model.checkpoint={tmp}/none.pt"], "model.checkpoint"),
@@ -64,6 +66,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, case):
     write_pickle(tmp_path / "foreign.pt", {"weights": [1, 2, 3]})  # a pickle, not a state dict
     args, key = BAD_INPUTS[case]
     args = [a.format(tmp=tmp_path) for a in args]
+    key = key.format(tmp=tmp_path)
     out = tmp_path / "run"
     r = run_cli([f"hydra.run.dir={out}", *args, *FAST], cwd=tmp_path, timeout=120)
     assert r.returncode != 0
@@ -83,6 +86,12 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, case):
                                   "`repeats`?)"),
     ("method=grdual", "method=grdual is not an option (did you mean `gradual`?): choose one of "
                       + ", ".join(sorted(METHODS))),
+    ("target.kind=flop", "target.kind=flop is not one of sparsity, flops, params, latency (did "
+                         "you mean `flops`?)"),
+    ("sparsity=abc", "sparsity=abc is not a number: sparsity takes a number in [0, 1), the "
+                     "fraction of the prunable weights removed"),
+    ("seed=1.5", "seed=1.5 is not a whole number: seed takes a whole number"),
+    ("checkpoint.enabled=maybe", "checkpoint.enabled=maybe is not true or false"),
 ])
 def test_near_misses_get_a_suggestion_and_no_internal_names(tmp_path, arg, says):
     r = run_cli([f"hydra.run.dir={tmp_path / 'run'}", arg], cwd=tmp_path, timeout=120)
@@ -123,6 +132,28 @@ def test_multirun_runs_every_job_and_survives_a_failing_one(tmp_path):
             status[(s["hparams"]["lr"], s["seed"])] = s["status"]
     assert status == {(0.01, 0): "ok", (0.01, 1): "ok", (1e12, 0): "failed", (1e12, 1): "failed"}
     assert r.stderr.count("prune-run: error:") == 2 and "Traceback" not in r.stderr
+
+
+def test_an_unknown_torchvision_arch_names_the_closest_three(tmp_path):
+    r = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "model=torchvision", "model.arch=resnet181",
+                 "dataset.subset=0.2", *FAST], cwd=tmp_path, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "model.arch=resnet181 is not a torchvision classifier (closest: resnet18, " in lines[0]
+    assert "list_models" in lines[0] and len(lines[0]) < 300  # not all 80 names
+
+
+def test_a_sweep_value_is_checked_before_the_first_job(tmp_path):
+    """-m sparsity=0.5,1.5,0.7: refused before job 0 trains anything, in one line naming the
+    bad value and its job."""
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "model=lenet5", "sparsity=0.5,1.5,0.7",
+                 *FAST], cwd=tmp_path, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("prune-run: error: sparsity=1.5 is out of range")
+    assert "sparsity=1.5" in lines[0].partition("(in the sweep's job")[2]
+    assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*/prune-run.log"))
 
 
 def test_loosen_swept_group_keys_only_touches_keys_of_swept_groups():

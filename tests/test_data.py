@@ -238,6 +238,30 @@ def test_fashion_mnist_from_idx_files_offline(tmp_path, monkeypatch, where):
     assert data.train.num_samples + data.val.num_samples == 60 and data.test.num_samples == 20
     assert data.test.split.images.shape == (20, 1, 28, 28)
     assert data.test.split.labels.tolist() == [i % 10 for i in range(20)]
+    assert data.source == str(folder) and f"from {folder}" in data.describe()  # the data line
+
+
+@pytest.mark.parametrize("named", ["empty folder", "no such folder"])
+def test_a_named_path_is_the_only_place_looked_at(tmp_path, monkeypatch, named):
+    """A typo in dataset.path must not train on Debian's copy: one line naming the path and
+    the files it lacks, though the files are in the default places."""
+    import prunekit.data.idx as data_mod
+
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    write_fashion(tmp_path / "debian")
+    write_fashion(tmp_path / "root" / "FashionMNIST" / "raw")
+    folder = tmp_path / "mine"
+    if named == "empty folder":
+        folder.mkdir()
+    cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "root"), path=str(folder))
+    with pytest.raises(ConfigError) as e:
+        build_data(cfg, TRAIN, channels=1)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"dataset.path={folder} ")
+    assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
+    assert ("is no folder" in msg) == (named == "no such folder")
+    cfg.path = None  # unnamed: the search order finds Debian's copy
+    assert build_data(cfg, TRAIN, channels=1).source == str(tmp_path / "debian")
 
 
 @pytest.mark.parametrize("damage, says", [

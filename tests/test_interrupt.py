@@ -1,6 +1,8 @@
 """A run stopped from outside: SIGTERM (cluster preemption) writes a checkpoint at the next step
 or epoch and leaves `status: interrupted`."""
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,3 +33,45 @@ def test_sigterm_mid_run_leaves_status_interrupted(tmp_path):
     assert s["status"] == "interrupted" and "SIGTERM" in s["error"]
     assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))  # written on the way out
     assert "Traceback" not in err and "interrupted; partial results in" in err
+
+
+def test_sigterm_in_dense_training_stops_within_an_epoch_and_says_how_to_resume(tmp_path):
+    """A long dense training, off a terminal: a line per epoch in the console and the log; SIGTERM
+    stops it at the epoch's end with checkpoints/dense.pt; the printed command resumes it."""
+    exe = Path(sys.executable).parent / "prune-run"
+    run_dir = tmp_path / "run"
+    args = [f"hydra.run.dir={run_dir}", "method=oneshot", "model=lenet5", "pretrain.epochs=40",
+            "pretrain.cache=false", "method.finetune_epochs=1", "hardware.latency.enabled=false"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    log = run_dir / "prune-run.log"
+    deadline = time.time() + 240
+    while "dense training: epoch 2/40" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "dense training never reached its second epoch"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and time.time() - signalled < 10  # an epoch: a second at most
+    assert (run_dir / "checkpoints" / "dense.pt").exists()
+    assert read_summary(run_dir)["status"] == "interrupted"
+    lines = [line for line in out.splitlines() if line.startswith("dense training: epoch ")]
+    assert 2 <= len(lines) < 40
+    assert re.fullmatch(r"dense training: epoch 1/40  loss \d+\.\d{4}  val top-1 \d+\.\d\d%  "
+                        r"\d+ img/s  ETA (\d+s|\d+m\d\ds|\d+h\d\dm)", lines[0]), lines[0]
+    assert lines[0] in log.read_text()  # the log file has them too
+    command = err.strip().splitlines()[-1].partition("resume with: ")[2]
+    assert command.startswith("prune-run ") and "resume=true" in command
+    resumed = subprocess.run([str(exe), *shlex.split(command)[1:]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    s = read_summary(run_dir)
+    assert s["status"] == "ok" and s["dense_source"].startswith("trained, resumed from")
+    assert "dense training: epoch 1/40 " not in resumed.stdout  # it went on from its epoch
+    assert "dense training: epoch 40/40 " in resumed.stdout
+    table = [line for line in resumed.stdout.splitlines() if "│" in line]
+    top1 = next(line for line in table if "top-1 (test, %)" in line)
+    assert re.search(r"│\s+\d+\.\d\d\s+│\s+\d+\.\d\d\s+│\s+[+-]\d+\.\d\d\s+│", top1), top1
+    assert not any("…" in line for line in table)  # off a terminal the table is not cut

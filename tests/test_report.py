@@ -81,6 +81,13 @@ def test_prune_report_cli_options(tmp_path):
     bad = subprocess.run([str(exe), str(tmp_path / "runs"), "--format", "xlsx"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--format xlsx" in bad.stderr
+    bad = subprocess.run([str(exe), str(tmp_path / "runs"), "--metric", "top1x",
+                          "--out", str(tmp_path / "typo")], capture_output=True, text=True,
+                         timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "Traceback" not in bad.stderr
+    assert "--metric top1x is not a key" in lines[0] and "(did you mean `top1`?)" in lines[0]
+    assert not (tmp_path / "typo").exists()  # no report of the method and n columns alone
     (tmp_path / "empty").mkdir()
     bad = subprocess.run([str(exe), str(tmp_path / "empty")], capture_output=True, text=True,
                          timeout=120)

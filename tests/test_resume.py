@@ -19,7 +19,7 @@ from prunekit.train import FitHooks, Trainer
 
 LENET = ["model=lenet5", "dataset.subset=0.4", "checkpoint.min_interval_s=0", *FAST]
 SAME = ("top1", "sparsity", "val_top1", "steps", "finetune_count", "finetune_epochs",
-        "params_nonzero", "compaction_max_abs_diff")
+        "params_nonzero", "compaction_max_abs_diff", "top1_dense", "val_top1_dense")
 
 
 def rows(run_dir: Path):
@@ -50,8 +50,9 @@ class Killed(BaseException):
 
 
 def strike(how: str) -> None:
-    if how == "sigterm":  # the real handler: the run checkpoints at its next boundary and stops
-        os.kill(os.getpid(), signal.SIGTERM)
+    if how in ("sigterm", "sigint"):  # the real handlers: the run checkpoints at its next
+        # boundary and stops (Ctrl-C: when a checkpoint is due, as min_interval_s=0 makes it)
+        os.kill(os.getpid(), signal.SIGTERM if how == "sigterm" else signal.SIGINT)
     else:
         raise Killed()
 
@@ -128,6 +129,10 @@ EVERY_METHOD = [
     ("slimming", ["model=resnet20", "method.epochs=2", "method.finetune_epochs=2"], 1,
      "sparsity training"),  # BatchNorm scales mid-penalty
 ]
+# Dense training checkpoints like every other phase (checkpoints/dense.pt; no cache, so every run
+# trains it): stopped inside it ("fit"), or after it ("step", the method's first row: the resumed
+# run loads the finished dense training from its checkpoint and trains nothing again)
+DENSE = [("oneshot", ["pretrain.cache=false", "method.finetune_epochs=1"], 1, "dense training")]
 # A method registered later and not listed above is still tested: its quick overrides, struck
 # after its first steps.csv row (oneshot stands in while every method is listed, so this path
 # stays tested).
@@ -163,6 +168,18 @@ def test_an_unlisted_method_resumes_to_the_same_rows(tmp_path, tmp_path_factory,
                              fit, "step", how)
 
 
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "kill"])
+@pytest.mark.parametrize("where", ["step", "fit"])
+@pytest.mark.parametrize("method, overrides, row, fit", DENSE)
+def test_interrupted_dense_training_resumes_to_the_same_model(tmp_path, tmp_path_factory,
+                                                              monkeypatch, method, overrides,
+                                                              row, fit, where, how):
+    resumed = resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method,
+                                       overrides, row, fit, where, how)
+    assert resumed["dense_source"].startswith("trained, resumed from")
+    assert "dense.pt" in resumed["dense_source"]
+
+
 def resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method, overrides, row,
                              fit, where, how):
     args = run_args(method, overrides)
@@ -176,13 +193,18 @@ def resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method, ov
         with pytest.raises((KeyboardInterrupt, Killed)):
             run(make_cfg(args), tmp_path, show=False)
     assert struck["struck"]
-    assert read_summary(tmp_path)["status"] == ("interrupted" if how == "sigterm" else "failed")
+    stopped = read_summary(tmp_path)
+    assert stopped["status"] == ("failed" if how == "kill" else "interrupted")
+    if how == "sigint":
+        assert "SIGINT" in stopped["error"]
     resumed = run(make_cfg([*args, "resume=true"]), tmp_path, show=False)
-    assert resumed["status"] == "ok" and "resumed_from" in resumed
+    assert resumed["status"] == "ok"
+    assert "resumed_from" in resumed or resumed["dense_source"].startswith("trained, resumed")
     for k in SAME:
         assert resumed[k] == reference[k], k
     assert rows(tmp_path) == reference_rows  # every step, value for value
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
+    return resumed
 
 
 def test_a_resumed_ice_run_replays_its_tuning(tmp_path, monkeypatch):
@@ -269,3 +291,15 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     again = subprocess.run([str(exe), f"hydra.run.dir={run_dir}", *common, "resume=true"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "skipped" in again.stdout
+
+
+def test_ctrl_c_with_no_checkpoint_due_stops_at_once(tmp_path, monkeypatch):
+    """Ctrl-C waits for a checkpoint only when one is due: here the interval has not passed, so
+    it stops inside the epoch, at once, and writes none."""
+    args = [*run_args("oneshot", ["pretrain.cache=false"]), "checkpoint.min_interval_s=3600"]
+    struck = interrupt(monkeypatch, "fit", "sigint", 0, "dense training")
+    with pytest.raises(KeyboardInterrupt) as e:
+        run(make_cfg(args), tmp_path, show=False)
+    assert struck["struck"] and type(e.value) is KeyboardInterrupt  # not Terminated
+    assert read_summary(tmp_path)["status"] == "interrupted"
+    assert not (tmp_path / "checkpoints" / "dense.pt").exists()

@@ -176,3 +176,15 @@ def test_divergence_is_a_failed_run_with_a_reason(tmp_path):
         run(make_cfg(["method=oneshot", *LENET, "method.lr=1e12"]), tmp_path, show=False)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["status"] == "failed" and "DivergenceError" in s["error"]
+
+
+@pytest.mark.parametrize("epochs, warned", [(0, True), (20, False)])
+def test_a_dense_model_near_chance_is_warned_about(tmp_path, caplog, epochs, warned):
+    """An untrained dense model (here: none of its epochs) makes every pruning figure meaningless:
+    one warning, before any pruning; a trained one gets none."""
+    s = run(make_cfg(["method=oneshot", "method.finetune_epochs=1", f"pretrain.epochs={epochs}",
+                      *LENET, "hardware.latency.enabled=false"]), tmp_path, show=False)
+    said = [r.getMessage() for r in caplog.records if "of chance" in r.getMessage()]
+    assert bool(said) == warned and s["status"] == "ok"
+    if warned:
+        assert s["val_top1_dense"] < 15 and "pretrain.epochs, now 0" in said[0]

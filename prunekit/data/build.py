@@ -2,7 +2,7 @@
 subset, resizing, channel matching and normalisation."""
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import torch
 
@@ -16,12 +16,23 @@ from prunekit.data.images import (
 from prunekit.data.loaders import Data, TensorLoader
 from prunekit.registry import Registry
 
+
+class Arrays(NamedTuple):
+    """What an in-memory data set's loader returns: uint8 NCHW train and test images, the class
+    count, and where the images came from (a folder, a package), which the run's data line says."""
+
+    train: Images
+    test: Images
+    num_classes: int
+    source: str
+
+
 # A builder: (dataset_cfg, train_cfg, channels, device, seed, channels_last) -> Data.
 DATASETS: Registry[Callable[..., "Data"]] = Registry("dataset")
 
 
 def image_arrays(name: str) -> Callable:
-    """Register `load(dataset_cfg) -> (train, test, num_classes)` (uint8 NCHW Images) as data set
+    """Register `load(dataset_cfg) -> Arrays` (uint8 NCHW train and test images) as data set
     `name`; the validation split, subset, resize and normalisation are the shared ones."""
     def wrap(load: Callable) -> Callable:
         def build(dataset_cfg, train_cfg, channels, device, seed, channels_last) -> Data:
@@ -49,7 +60,7 @@ def mean_std(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def tensor_data(name, train: Images, val: Images, test: Images, num_classes: int, channels: int,
-                 cfg, train_cfg, device, seed: int, channels_last: bool) -> Data:
+                 cfg, train_cfg, device, seed: int, channels_last: bool, source: str) -> Data:
     mean, std = mean_std(train.images)
     if train.images.shape[1] != channels:  # grayscale served to an RGB model
         mean, std = mean.expand(channels).clone(), std.expand(channels).clone()
@@ -61,13 +72,13 @@ def tensor_data(name, train: Images, val: Images, test: Images, num_classes: int
                      **common),
         TensorLoader(splits[1], train_cfg.eval_batch_size, **common),
         TensorLoader(splits[2], train_cfg.eval_batch_size, **common),
-        num_classes, channels, train.images.shape[-1], fast_path=True)
+        num_classes, channels, train.images.shape[-1], fast_path=True, source=source)
 
 
-def in_memory_data(name, arrays, dataset_cfg, train_cfg, channels: int, device, seed: int,
+def in_memory_data(name, arrays: Arrays, dataset_cfg, train_cfg, channels: int, device, seed: int,
                channels_last: bool) -> Data:
     """A data set held as uint8 tensors: resized, channels matched, split, subsampled."""
-    train_full, test, num_classes = arrays
+    train_full, test, num_classes, source = arrays
     size = dataset_cfg.image_size
     prepared = []
     for split in (train_full, test):
@@ -80,7 +91,7 @@ def in_memory_data(name, arrays, dataset_cfg, train_cfg, channels: int, device, 
     s, seed_split = dataset_cfg.subset, dataset_cfg.split_seed
     train, val, test = (subsample(x, s, seed_split) for x in (train, val, test))
     return tensor_data(name, train, val, test, num_classes, channels, dataset_cfg, train_cfg,
-                        device, seed, channels_last)
+                       device, seed, channels_last, source)
 
 
 def build_data(dataset_cfg, train_cfg, channels: int, device="cpu", seed: int = 0,

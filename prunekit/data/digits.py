@@ -1,16 +1,14 @@
 """digits: scikit-learn's 1797 handwritten 8x8 digits (offline, shipped with scikit-learn)."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
-from prunekit.data.build import image_arrays
+from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.images import Images, stratified_split
 
 
 @image_arrays("digits")
-def load_digits(cfg) -> Tuple[Images, Images, int]:
+def load_digits(cfg) -> Arrays:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -19,4 +17,4 @@ def load_digits(cfg) -> Tuple[Images, Images, int]:
     full = Images(images.unsqueeze(1), labels)
     # digits has no official test split: a fixed, stratified one (same for every run)
     train_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.split_seed + 1)
-    return full.take(train_idx), full.take(test_idx), 10
+    return Arrays(full.take(train_idx), full.take(test_idx), 10, "scikit-learn's bundled digits")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torchvision
 
-from prunekit.data.build import image_arrays
+from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.images import decode_all
 
 
@@ -14,4 +14,4 @@ def load_fake(cfg):
     kw = dict(image_size=(3, size, size), num_classes=cfg.num_classes)
     train = torchvision.datasets.FakeData(size=cfg.num_samples, random_offset=cfg.split_seed, **kw)
     test = torchvision.datasets.FakeData(size=n_test, random_offset=cfg.split_seed + 10**6, **kw)
-    return decode_all(train), decode_all(test), cfg.num_classes
+    return Arrays(decode_all(train), decode_all(test), cfg.num_classes, "torchvision's FakeData")

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from prunekit.data.build import Arrays
 from prunekit.data.images import Images, to_uint8_nchw
 from prunekit.errors import ConfigError
 
@@ -61,4 +62,4 @@ def torchvision_arrays(cls, name: str, cfg, channels_last_input: bool):
         return Images(to_uint8_nchw(ds.data, channels_last_input),
                       torch.as_tensor(np.asarray(ds.targets)).long())
 
-    return split(train), split(test), classes
+    return Arrays(split(train), split(test), classes, root)

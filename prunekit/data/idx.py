@@ -1,8 +1,8 @@
-"""MNIST and Fashion-MNIST from their IDX files: `dataset.path`, Debian's package folder, or
-torchvision's layout under `dataset.root` (downloaded there with `dataset.download`)."""
+"""MNIST and Fashion-MNIST from their IDX files: `dataset.path` when it is named (and only there),
+else Debian's package folder or torchvision's layout under `dataset.root` (downloaded there with
+`dataset.download`)."""
 from __future__ import annotations
 
-import logging
 import os
 from typing import Dict, Optional
 
@@ -10,12 +10,10 @@ import numpy as np
 import torch
 import torchvision
 
-from prunekit.data.build import image_arrays
+from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.fetch import torchvision_arrays
 from prunekit.data.images import Images
 from prunekit.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -82,18 +80,27 @@ def idx_split(files: Dict[str, str], split: str, num_classes: int) -> Images:
                   torch.from_numpy(labels.astype(np.int64)))
 
 
-def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None):
-    """MNIST-format data from the first place that has the four IDX files: `dataset.path`,
+def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None) -> Arrays:
+    """MNIST-format data from `dataset.path` when one is named (there and nowhere else: a typo
+    must not train on other data), else from the first place that has the four IDX files:
     Debian's package folder, torchvision's layout under `dataset.root`; else torchvision's
     download (`dataset.download`)."""
+    if cfg.path:
+        folder = os.path.expanduser(str(cfg.path))
+        files = find_idx([folder])
+        if files is None:
+            wanted = ", ".join(stem + "[.gz]" for pair in IDX_FILES.values() for stem in pair)
+            where = "has" if os.path.isdir(folder) else "is no folder, so it has"
+            raise ConfigError(f"dataset.path={cfg.path} {where} not the four IDX files of "
+                              f"{name} ({wanted}): point dataset.path at the folder that holds "
+                              "them, or leave it unset to search the default places")
+        return idx_arrays(files)
     root = os.path.expanduser(str(cfg.root))
-    folders = [os.path.expanduser(str(cfg.path))] if cfg.path else []
-    folders += [debian] if debian else []
+    folders = [debian] if debian else []
     folders.append(os.path.join(root, cls.__name__, "raw"))
     files = find_idx(folders)
     if files is not None:
-        log.info("%s: IDX files in %s", name, os.path.dirname(files[IDX_FILES["train"][0]]))
-        return idx_split(files, "train", 10), idx_split(files, "test", 10), 10
+        return idx_arrays(files)
     package = (f"install Debian's package (apt-get install dataset-{name.lower()}, or "
                "`make data`)" if debian else None)
     if not cfg.download:
@@ -106,6 +113,11 @@ def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None):
         if package is None:
             raise
         raise ConfigError(f"{e}; or {package}") from None
+
+
+def idx_arrays(files: Dict[str, str]) -> Arrays:
+    return Arrays(idx_split(files, "train", 10), idx_split(files, "test", 10), 10,
+                  os.path.dirname(files[IDX_FILES["train"][0]]))
 
 
 @image_arrays("mnist")

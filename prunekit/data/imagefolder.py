@@ -49,7 +49,7 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
         val = Images(decoded.images[n_train:], decoded.labels[n_train:])
         test = decode_all(torch.utils.data.Subset(test_full, test_idx.tolist()))
         return tensor_data("imagefolder", train, val, test, len(full.classes), channels, cfg,
-                            train_cfg, device, seed, channels_last)
+                           train_cfg, device, seed, channels_last, path)
 
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     if gray:
@@ -69,4 +69,4 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
                 StreamLoader(train_set, train_cfg.batch_size, train=True, seed=seed, **kw),
                 StreamLoader(val_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
                 StreamLoader(test_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
-                len(full.classes), channels, size, fast_path=False)
+                len(full.classes), channels, size, fast_path=False, source=path)

@@ -218,12 +218,14 @@ class Data:
     channels: int
     image_size: int
     fast_path: bool
+    source: str = ""  # where the images came from: a folder, a package
 
     def describe(self) -> str:
         path = "in-memory tensors" if self.fast_path else "streaming DataLoader"
         return (f"{self.name}: {self.train.num_samples} train / {self.val.num_samples} val / "
                 f"{self.test.num_samples} test, {self.num_classes} classes, {self.channels}x"
-                f"{self.image_size}x{self.image_size}, {path}")
+                f"{self.image_size}x{self.image_size}, {path}"
+                + (f", from {self.source}" if self.source else ""))
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """The first val images (the same on every rank of a distributed run)."""

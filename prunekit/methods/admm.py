@@ -297,6 +297,7 @@ class HardPruneMethod(ProjectionMethod):
 
     granularities = GRANULARITIES
     summary_formats = RETRAIN_FORMATS
+    headline = ("top1_hard",)  # SLR's claim: accurate at the hard prune, before retraining
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:

@@ -9,7 +9,7 @@ the method; no code outside a method's module tests its name.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, ClassVar, Dict, Optional, Tuple, Type
+from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Tuple, Type
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +44,7 @@ class Method:
     quick: ClassVar[Tuple[str, ...]] = ()  # overrides for a run of seconds (tests, smoke runs)
     # summary.json keys of the method (regular expressions) -> (report title, number format)
     summary_formats: ClassVar[Dict[str, Tuple[str, str]]] = {}
+    headline: ClassVar[Tuple[str, ...]] = ()  # its keys the console's summary table shows too
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -145,6 +146,16 @@ class Method:
         for key in m:
             if key.endswith("epochs"):
                 at_least(cfg, f"method.{key}", 0, " (epochs cannot be negative)")
+
+    @classmethod
+    def headline_rows(cls, summary: dict) -> List[Tuple[str, object, str]]:
+        """(title, value, format) of the method's headline keys a run's summary holds."""
+        rows = []
+        for key in cls.headline:
+            if key in summary:
+                title, fmt = cls.summary_format(key)
+                rows.append((title, summary[key], fmt))
+        return rows
 
     @classmethod
     def summary_format(cls, key: str) -> Optional[Tuple[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from prunekit.errors import ConfigError, did_you_mean, first_line
+from prunekit.errors import ConfigError, closest, first_line
 from prunekit.models.build import MODELS, ModelRequest, fetch_error
 from prunekit.sparsity import attention
 
@@ -28,10 +28,11 @@ def build_timm(r: ModelRequest) -> nn.Module:
     if arch is None:
         raise ConfigError("model.arch is not set: model=timm needs model.arch=NAME "
                           "(timm.list_models() lists them)")
-    if arch not in timm.list_models():
-        raise ConfigError(f"model.arch={arch} is not a timm model"
-                          f"{did_you_mean(arch, timm.list_models())}: timm.list_models() lists "
-                          "them")
+    known = timm.list_models()
+    if arch not in known:
+        raise ConfigError(f"model.arch={arch} is not a timm model{closest(arch, known)}: "
+                          f"`python -c 'import timm; print(timm.list_models())'` lists all "
+                          f"{len(known)}")
     kwargs = dict(num_classes=r.num_classes, in_chans=r.in_channels)
     if arch.startswith(("vit_", "deit_", "beit", "eva")) and not r.get("pretrained", False):
         kwargs["img_size"] = r.image_size  # a ViT's position embedding is sized for its images

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torchvision
 
-from prunekit.errors import ConfigError, did_you_mean
+from prunekit.errors import ConfigError, closest
 from prunekit.models.build import (
     MODELS,
     ModelRequest,
@@ -37,6 +37,10 @@ NO_CHANNEL_GROUPS = {
 }
 
 
+LIST_COMMAND = ("python -c 'import torchvision as tv; "
+                "print(tv.models.list_models(module=tv.models))'")
+
+
 def classifiers():
     return torchvision.models.list_models(module=torchvision.models)
 
@@ -48,8 +52,8 @@ def arch_of(r: ModelRequest, key: str = "model.arch") -> str:
         raise ConfigError(f"{key} is not set: model=torchvision needs model.arch=NAME, one of "
                           f"torchvision's classifiers (e.g. resnet18, convnext_tiny, vit_b_16)")
     if arch not in known:
-        raise ConfigError(f"{key}={arch} is not a torchvision classifier{did_you_mean(arch, known)}"
-                          f" (known: {', '.join(known)})")
+        raise ConfigError(f"{key}={arch} is not a torchvision classifier{closest(arch, known)}: "
+                          f"`{LIST_COMMAND}` lists all {len(known)}")
     return arch
 
 

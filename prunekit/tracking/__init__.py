@@ -226,11 +226,12 @@ class Tracking:
 
 
 class EpochLog:
-    """Trainer.epoch_end for a tracked run: the epoch's training loss and the model's val top-1
-    go to the trackers. The evaluation is work only the report needs: its seconds go to
-    `exclude` (the run leaves them out of its timing), and it reads no random numbers, so a
-    tracked run computes what an untracked one does. Every rank of a distributed run evaluates
-    (the evaluation is collective); rank 0 logs."""
+    """Trainer.epoch_end for a tracked run, or one off a terminal: the epoch's training loss and
+    the model's val top-1 go to the trackers (if any) and to the epoch's line (Trainer.log_epoch).
+    The evaluation is work only the report needs: its seconds go to `exclude` (the run leaves
+    them out of its timing), and it reads no random numbers, so a tracked run computes what an
+    untracked one does. Every rank of a distributed run evaluates (the evaluation is
+    collective); rank 0 logs."""
 
     def __init__(self, tracking: Tracking, evaluate: Optional[Callable[[object], float]]):
         self.tracking = tracking
@@ -243,11 +244,12 @@ class EpochLog:
     def _add(self, seconds: float) -> None:
         self.excluded += seconds
 
-    def __call__(self, epoch: int, loss: float, model) -> None:
+    def __call__(self, epoch: int, loss: float, model) -> Optional[float]:
         started = time.perf_counter()
         val = self.evaluate(model) if self.evaluate is not None else None
         self.tracking.epoch(self.series, self.first_index() + epoch + 1, loss, val)
         self.exclude(time.perf_counter() - started)
+        return val
 
 
 # every module here registers its tracker (whose package is imported only when a run starts it)
