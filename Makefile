@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: install data demo test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
+.PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
         bench-speedup bench-loop verdicts verdicts-full report-screenshot clean
@@ -35,6 +35,9 @@ report-screenshot:  ## a PNG of a report.html in headless Chromium (REPORT=..., 
 	@mkdir -p $(dir $(SHOT))
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1760,1250 \
 		--virtual-time-budget=5000 --screenshot=$(abspath $(SHOT)) file://$(abspath $(REPORT))
+
+check-wheel:  ## the wheel, installed (not editable, no dev extra) in a fresh venv, run from outside the checkout (CI runs it)
+	PY=$(BIN)/python scripts/check_wheel.sh
 
 test:  ## lint, then the fast suite (what CI runs)
 	$(BIN)/ruff check prunekit tests scripts

@@ -297,7 +297,8 @@ def check_added_keys(cfg: DictConfig, overrides: List[str], choices=None) -> Non
 def validate_sweep(validate_batch_is_legal=Sweeper.validate_batch_is_legal):
     """Hydra's sweepers compose every job of a batch before launching it (an unknown option is
     refused there); prunekit's own checks run there too, so `-m sparsity=0.5,1.5` is refused
-    before the first job trains, not when its bad job comes."""
+    before the first job trains, not when its bad job comes. A job given a key that only other
+    swept options have is left to fail in its own run, as it always has."""
     def validate_batch(sweeper: Sweeper, batch) -> None:
         validate_batch_is_legal(sweeper, batch)
         loader = getattr(sweeper, "hydra_context", None)
@@ -309,6 +310,9 @@ def validate_sweep(validate_batch_is_legal=Sweeper.validate_batch_is_legal):
                 del cfg["hydra"]
             try:
                 check_added_keys(cfg, list(overrides))
+            except ConfigError:  # a key of the other swept options: this job fails in its own
+                continue  # run, in one line, and theirs run (loosen_swept_group_keys)
+            try:
                 validate(cfg)
             except ConfigError as e:
                 raise ConfigError(f"{e} (in the sweep's job {','.join(overrides)}): no job of "

@@ -383,8 +383,8 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, group_by: Sequence[
     if show:
         print_table(console_table(display_table(agg, group_by, metrics), failed))
         for line in failed_lines(failed):
-            CONSOLE.print(line, markup=False)
-        CONSOLE.print(f"report: {', '.join(str(p) for p in written)}", markup=False)
+            CONSOLE.print(line, markup=False, soft_wrap=True)
+        CONSOLE.print(f"report: {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
     return {"runs": runs, "aggregate": agg, "failed": failed, "written": written}
 
 

@@ -468,5 +468,5 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
         tracking.finish(summary, out_dir, bool(OmegaConf.select(cfg, "logger.log_model")))
         if show and main and summary["status"] == "ok":
             print_summary(summary, METHODS[cfg.method.name].headline_rows(summary))
-            CONSOLE.print(f"results in {out_dir}")
+            CONSOLE.print(f"results in {out_dir}", markup=False, soft_wrap=True)
     return summary

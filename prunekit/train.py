@@ -225,7 +225,9 @@ class Trainer:
         top-1 (when the per-epoch log measured it), images/s, and the fit's time left."""
         done = epoch + 1 - first
         left = fit_seconds / done * (epochs - epoch - 1)
-        images = self.data.train.num_samples * distributed.current().size
+        loader = self.data.train
+        images = getattr(loader, "num_samples", len(loader) * self.cfg.batch_size) * \
+            distributed.current().size
         log.log(self.log_level, "%s: epoch %d/%d  loss %.4f%s  %.0f img/s  ETA %s", desc,
                 epoch + 1, epochs, loss, "" if val is None else f"  val top-1 {val:.2f}%",
                 images / max(seconds, 1e-9), clock_time(left))

@@ -14,7 +14,13 @@ from hydra import compose, initialize_config_module
 
 import prunekit  # noqa: F401  (registers the config schemas)
 
-torch.set_num_threads(2)
+# `make test` runs two pytest-xdist workers on the two cores: one thread each (and in the prune-run
+# processes they start, which inherit OMP_NUM_THREADS), since more threads than cores makes these
+# tiny models slower; a plain `pytest` keeps both cores for itself.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, 2 // WORKERS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 # Runs finish in seconds: tiny subsets, one epoch, short latency protocol, no progress bars.
 FAST = ["train.progress=false", "hardware.latency.repeats=2", "hardware.latency.warmup=1",
@@ -23,10 +29,14 @@ FAST = ["train.progress=false", "hardware.latency.repeats=2", "hardware.latency.
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Every test session gets its own dense cache; tests never touch ~/.cache."""
-    cache = tmp_path_factory.getbasetemp() / "prunekit-cache"
+    """Every test session gets its own dense cache, which its xdist workers share (a dense model is
+    trained once per session, under the cache's lock); tests never touch ~/.cache."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder; each worker's basetemp is its own under it
+    cache = root / "prunekit-cache"
     monkeypatch.setenv("PRUNEKIT_CACHE", str(cache))
-    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path_factory.getbasetemp() / "prunekit-data"))
+    monkeypatch.setenv("PRUNEKIT_DATA", str(root / "prunekit-data"))
     return cache
 
 

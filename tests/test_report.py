@@ -118,12 +118,13 @@ def test_a_2x2_multirun_reports_itself_and_prune_report_rewrites_it(tmp_path):
 
 def test_a_failing_job_does_not_stop_the_sweep_or_its_report(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "dataset=digits,imagefolder",
+    # (a failure its loading finds: a bad value is refused before the sweep starts)
+    r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "dataset=digits,fashion_mnist",
                  "dataset.path=/nonexistent", "method=oneshot", *TINY], cwd=tmp_path, timeout=600)
     assert r.returncode == 1  # a job failed
     md = (sweep / "report.md").read_text()
     failed = md.split("## Failed and interrupted runs")[1]
-    assert "imagefolder" in failed and "/nonexistent" in failed
+    assert "fashion_mnist" in failed and "/nonexistent" in failed
     assert len(read_csv(sweep / "report.csv")) == 1  # the digits job
 
 
