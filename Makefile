@@ -39,9 +39,10 @@ report-screenshot:  ## a PNG of a report.html in headless Chromium (REPORT=..., 
 check-wheel:  ## the wheel, installed (not editable, no dev extra) in a fresh venv, run from outside the checkout (CI runs it)
 	PY=$(BIN)/python scripts/check_wheel.sh
 
-test:  ## lint, then the fast suite (what CI runs)
+TEST_WORKERS ?= 2
+test:  ## lint, then the fast suite on TEST_WORKERS processes (what CI runs)
 	$(BIN)/ruff check prunekit tests scripts
-	$(PYTEST) -q
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow:  ## the long end-to-end runs (paper-scale checks of the issues' "done when")
 	$(PYTEST) -q -m slow

@@ -150,8 +150,9 @@ def run_args(method: str, overrides) -> list:
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
 @pytest.mark.parametrize("where", ["step", "fit"])
-@pytest.mark.parametrize("method, overrides, row, fit", EVERY_METHOD,
-                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(EVERY_METHOD)])
+@pytest.mark.parametrize("method, overrides, row, fit", [
+    pytest.param(*case, id=f"{case[0]}-{i}", marks=pytest.mark.xdist_group(f"resume-{i}"))
+    for i, case in enumerate(EVERY_METHOD)])  # (a group: one worker, one reference run)
 def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch,
                                                      method, overrides, row, fit, where, how):
     """Every method, stopped by SIGTERM or killed, at a step boundary or inside a fine-tune,
@@ -161,7 +162,8 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path, tmp_path_factory,
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
-@pytest.mark.parametrize("method, overrides, row, fit", UNLISTED)
+@pytest.mark.parametrize("method, overrides, row, fit", [
+    pytest.param(*case, marks=pytest.mark.xdist_group("resume-unlisted")) for case in UNLISTED])
 def test_an_unlisted_method_resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch,
                                                      method, overrides, row, fit, how):
     resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method, overrides, row,
@@ -170,7 +172,8 @@ def test_an_unlisted_method_resumes_to_the_same_rows(tmp_path, tmp_path_factory,
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint", "kill"])
 @pytest.mark.parametrize("where", ["step", "fit"])
-@pytest.mark.parametrize("method, overrides, row, fit", DENSE)
+@pytest.mark.parametrize("method, overrides, row, fit", [
+    pytest.param(*case, marks=pytest.mark.xdist_group("resume-dense")) for case in DENSE])
 def test_interrupted_dense_training_resumes_to_the_same_model(tmp_path, tmp_path_factory,
                                                               monkeypatch, method, overrides,
                                                               row, fit, where, how):

@@ -1,14 +1,14 @@
 """fake: torchvision's FakeData, random images of a given size and class count (for tests)."""
 from __future__ import annotations
 
-import torchvision
-
 from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.images import decode_all
 
 
 @image_arrays("fake")
 def load_fake(cfg):
+    import torchvision  # here, not at import: `prune-run` starts without it
+
     size = cfg.image_size or 32
     n_test = max(cfg.num_samples // 5, cfg.num_classes)
     kw = dict(image_size=(3, size, size), num_classes=cfg.num_classes)

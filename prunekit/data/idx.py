@@ -8,7 +8,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torchvision
 
 from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.fetch import torchvision_arrays
@@ -122,10 +121,14 @@ def idx_arrays(files: Dict[str, str]) -> Arrays:
 
 @image_arrays("mnist")
 def load_mnist(cfg):
+    import torchvision  # here, not at import: `prune-run` starts without it
+
     return _idx_dataset(torchvision.datasets.MNIST, "MNIST", cfg)
 
 
 @image_arrays("fashion_mnist")
 def load_fashion_mnist(cfg):
+    import torchvision
+
     return _idx_dataset(torchvision.datasets.FashionMNIST, "Fashion-MNIST", cfg,
                         DEBIAN_FASHION_MNIST)

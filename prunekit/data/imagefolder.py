@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torchvision
-from torchvision import transforms as T
 
 from prunekit.data.build import DATASETS, tensor_data
 from prunekit.data.images import Images, decode_all, stratified_split, subset_indices
@@ -18,6 +16,9 @@ IN_MEMORY_LIMIT_BYTES = 4 << 30  # decode an image folder into memory below this
 
 @DATASETS.register("imagefolder")
 def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
+    import torchvision  # here, not at import: `prune-run` starts without it
+    from torchvision import transforms as T
+
     path = os.path.expanduser(str(cfg.path))
     size = cfg.image_size or 224
     folder = torchvision.datasets.ImageFolder

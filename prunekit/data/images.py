@@ -8,7 +8,6 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import transforms as T
 
 from prunekit.errors import ConfigError
 
@@ -90,7 +89,9 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def decode_all(dataset) -> Images:
-    to_tensor = T.PILToTensor()
+    from torchvision.transforms import PILToTensor  # here: `prune-run` starts without torchvision
+
+    to_tensor = PILToTensor()
     images, labels = [], []
     for img, label in dataset:
         images.append(to_tensor(img.convert("RGB") if img.mode not in ("L", "RGB") else img))

@@ -5,11 +5,11 @@ import importlib
 import pkgutil
 
 from prunekit.models.build import MODELS, ModelRequest, build_model
-from prunekit.models.layers import BLOCK_TYPES, prunable_layers, residual_blocks
+from prunekit.models.layers import prunable_layers, residual_blocks
 from prunekit.models.weights import load_weights, read_state_dict, resize_to_state
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["BLOCK_TYPES", "MODELS", "ModelRequest", "build_model", "load_weights",
+__all__ = ["MODELS", "ModelRequest", "build_model", "load_weights",
            "prunable_layers", "read_state_dict", "resize_to_state", "residual_blocks"]

@@ -8,14 +8,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from prunekit.models.build import classic, kaiming_conv
 
 
-def _torchvision_resnet(builder: Callable) -> Callable:
+def _torchvision_resnet(name: str) -> Callable:
     def build(num_classes: int, in_channels: int, image_size: int, small_input: bool) -> nn.Module:
-        model = builder(weights=None, num_classes=num_classes)
+        import torchvision  # here, not at import: `prune-run` starts without it
+
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
         if small_input:  # 3x3 stride-1 stem, no max-pool: keeps 32 px (or 8 px) images resolvable
             model.conv1 = kaiming_conv(in_channels, 64, 3, 1, 1)
             model.maxpool = nn.Identity()
@@ -29,6 +30,8 @@ def _torchvision_resnet(builder: Callable) -> Callable:
 @classic("vgg16")
 def build_vgg16(num_classes: int, in_channels: int, image_size: int,
                 small_input: bool) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.vgg16_bn(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.features[0] = kaiming_conv(in_channels, 64, 3, 1, 1)
@@ -50,6 +53,8 @@ def build_vgg16(num_classes: int, in_channels: int, image_size: int,
 @classic("mobilenet_v2")
 def build_mobilenet_v2(num_classes: int, in_channels: int, image_size: int,
                        small_input: bool) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
     if in_channels != 3 or small_input:
@@ -151,7 +156,7 @@ def build_lenet5(num_classes: int, in_channels: int, image_size: int,
 
 
 for _name in ("resnet18", "resnet50"):
-    classic(_name)(_torchvision_resnet(getattr(torchvision.models, _name)))
+    classic(_name)(_torchvision_resnet(_name))
 for _depth in CIFAR_RESNET_DEPTHS:
     classic(f"resnet{_depth}")(_cifar_resnet(_depth))
 

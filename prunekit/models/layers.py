@@ -5,26 +5,29 @@ from __future__ import annotations
 from typing import Dict
 
 import torch.nn as nn
-from torchvision.models.convnext import CNBlock
-from torchvision.models.efficientnet import FusedMBConv, MBConv
-from torchvision.models.mnasnet import _InvertedResidual as MnasInvertedResidual
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
-from torchvision.models.regnet import ResBottleneckBlock
-from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.models.swin_transformer import SwinTransformerBlock
-from torchvision.models.vision_transformer import EncoderBlock
 
-from prunekit.models.classic import CifarBasicBlock
-
-# Residual blocks, by family; a ViT's is an encoder layer (attention and MLP, each residual), a
-# Swin's its transformer block (SwinTransformerBlockV2 is a subclass). A
+# Residual blocks, by family, as (module, class name), so finding them imports no model zoo (and
+# `prune-run` starts without torchvision); a subclass counts (SwinTransformerBlockV2). A ViT's
+# block is an encoder layer (attention and MLP, each residual), a Swin's its transformer block. A
 # network with none of them (VGG, LeNet, DenseNet, GoogLeNet) is pruned one layer per step.
-BLOCK_TYPES = (BasicBlock, Bottleneck, InvertedResidual, CifarBasicBlock, InvertedResidualV3,
-               MBConv, FusedMBConv, MnasInvertedResidual, ResBottleneckBlock, CNBlock,
-               EncoderBlock, SwinTransformerBlock)
-# The same in optional packages, by (module, class name): timm's ViT block.
-BLOCK_NAMES = {("timm.models.vision_transformer", "Block")}
+BLOCK_NAMES = {
+    ("torchvision.models.resnet", "BasicBlock"), ("torchvision.models.resnet", "Bottleneck"),
+    ("torchvision.models.mobilenetv2", "InvertedResidual"),
+    ("torchvision.models.mobilenetv3", "InvertedResidual"),
+    ("torchvision.models.efficientnet", "MBConv"),
+    ("torchvision.models.efficientnet", "FusedMBConv"),
+    ("torchvision.models.mnasnet", "_InvertedResidual"),
+    ("torchvision.models.regnet", "ResBottleneckBlock"),
+    ("torchvision.models.convnext", "CNBlock"),
+    ("torchvision.models.vision_transformer", "EncoderBlock"),
+    ("torchvision.models.swin_transformer", "SwinTransformerBlock"),
+    ("prunekit.models.classic", "CifarBasicBlock"),
+    ("timm.models.vision_transformer", "Block"),
+}
+
+
+def is_block(module: nn.Module) -> bool:
+    return any((cls.__module__, cls.__name__) in BLOCK_NAMES for cls in type(module).__mro__)
 
 
 def prunable_layers(model: nn.Module, prune_first_conv: bool = False,
@@ -48,5 +51,4 @@ def prunable_layers(model: nn.Module, prune_first_conv: bool = False,
 
 
 def residual_blocks(model: nn.Module) -> Dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)
-            or (type(m).__module__, type(m).__name__) in BLOCK_NAMES}
+    return {n: m for n, m in model.named_modules() if is_block(m)}

@@ -11,7 +11,6 @@ ViT's attention becomes a HeadAttention (same function; prunable heads, q/k/v Li
 from __future__ import annotations
 
 import torch.nn as nn
-import torchvision
 
 from prunekit.errors import ConfigError, closest
 from prunekit.models.build import (
@@ -42,6 +41,8 @@ LIST_COMMAND = ("python -c 'import torchvision as tv; "
 
 
 def classifiers():
+    import torchvision  # here, not at import: `prune-run` starts without it
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -58,6 +59,8 @@ def arch_of(r: ModelRequest, key: str = "model.arch") -> str:
 
 
 def weights_of(arch: str, name: str):
+    import torchvision
+
     enum = torchvision.models.get_model_weights(arch)
     if name not in enum.__members__:
         raise ConfigError(f"model.weights={name} is not a weights name of {arch} (known: "
@@ -86,6 +89,8 @@ def shrink_stem(model: nn.Module) -> None:
 
 @MODELS.register("torchvision")
 def build_torchvision(r: ModelRequest) -> nn.Module:
+    import torchvision
+
     arch = arch_of(r)
     kwargs = {}
     weights = None
