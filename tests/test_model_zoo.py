@@ -99,7 +99,7 @@ def test_every_torchvision_classifier_prunes_filters_compacts_and_reloads(arch, 
 
 
 # ------------------------------------------------------------------------- through prune-run
-TINY = ["dataset=fake", "dataset.num_samples=160", "pretrain.epochs=1",
+TINY = ["dataset=fake", "dataset.num_samples=64", "dataset.batch_size=16", "pretrain.epochs=1",
         "hardware.latency.enabled=false", "checkpoint.enabled=false", *FAST]
 ONESHOT = ["method=oneshot", "method.granularity=filter", "method.finetune_epochs=1"]
 RUNS = [pytest.param(a, marks=() if a in {"densenet121", "efficientnet_b0", "convnext_tiny",

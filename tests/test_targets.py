@@ -22,7 +22,7 @@ from prunekit.sparsity import Pruner, PruneSpec
 from prunekit.sparsity.cost import Cost, as_factor, removed_fraction
 from prunekit.sparsity.projection import hard_prune
 
-QUICK = ["dataset.subset=0.25", "pretrain.epochs=1", *FAST]  # resnet18 on a fifth of digits
+QUICK = ["model=resnet20", "dataset.subset=0.25", "pretrain.epochs=1", *FAST]  # a fifth of digits
 
 
 def cost_pruner(model, kind, granularity, scope="layerwise", size=16):

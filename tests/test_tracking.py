@@ -57,7 +57,8 @@ def test_a_sweep_is_read_back_by_tensorboard_and_mlflow(tmp_path):
 
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", f"hydra.sweep.dir={sweep}", "method=gradual,oneshot",
-                 "logger=[tensorboard,mlflow]", *LENET], cwd=tmp_path)
+                 "logger=[tensorboard,mlflow]", *LENET], cwd=tmp_path,
+                env={"PRUNEKIT_CACHE": str(tmp_path / "cache")})  # its first job trains
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = {read_summary(job)["method"]: job for job in (sweep / "0", sweep / "1")}
     names = {m: ",".join(o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")
