@@ -42,15 +42,40 @@ def only_run_dir(cwd: Path) -> Path:
     return dirs[0]
 
 
+EVERY_METHOD = """
+import json, sys
+from hydra import compose, initialize_config_module
+import prunekit
+from prunekit import distributed
+from prunekit.runner import run
+distributed.join("auto")
+for overrides, out_dir in json.loads(sys.argv[1]):
+    with initialize_config_module(version_base="1.3", config_module="prunekit.conf"):
+        run(compose("config", overrides=overrides), out_dir, show=False)
+distributed.leave()
+"""
+
+
+@pytest.fixture(scope="module")
+def every_method_on_two_processes(tmp_path_factory):
+    """One torchrun whose two processes run every method in turn (one process start, not ten:
+    the CLI's own start under torchrun is the other tests'); {method: (summary, stderr)}."""
+    root = tmp_path_factory.mktemp("two_processes")
+    (root / "every_method.py").write_text(EVERY_METHOD)
+    jobs = [(overrides(m), str(root / m)) for m in sorted(METHODS)]
+    r = torchrun([str(root / "every_method.py"), json.dumps(jobs)], root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {m: (json.loads((root / m / "summary.json").read_text()), r.stderr)
+            for m in sorted(METHODS)}
+
+
+@pytest.mark.xdist_group("two_processes")  # one worker runs the fixture's torchrun once
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_two_processes_make_one_run_close_to_one_process(method, tmp_path):
-    r = torchrun(["-m", "prunekit.cli", *overrides(method)], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    run_dir = only_run_dir(tmp_path)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "ok"
-    assert (run_dir / "prune-run.log").is_file() and (run_dir / "prune-run.rank1.log").is_file()
-    assert "ranks disagree" not in r.stderr
+def test_two_processes_make_one_run_close_to_one_process(method, tmp_path,
+                                                         every_method_on_two_processes):
+    summary, stderr = every_method_on_two_processes[method]
+    assert summary["status"] == "ok" and summary["method"] == method
+    assert "ranks disagree" not in stderr
     single = run(make_cfg(overrides(method)), tmp_path / "single", show=False)
     assert summary["sparsity"] == pytest.approx(single["sparsity"], abs=0.02)
     assert summary["top1_dense"] == pytest.approx(single["top1_dense"], abs=3.0)
@@ -65,6 +90,7 @@ def test_a_tracked_run_of_two_processes_is_tracked_once_with_every_epoch(tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / "prune-run.log").is_file() and (run_dir / "prune-run.rank1.log").is_file()
     [tracked] = (run_dir / "tensorboard").iterdir()  # rank 0 alone tracks
     assert len(list(tracked.glob("events.*"))) == 2  # its run, and its hparams
     series = scalars(tracked)

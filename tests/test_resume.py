@@ -124,7 +124,7 @@ EVERY_METHOD = [
     ("autocompress", ["method.rounds=2", "method.search.evaluations=3", "method.iterations=1",
                       "method.finetune_epochs=2"], 12, "round 2 fine-tune"),  # per round
     ("ice", ["model=timm", "model.arch=vit_tiny_patch16_224", "dataset.image_size=16",
-             "method.autotune.enabled=false", "method.finetune_epochs=2",
+             "dataset.subset=0.15", "method.autotune.enabled=false", "method.finetune_epochs=2",
              "method.use_threshold=false"], 2, "step 2 fine-tune"),  # heads gone, num_heads back
     ("slimming", ["model=resnet20", "method.epochs=2", "method.finetune_epochs=2"], 1,
      "sparsity training"),  # BatchNorm scales mid-penalty
@@ -142,10 +142,9 @@ REFERENCES: dict = {}
 
 
 def run_args(method: str, overrides) -> list:
-    """The method's overrides on the small LeNet run (an override naming a model replaces it)."""
-    own_model = any(o.startswith("model=") for o in overrides)
-    return [f"method={method}", *overrides,
-            *(o for o in LENET if not (own_model and o.startswith("model=")))]
+    """The method's overrides on the small LeNet run (a key it sets replaces LENET's)."""
+    own = {o.partition("=")[0] for o in overrides}
+    return [f"method={method}", *overrides, *(o for o in LENET if o.partition("=")[0] not in own)]
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
