@@ -66,3 +66,17 @@ def run_cli(args: List[str], cwd: Path, timeout: int = 300,
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+# The suites whose tests take longest, started first: two workers then end together instead of
+# one idling while the other finishes a long test collected last.
+LONGEST_FIRST = ("test_distributed", "test_resume", "test_fuzz", "test_model_zoo",
+                 "test_interrupt", "test_report", "test_tracking", "test_cli")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        module = item.module.__name__.rpartition(".")[2]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each suite keeps its own order
