@@ -132,7 +132,8 @@ EVERY_METHOD = [
 # Dense training checkpoints like every other phase (checkpoints/dense.pt; no cache, so every run
 # trains it): stopped inside it ("fit"), or after it ("step", the method's first row: the resumed
 # run loads the finished dense training from its checkpoint and trains nothing again)
-DENSE = [("oneshot", ["pretrain.cache=false", "method.finetune_epochs=1"], 1, "dense training")]
+DENSE = [("oneshot", ["pretrain.cache=false", "pretrain.epochs=4", "method.finetune_epochs=1"], 1,
+          "dense training")]
 # A method registered later and not listed above is still tested: its quick overrides, struck
 # after its first steps.csv row (oneshot stands in while every method is listed, so this path
 # stays tested).
