@@ -163,13 +163,17 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
                                      "model": {k: v.detach().cpu()
                                                for k, v in model.state_dict().items()}})
 
+    last: dict = {}  # the fit state at the last epoch end
+
+    def epoch_end(fit: dict) -> None:
+        last.update(fit)
+        checkpoint(fit)
+
     fit_state = state["fit"] if state is not None else None
     if fit_state is None or fit_state["epochs_done"] < cfg.pretrain.epochs:
-        last = {}
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay,
-                    hooks=FitHooks(checkpoint=lambda fit: (last.update(fit), checkpoint(fit))),
-                    resume=fit_state)
+                    hooks=FitHooks(checkpoint=epoch_end), resume=fit_state)
         trainer.hw.sync()
         if not cfg.pretrain.cache and last:
             checkpoint(last, force=True)
@@ -396,7 +400,7 @@ def resumable(cfg: DictConfig, out_dir: Path):
 
 
 @contextlib.contextmanager
-def stop_signals(graceful: bool):
+def stop_signals():
     """While the run lasts, SIGTERM and Ctrl-C stop it. With checkpoints on, SIGTERM stops it at
     the next checkpoint (the next epoch end or pruning step: the work since the last one is
     kept), and so does Ctrl-C when a checkpoint is due (else at once: the last one is recent); a
@@ -405,7 +409,7 @@ def stop_signals(graceful: bool):
     def handler(signum, frame):
         name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
         checkpointer = STOP["checkpointer"]
-        if graceful and STOP["requested"] is None and checkpointer is not None and (
+        if STOP["requested"] is None and checkpointer is not None and (
                 name == "SIGTERM" or checkpointer.overdue()):
             STOP["requested"] = name
             key = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
@@ -444,7 +448,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
     summary["run_dir"] = str(out_dir)
     tracking = Tracking()
     try:
-        with stop_signals(graceful=bool(cfg.checkpoint.enabled)):
+        with stop_signals():
             validate(cfg)
             if main:
                 atomic_write_text(out_dir / "config_resolved.yaml",
