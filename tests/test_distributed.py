@@ -184,7 +184,7 @@ main()
 """
 ITERATIVE = ["method=iterative", "method.steps=3", "method.finetune_epochs=1", "model=lenet5",
              "hardware.latency.enabled=false", "checkpoint.min_interval_s=0",
-             "pretrain.cache=false", "hydra.run.dir=outputs/run", *FAST]
+             "pretrain.cache=false", "pretrain.epochs=4", "hydra.run.dir=outputs/run", *FAST]
 
 
 @pytest.mark.parametrize("how, resume_with", [("SIGTERM", 2), ("SIGTERM", 1), ("SIGKILL", 2)])
