@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
-from prunekit.state import load_state
+from prunekit.state import cpu_state, load_state
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
 
 
 def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state,
                        "sha256": state_digest(state)}, path)
 
@@ -125,7 +125,7 @@ def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> None:
 def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_size: int,
                compacted: bool) -> None:
     """model.pt: the pruned weights plus what is needed to rebuild the architecture."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     atomic_torch_save({
         "format": MODEL_FORMAT,
         "model": {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()

@@ -50,7 +50,7 @@ from prunekit.config import experiment_settings
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
 from prunekit.models import resize_to_state
-from prunekit.state import load_state
+from prunekit.state import cpu_state, load_state
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,9 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def loaders_of(ctx) -> list:
-    return [ctx.data.train, ctx.data.val, ctx.data.test]
+def loaders_of(data) -> list:
+    """The loaders whose generators a checkpoint saves and restores."""
+    return [data.train, data.val, data.test]
 
 
 def capture(ctx, fit: Optional[dict] = None) -> dict:
@@ -257,9 +258,9 @@ def capture(ctx, fit: Optional[dict] = None) -> dict:
         "journal": list(ctx.replay.journal.results),
         "journal_position": len(ctx.replay.journal.results),
         "fit": fit,
-        "model": {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()},
+        "model": cpu_state(ctx.model),
         "pruner": ctx.pruner.state_dict(),
-        "rng": rng_state(loaders_of(ctx)),
+        "rng": rng_state(loaders_of(ctx.data)),
         "steps_rows": list(ctx.recorder.steps),
         "clock": dict(ctx.clock.totals),
         "elapsed": ctx.elapsed(),
@@ -286,7 +287,7 @@ def restore(ctx, state: dict) -> None:
     for name, obj in ctx.stateful.items():
         if name in state["stateful"]:
             obj.load_state_dict(state["stateful"][name])
-    set_rng_state(state["rng"], loaders_of(ctx))
+    set_rng_state(state["rng"], loaders_of(ctx.data))
     log.info("resumed from %s (%d operations replayed)", state.get("path"),
              state["journal_position"])
 

@@ -63,11 +63,12 @@ from prunekit.resume import (
     Replay,
     Terminated,
     config_hash,
+    loaders_of,
     rng_state,
     set_rng_state,
     stop_now,
 )
-from prunekit.state import load_state
+from prunekit.state import cpu_state, load_state
 from prunekit.tracking import EpochLog, RunNames, Tracking, run_names
 from prunekit.train import FitHooks, Trainer
 
@@ -141,7 +142,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
     state, RNG and the seconds so far. A resumed run continues from it (a finished one is the
     dense model: no training), and ends with the weights an uninterrupted run ends with. Without
     the cache the finished training is checkpointed too, so a resume never trains it again."""
-    loaders = [trainer.data.train, trainer.data.val, trainer.data.test]
+    loaders = loaders_of(trainer.data)
     state = checkpointer.dense() if checkpointer is not None and cfg.resume else None
     before = 0.0
     if state is not None:
@@ -160,8 +161,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         if checkpointer is not None and (force or checkpointer.due()):
             trainer.hw.sync()
             checkpointer.save_dense({"fit": fit, "rng": rng_state(loaders), "seconds": seconds(),
-                                     "model": {k: v.detach().cpu()
-                                               for k, v in model.state_dict().items()}})
+                                     "model": cpu_state(model)})
 
     last: dict = {}  # the fit state at the last epoch end
 

@@ -15,3 +15,8 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
         state = OrderedDict(state)
         state._metadata = getattr(model.state_dict(), "_metadata", None)
     model.load_state_dict(state)
+
+
+def cpu_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, detached: what checkpoints and model files hold."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
