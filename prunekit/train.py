@@ -272,6 +272,32 @@ class Trainer:
         return loss
 
     # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def recalibrate_bn(self, model: nn.Module, loader) -> int:
+        """Adaptive BN (EagleEye, Li et al., ECCV 2020): every BatchNorm's running statistics
+        re-estimated as the plain average over `loader`'s batches (e.g. Data.calibration),
+        every other module in eval mode. A pruned model's statistics are the dense model's
+        until then, which is what makes its raw accuracy rank candidates poorly. Returns how
+        many BatchNorm layers it recalibrated."""
+        norms = [m for m in model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms:
+            return 0
+        was_training = model.training
+        model.eval()
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches, not a moving one
+            m.train()
+        for x, _ in loader:
+            with self.hw.autocast():
+                model(x)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+        return len(norms)
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, split: str = "val",
                  max_batches: Optional[int] = None) -> Evaluation:

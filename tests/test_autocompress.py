@@ -4,11 +4,14 @@ import random
 
 import pytest
 import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from test_hardware import CPU
 from test_pruner import model_of, pruner_for
 
 from conftest import FAST, make_cfg
 from prunekit.errors import ConfigError
-from prunekit.methods.autocompress import round_targets
+from prunekit.methods.autocompress import round_targets, undone
 from prunekit.methods.autocompress_search import (
     Action,
     SearchUnit,
@@ -21,6 +24,7 @@ from prunekit.methods.autocompress_search import (
 from prunekit.runner import run
 from prunekit.sparsity.purify import mask_near_zero, mask_unread
 from prunekit.sparsity.units import expand_units
+from prunekit.train import Trainer
 
 
 def some_units(seed=0, n=7):
@@ -233,6 +237,41 @@ def test_compaction_keeps_the_column_masks_of_the_layers_that_stay():
     assert torch.equal(p.masks["layer1.0.conv2.weight"].bool(), columns[:, 2:])
     assert "layer1.0.conv1.weight" not in p.masks  # nothing left to mask there: dropped
     assert torch.allclose(eval_out(m, x), before, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- quick evaluation
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_calibration_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.1))
+    conv, bn = model[1], model[2]
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 1, torch.zeros(8)) for _ in range(3)]
+    model.train()
+    trainer = Trainer(None, OmegaConf.create({"progress": False}), CPU, progress=False)
+    assert trainer.recalibrate_bn(model, batches) == 1
+    with torch.no_grad():
+        outs = [conv(x) for x, _ in batches]  # no dropout: it was in eval mode
+    mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.var((0, 2, 3), unbiased=True) for o in outs]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, var, rtol=1e-4)
+    assert bn.momentum == 0.1 and model.training and model[0].training  # as they were
+    model.eval()
+    trainer.recalibrate_bn(model, batches)
+    assert not model.training and not bn.training
+
+
+def test_undone_brings_back_masks_parameters_and_batchnorm_statistics():
+    m = model_of("resnet20")
+    p = pruner_for(m, granularity="filter+column")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    masks = p.masks.state()
+    with undone(p):
+        mask_near_zero(p, 1e9)
+        with torch.no_grad():
+            for b in m.buffers():
+                b.add_(1)
+    assert p.masks.state().keys() == masks.keys()
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
 
 
 # --------------------------------------------------------------------------- the method

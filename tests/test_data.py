@@ -296,3 +296,21 @@ def test_fashion_mnist_absent_offline_says_how_to_get_it(tmp_path, monkeypatch):
                                           r"dataset.download=true") as e:
         build_data(cfg, TRAIN, channels=1)
     assert "\n" not in str(e.value)
+
+
+def test_calibration_sample_is_fixed_unaugmented_whole_batches_and_never_a_batch_of_one():
+    data = build_data(dataset_cfg(), TRAIN, channels=3)  # 1295 train images, augment=crop
+    calib = data.calibration(70, seed=0)  # ~70 images: two batches of 32, no trailing one
+    first, again = list(calib), list(calib)
+    assert [len(y) for _, y in first] == [32, 32]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))  # the same every pass
+    images = data.train.split.images.float().div(255.0)
+    mean, std = data.train.mean, data.train.std
+    # unaugmented: every calibration image is a train image exactly as normalised, uncropped
+    pool = ((images - mean) / std).expand(-1, 3, -1, -1).flatten(1)
+    x = first[0][0].flatten(1)
+    assert torch.cdist(x, pool).min(1).values.max() < 1e-5
+    assert sum(len(y) for _, y in data.calibration(10_000, seed=0)) <= data.train.num_samples
+    # a distributed rank calibrates on the whole batches, as every other rank does
+    shard = data.shard(1, 2)
+    assert [len(y) for _, y in shard.calibration(70, seed=0)] == [32, 32]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,15 @@ class TensorLoader:
         out.drop_last = self.train and len(out.split) > self.batch_size
         return out
 
+    def fixed_sample(self, fraction: float, seed: int) -> "TensorLoader":
+        """A stratified `fraction` of the split read in order, unaugmented: the same batches
+        at every pass (what BatchNorm statistics are re-estimated on)."""
+        out = copy.copy(self)
+        out.split = subsample(self.split, fraction, seed) if fraction < 1.0 else self.split
+        out.train, out.augment = False, "none"
+        out.drop_last = len(out.split) > self.batch_size  # (BatchNorm: no batch of one)
+        return out
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         device = self.split.images.device
@@ -143,9 +152,11 @@ class StreamLoader:
     """A torchvision DataLoader over an image folder, moving batches to the device."""
 
     def __init__(self, dataset, batch_size: int, *, train: bool, num_workers: int, device,
-                 seed: int, channels_last: bool = False, share: Tuple[int, int] = (0, 1)):
+                 seed: int, channels_last: bool = False, share: Tuple[int, int] = (0, 1),
+                 drop_last: Optional[bool] = None):
         self.gen = torch.Generator().manual_seed(seed)
-        drop_last = train and len(dataset) > batch_size
+        if drop_last is None:  # BatchNorm cannot train on a batch of one
+            drop_last = train and len(dataset) > batch_size
         common = dict(num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
                       persistent_workers=num_workers > 0)
         self.rank, self.world = share
@@ -179,16 +190,29 @@ class StreamLoader:
         without decoding every image)."""
         if fraction >= 1.0:
             return self
-        ds, loader = self.loader.dataset, self.loader
-        n = max(1, int(round(fraction * len(ds))))
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-        out = StreamLoader(torch.utils.data.Subset(ds, idx.tolist()), self.batch_size,
-                           train=self.train, num_workers=loader.num_workers, device=self.device,
-                           seed=seed, channels_last=self.channels_last,
-                           share=(self.rank, self.world))
+        out = StreamLoader(self._sample(fraction, seed), self.batch_size, train=self.train,
+                           num_workers=self.loader.num_workers, device=self.device, seed=seed,
+                           channels_last=self.channels_last, share=(self.rank, self.world))
         if hasattr(self, "unsharded"):  # as TensorLoader.subset: the whole batches come along
             out.unsharded = self.unsharded.subset(fraction, seed)
         return out
+
+    def fixed_sample(self, fraction: float, seed: int) -> "StreamLoader":
+        """A random `fraction` of the dataset read in order (as TensorLoader.fixed_sample; the
+        dataset's own transform still applies)."""
+        sample = self._sample(fraction, seed)
+        return StreamLoader(sample, self.batch_size, train=False,
+                            num_workers=self.loader.num_workers, device=self.device, seed=seed,
+                            channels_last=self.channels_last,
+                            drop_last=len(sample) > self.batch_size)
+
+    def _sample(self, fraction: float, seed: int):
+        ds = self.loader.dataset
+        if fraction >= 1.0:
+            return ds
+        n = max(1, int(round(fraction * len(ds))))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+        return torch.utils.data.Subset(ds, idx.tolist())
 
     def shard(self, rank: int, world: int) -> "StreamLoader":
         """This rank's share of every batch, as TensorLoader.shard."""
@@ -239,6 +263,13 @@ class Data:
         return dataclasses.replace(self, train=self.train.shard(rank, world),
                                    val=self.val.shard(rank, world),
                                    test=self.test.shard(rank, world))
+
+    def calibration(self, images: int, seed: int):
+        """`images` train images (a fixed sample; all when the split has fewer) read in order
+        without augmentation, whole batches on every rank: BatchNorm statistics re-estimated on
+        them are the same at every call and on every rank."""
+        train = getattr(self.train, "unsharded", self.train)
+        return train.fixed_sample(min(1.0, images / train.num_samples), seed)
 
     def subset(self, train: float = 1.0, val: float = 1.0, seed: int = 0) -> "Data":
         """A view with fractions of the train and val splits (tuning trials, cheap decisions);

@@ -40,7 +40,8 @@ from prunekit.sparsity.projection import (
     hard_prune,
     zero_count,
 )
-from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread
+from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread, weakest
+from prunekit.train import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,17 @@ class AutocompressSearchConfig:
     scheme_flip: float = 0.2  # a unit flips its scheme with probability scheme_flip * T / T0
     max_rate: float = 0.99  # no unit loses more of its weights
     val_fraction: float = 0.2  # of the val split, for the quick evaluations
+    # train images that re-estimate BatchNorm statistics before every quick evaluation and
+    # purification check (adaptive BN, EagleEye); 0 scores the pruned model as it is (the paper)
+    calibration_images: int = 256
 
 
 @dataclass
 class PurifyConfig:
     enabled: bool = True
-    thresholds: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3])
+    # relative scores (sparsity.purify); after ADMM the weakest live channel scores ~0.4-0.5 of
+    # its group's mean and the weakest column ~0.7 of its layer's (docs/methods/autocompress.md)
+    thresholds: List[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     tolerance: float = 0.5  # points of val top-1 a threshold may cost
 
 
@@ -154,22 +160,47 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
 
 @contextlib.contextmanager
 def undone(pruner):
-    """Whatever is masked inside is undone on exit: the masks and every parameter come back."""
+    """Whatever is masked inside is undone on exit: the masks, every parameter and every buffer
+    (BatchNorm statistics a quick evaluation re-estimated) come back."""
     state = pruner.masks.state()
-    saved = [p.detach().clone() for p in pruner.model.parameters()]
+    tensors = [*pruner.model.parameters(), *pruner.model.buffers()]
+    saved = [t.detach().clone() for t in tensors]
     try:
         yield
     finally:
         pruner.masks.restore(state)
         with torch.no_grad():
-            for p, s in zip(pruner.model.parameters(), saved):
-                p.copy_(s)
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
 
 
-def purify(ctx: Context, cfg: DictConfig, val_ref: float, most: Optional[float] = None,
-           **row) -> Tuple[Purified, Optional[float]]:
-    """Exact removal of unread channels, then the largest threshold val accuracy allows (and,
-    under a counted target, that leaves at most `most` of its cost removed)."""
+class QuickEvaluation:
+    """The score of a pruned model that the search and purification decide on: val top-1 with
+    `trainer` (the search's val subset, or the whole val split), after the BatchNorm statistics
+    are re-estimated on a fixed sample of train images (none when `calibration_images` is 0)."""
+
+    def __init__(self, ctx: Context, trainer, calibration_images: int):
+        self.ctx, self.trainer = ctx, trainer
+        self.calibration = (ctx.data.calibration(calibration_images, ctx.cfg.seed)
+                            if calibration_images > 0 else None)
+
+    def recalibrate(self) -> None:
+        if self.calibration is not None:
+            self.trainer.recalibrate_bn(self.ctx.model, self.calibration)
+
+    def evaluation(self) -> Evaluation:
+        self.recalibrate()
+        return self.trainer.evaluate(self.ctx.model, "val", self.ctx.cfg.train.val_max_batches)
+
+    def __call__(self) -> float:
+        return self.evaluation().top1
+
+
+def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float,
+           most: Optional[float] = None, **row) -> Tuple[Purified, Optional[float]]:
+    """Exact removal of unread channels, then the largest threshold whose quick evaluation
+    `score` stays within the tolerance of `val_ref` (and, under a counted target, that leaves at
+    most `most` of its cost removed)."""
     pruner = ctx.pruner
     with ctx.clock.phase("prune"):
         done = Purified(mask_unread(pruner), 0)
@@ -179,7 +210,8 @@ def purify(ctx: Context, cfg: DictConfig, val_ref: float, most: Optional[float] 
             with ctx.clock.phase("prune"):
                 got = mask_near_zero(pruner, tau)
                 over = most is not None and pruner.cost.removed(ctx.model) > most + 1e-12
-            val = ctx.validate()
+            with ctx.clock.phase("eval"):
+                val = score()
         ok = val >= val_ref - cfg.tolerance and not over
         ctx.record_step(event="purify", **row, threshold=tau, channels=got.channels,
                         columns=got.columns, val_top1=val, past_target=over, accepted=ok)
@@ -189,20 +221,22 @@ def purify(ctx: Context, cfg: DictConfig, val_ref: float, most: Optional[float] 
     if chosen is not None:
         with ctx.clock.phase("prune"):
             done = done + mask_near_zero(pruner, chosen)
+        with ctx.clock.phase("eval"):
+            score.recalibrate()
     return done, chosen
 
 
 def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: List[SearchUnit],
-                 outside: float, total: float, search,
+                 outside: float, total: float, score: QuickEvaluation,
                  rng: random.Random) -> Tuple[Action, float, int]:
     """Steps 1-3 of round i: anneal over actions scored by quick evaluation (one-shot hard prune,
-    val top-1 with the `search` trainer, undone); every evaluation is a steps.csv row."""
+    `score`, undone); every evaluation is a steps.csv row."""
     s = cfg.search
 
     def quick_evaluation(action: Action) -> float:
         with undone(ctx.pruner):
             hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
-            return search.evaluate(ctx.model, "val").top1
+            return score()
 
     measure = action_measure(ctx.pruner, units)
 
@@ -274,6 +308,7 @@ class Autocompress(ProjectionMethod):
         at_least(cfg, "method.search.perturbation", 0)
         fraction(cfg, "method.search.scheme_flip", low_open=False)
         fraction(cfg, "method.search.val_fraction")
+        at_least(cfg, "method.search.calibration_images", 0)
         if not 0.0 < s.max_rate < 1.0 or (cfg.target.kind == "sparsity"
                                             and not cfg.sparsity < s.max_rate):
             raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity="
@@ -287,17 +322,30 @@ class Autocompress(ProjectionMethod):
     def run(self, ctx: Context) -> None:
         c = self.cfg
         rng = ctx.keep_state("search_rng", RandomState(ctx.cfg.seed))
-        search_data = (ctx.data.subset(val=c.search.val_fraction, seed=ctx.cfg.seed)
-                       if c.search.val_fraction < 1.0 else ctx.data)
-        search = ctx.trainer.with_data(search_data, logging.DEBUG)
+        search, check = self.quick_evaluations(ctx)
         totals = {"search_evaluations": 0, "purified_channels": 0, "purified_columns": 0}
         for i, target in enumerate(round_targets(ctx.target, c.rounds), 1):
-            got = ctx.op(lambda: self.round(ctx, i, target, search, rng.rng), checkpoint=True)
+            got = ctx.op(lambda: self.round(ctx, i, target, search, check, rng.rng),
+                         checkpoint=True)
             for k in totals:
                 totals[k] += got[k]
         ctx.tally.report(**totals)
 
-    def round(self, ctx: Context, i: int, target: float, search, rng: random.Random) -> dict:
+    def quick_evaluations(self, ctx: Context,
+                          calibration_images: Optional[int] = None) -> Tuple[QuickEvaluation,
+                                                                             QuickEvaluation]:
+        """The search's quick evaluation (on its val subset) and purification's (the whole val
+        split), each after re-estimating BatchNorm on `calibration_images` (default: the
+        config's)."""
+        s = self.cfg.search
+        n = s.calibration_images if calibration_images is None else calibration_images
+        data = (ctx.data.subset(val=s.val_fraction, seed=ctx.cfg.seed) if s.val_fraction < 1.0
+                else ctx.data)
+        return (QuickEvaluation(ctx, ctx.trainer.with_data(data, logging.DEBUG), n),
+                QuickEvaluation(ctx, ctx.trainer, n))
+
+    def round(self, ctx: Context, i: int, target: float, search: QuickEvaluation,
+              check: QuickEvaluation, rng: random.Random) -> dict:
         c = self.cfg
         started = time.perf_counter()
         units, outside, total = search_units(ctx.pruner, tuple(c.granularity.split("+")))
@@ -314,11 +362,15 @@ class Autocompress(ProjectionMethod):
         admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)
         with ctx.clock.phase("prune"):
             hard_prune(constraints, ctx.pruner)
+        with ctx.clock.phase("eval"):  # the pruned model's own statistics, as in the search
+            check.recalibrate()
         val_hard = ctx.validate()
+        with ctx.clock.phase("prune"):
+            weakest_channel, weakest_column = weakest(ctx.pruner)
         most = None  # under a counted target, purification may pass it by the tolerance only
         if ctx.cfg.target.kind != "sparsity":
             most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
-        got, tau = (purify(ctx, c.purify, val_hard, most, round=i) if c.purify.enabled
+        got, tau = (purify(ctx, c.purify, check, val_hard, most, round=i) if c.purify.enabled
                     else (Purified(), None))
         ctx.compact()
         val_purified = ctx.validate()
@@ -328,7 +380,8 @@ class Autocompress(ProjectionMethod):
         ctx.record_step(event="round", step=i, round=i, target=target,
                         nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
                         sparsity=ctx.sparsity(), val_top1_search=value,
-                        val_top1_hard=val_hard, purify_threshold=tau,
+                        val_top1_hard=val_hard, weakest_channel=weakest_channel,
+                        weakest_column=weakest_column, purify_threshold=tau,
                         purified_channels=got.channels, purified_columns=got.columns,
                         val_top1_purified=val_purified, val_top1=val,
                         params=count_params(ctx.model), time_s=time.perf_counter() - started)

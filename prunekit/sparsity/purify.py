@@ -6,20 +6,25 @@
   input), so it runs to a fixpoint. Channel groups make this dependency-aware: across a residual
   add, a channel of the stream goes only when no block reads it, and then it goes from every
   branch that writes it.
-- `mask_near_zero(τ)`: removes three kinds of structure relative to their neighbours.
-  - Group channels whose filters' joint L2 norm is at most τ × the group's mean over live channels.
-  - Group channels whose readers' joint L2 norm is at most τ × the group's mean over live channels.
-  - A layer's columns whose L2 norm is at most τ × the layer's mean over live columns.
+- `mask_near_zero(τ)`: removes the structures whose score is at most τ × their neighbours' mean
+  over live ones (`relative_scores`):
+  - a group channel's score is what it can move in the layers that read it: the scale of its
+    output times its readers' joint L2 norm. The scale is its BatchNorm channels' joint |γ| where
+    the group has any (they normalise the filter's own norm away, so a small filter is no small
+    output), else its filters' joint L2 norm;
+  - a layer's column's score is its L2 norm, against the layer's other columns.
 
   Then it masks what that strands. τ = 0 takes exactly-zero filters and columns only, but even that
   is not exact: a zero filter's channel still carries the BatchNorm constant β − γμ/σ, which its
-  removal drops. So the caller checks each τ on validation accuracy.
+  removal drops. So the caller checks each τ on validation accuracy. `weakest` gives the lowest
+  relative scores, the τ below which nothing would go.
 
 A group always keeps at least one channel and a layer at least one column.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 
@@ -43,6 +48,53 @@ def channel_norms(pruner, group: ChannelGroup, kind: str) -> torch.Tensor:
     return group.per_channel(weights, lambda rows: rows.double().pow(2).sum(1), kind).sqrt()
 
 
+def channel_scores(pruner, group: ChannelGroup) -> torch.Tensor:
+    """Per group channel: its output's scale times its readers' joint L2 norm (see above)."""
+    modules = {m.module: pruner.model.get_submodule(m.module) for m in group.members}
+    gammas = [(m, modules[m.module].weight) for m in group.members
+              if m.kind == "norm" and getattr(modules[m.module], "weight", None) is not None]
+    if gammas:
+        scale = sum(m.reduce(w.detach().double().pow(2).cpu(), "sum") for m, w in gammas).sqrt()
+    else:
+        scale = channel_norms(pruner, group, "out")
+    if any(m.kind == "in" for m in group.members):
+        return scale * channel_norms(pruner, group, "in")
+    return scale
+
+
+def column_scores(pruner, name: str) -> torch.Tensor:
+    return unit_matrix(pruner.weight(name).detach(), "column").double().pow(2).sum(1).sqrt().cpu()
+
+
+def _masked_columns(pruner, name: str, like: torch.Tensor) -> torch.Tensor:
+    mask = pruner.masks.get(f"{name}.weight")
+    return (pruned_units(mask, "column").cpu() if mask is not None
+            else torch.zeros_like(like, dtype=torch.bool))
+
+
+def relative(scores: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """Scores over their mean across the live entries."""
+    mean = scores[live].mean() if bool(live.any()) else scores.new_tensor(0.0)
+    return scores / mean if float(mean) > 0 else torch.zeros_like(scores)
+
+
+def weakest(pruner) -> Tuple[Optional[float], Optional[float]]:
+    """The lowest relative score of a live group channel and of a live column (None where there
+    is none): a threshold below it removes nothing."""
+    pruner.masks.apply()
+    channels, columns = [], []
+    for g in pruner.groups.groups:
+        live = ~pruner.groups.masked_channels(g, pruner.masks)
+        if int(live.sum()) > 1:  # a group's last channel always stays
+            channels.append(float(relative(channel_scores(pruner, g), live)[live].min()))
+    for name in pruner.layer_names:
+        norms = column_scores(pruner, name)
+        live = (norms > 0) & ~_masked_columns(pruner, name, norms)
+        if int(live.sum()) > 1:
+            columns.append(float(relative(norms, live)[live].min()))
+    return min(channels, default=None), min(columns, default=None)
+
+
 def _keep_one(candidates: torch.Tensor, gone: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """Drop from `candidates` the strongest survivor if they would leave nothing."""
     if bool((candidates | gone).all()):
@@ -51,11 +103,6 @@ def _keep_one(candidates: torch.Tensor, gone: torch.Tensor, norms: torch.Tensor)
         best = torch.where(alive, norms, torch.full_like(norms, -1.0)).argmax()
         candidates[best] = False
     return candidates
-
-
-def _below(norms: torch.Tensor, live: torch.Tensor, tau: float) -> torch.Tensor:
-    mean = norms[live].mean() if bool(live.any()) else norms.new_tensor(0.0)
-    return norms <= tau * mean
 
 
 def mask_unread(pruner) -> int:
@@ -90,11 +137,9 @@ def mask_near_zero(pruner, tau: float) -> Purified:
     plans = []
     for g in groups.groups:  # every group judged on the same weights
         gone = groups.masked_channels(g, masks)
-        out = channel_norms(pruner, g, "out")
-        weak = _below(out, ~gone, tau)
-        if any(m.kind == "in" for m in g.members):
-            weak |= _below(channel_norms(pruner, g, "in"), ~gone, tau)
-        plans.append((g, _keep_one(weak & ~gone, gone, out)))
+        scores = channel_scores(pruner, g)
+        weak = relative(scores, ~gone) <= tau
+        plans.append((g, _keep_one(weak & ~gone, gone, scores)))
     for g, weak in plans:
         if bool(weak.any()):
             groups.mask_channels(g, torch.nonzero(weak).flatten(), masks)
@@ -102,11 +147,9 @@ def mask_near_zero(pruner, tau: float) -> Purified:
     masks.apply()
     for name in pruner.layer_names:
         w = pruner.weight(name).detach()
-        norms = unit_matrix(w, "column").double().pow(2).sum(1).sqrt().cpu()
-        mask = masks.get(f"{name}.weight")
-        gone = pruned_units(mask, "column").cpu() if mask is not None else torch.zeros_like(
-            norms, dtype=torch.bool)
-        weak = _keep_one(_below(norms, (norms > 0) & ~gone, tau) & ~gone, gone, norms)
+        norms = column_scores(pruner, name)
+        gone = _masked_columns(pruner, name, norms)
+        weak = _keep_one((relative(norms, (norms > 0) & ~gone) <= tau) & ~gone, gone, norms)
         if bool(weak.any()):
             masks.restrict(f"{name}.weight", expand_units(~weak.to(w.device), w.shape, "column"))
             columns += int(weak.sum())
