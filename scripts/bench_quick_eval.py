@@ -113,7 +113,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="prune-run overrides on top of the defaults")
     args = ap.parse_args()
     with initialize_config_module("prunekit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*DEFAULTS, *args.overrides])
+        given = {o.split("=")[0] for o in args.overrides}
+        cfg = compose("config", overrides=[*(d for d in DEFAULTS if d.split("=")[0] not in given),
+                                           *args.overrides])
     if not 1 <= args.round <= cfg.method.rounds:
         ap.error(f"--round {args.round}: the run has rounds 1..{cfg.method.rounds}")
     rows: List[Dict] = []

@@ -3,7 +3,9 @@
 They are the core runner's acceptance checks: the default run, every baseline on resnet18, a
 multirun, and the dense cache across runs, at the shipped settings (no tiny overrides).
 """
+import csv
 import time
+from pathlib import Path
 
 import pytest
 from test_runner import CONTRACT_KEYS
@@ -11,6 +13,13 @@ from test_runner import CONTRACT_KEYS
 from conftest import read_summary, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes each, longer on a busy machine
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_AUTOCOMPRESS = ["method=autocompress", "model=resnet20", "dataset=fashion_mnist",
+                        "dataset.image_size=16", "pretrain.epochs=5", "sparsity=0.93",
+                        "method.rounds=2", "method.iterations=1", "method.finetune_epochs=1",
+                        "hardware=cpu", "hardware.latency.enabled=false"]
+FASHION_DROP = 6.0  # measured: see the test's docstring
 
 
 def test_default_run_then_cached_rerun(tmp_path):
@@ -70,9 +79,17 @@ def test_ice_against_iterative_sweep(tmp_path):
     assert abs(ice["top1"] - it["top1"]) <= 1.5
 
 
+def search_at_chance(run_dir, num_classes: int = 10) -> float:
+    """The fraction of AutoCompress's quick evaluations at or near chance (within 2.5 points)."""
+    with open(run_dir / "steps.csv") as f:
+        trials = [float(r["val_top1"]) for r in csv.DictReader(f) if r["event"] == "trial"]
+    return sum(v <= 100.0 / num_classes + 2.5 for v in trials) / len(trials)
+
+
 def test_autocompress_on_resnet18_digits(tmp_path):
-    """Issue 4's done-when: at least 4x fewer parameters, physically smaller, test top-1 within
-    3 points of dense."""
+    """Issue 4's done-when (at least 4x fewer parameters, physically smaller) and issue 31's
+    figure: test top-1 >= 97.3 (98.33 on 2026-11-22, 91.92 when its search scored at chance),
+    fewer than a quarter of the search's evaluations at chance, purification firing."""
     r = run_cli([f"hydra.run.dir={tmp_path}", "method=autocompress", "model=resnet18",
                  "dataset=digits", "sparsity=0.8"], cwd=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -80,8 +97,24 @@ def test_autocompress_on_resnet18_digits(tmp_path):
     assert s["compression_ratio"] >= 4.0
     assert s["compacted"] and s["params"] < s["params_dense"] / 2
     assert s["compaction_max_abs_diff"] < 1e-3
-    assert s["top1"] >= s["top1_dense"] - 3
+    assert s["top1"] >= 97.3 and s["top1"] >= s["top1_dense"] - 3
     assert s["sparsity"] >= 0.8 - 1e-3 and s["time_search_s"] > 0
+    assert search_at_chance(tmp_path) < 0.25
+    assert s["purified_channels"] > 0
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed "
+                    "(apt-get install dataset-fashion-mnist)")
+def test_autocompress_on_resnet20_fashion_mnist(tmp_path):
+    """Issue 31's Fashion-MNIST figure, where a point of val top-1 is 60 images: AutoCompress at
+    0.93 (>= 10x fewer parameters) on resnet20 at 16x16, 5 dense epochs, within {drop} points of
+    dense test top-1, its search off chance."""
+    r = run_cli([f"hydra.run.dir={tmp_path}", *FASHION_AUTOCOMPRESS], cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = read_summary(tmp_path)
+    assert s["compression_ratio"] >= 10.0
+    assert s["top1"] >= s["top1_dense"] - FASHION_DROP
+    assert search_at_chance(tmp_path) < 0.25
 
 
 def test_admm_lands_exactly_on_the_target(tmp_path):
