@@ -348,8 +348,14 @@ def run_tier(tier: Tier, out: Path, only: Sequence[str]) -> Results:
         for key, value in (("tier", tier.name), ("started", now()), ("command", command),
                            ("machine", machine())):
             results.put(key, value)
+        # --only without the earlier results: a partial run, spliced into the written document
+        models = tier.models if not only else list(dict.fromkeys(
+            c.model for c in tier.comparisons if c.key in only
+            or any(f"{c.key}_{i}" in only for i in range(len(c.runs)))))
+        if only:
+            results.put("partial", list(only))
         started = time.perf_counter()
-        for model in tier.models:  # the dense models first, timed apart from the comparisons
+        for model in models:  # the dense models first, timed apart from the comparisons
             run_one(f"dense_{model}", "dense", [*tier.common, f"model={model}", "method=dense",
                                                  *NO_LATENCY], out, results)
         results.put("dense_wall_s", time.perf_counter() - started)
@@ -571,7 +577,61 @@ def headline(key: str, runs: List[dict], f: dict) -> str:
             "the better of one-shot and iterative")
 
 
+def blocks(text: str) -> List[Tuple[str, str]]:
+    """A document as (heading, text) blocks: the text before the first `## ` heading (heading
+    ""), then one block per heading."""
+    out: List[Tuple[str, str]] = [("", "")]
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            out.append((line.strip(), ""))
+        out[-1] = (out[-1][0], out[-1][1] + line)
+    return out
+
+
+def splice(old: str, new: str, results: dict) -> str:
+    """A partial run's document (`--only` where the earlier results.json is not at hand) spliced
+    into the one written before: the comparisons it ran and their dense models' rows replace
+    theirs, a header line says so, and everything else stays as written."""
+    fresh = dict(blocks(new))
+    out = []
+    for heading, text in blocks(old):
+        if heading == "":
+            rerun = (f"- Rerun of {', '.join(results['partial'])} at {results['started']} "
+                     f"(`{results['command']}`, {results['machine']}) without the earlier "
+                     "results.json: those sections and their dense models' rows are from the "
+                     "rerun, on their own dense models; the rest is as written before.\n")
+            lines = text.splitlines(keepends=True)
+            at = max(i for i, line in enumerate(lines) if line.startswith("- Rerun")
+                     or line.startswith("- Run:")) + 1
+            text = "".join(lines[:at] + [rerun] + lines[at:])
+        elif heading == "## The dense models":  # the others' dense rows stay: they used them
+            rows = [line.replace("| ", "| rerun: ", 1) for line in fresh[heading].splitlines(True)
+                    if line.startswith("| ") and not line.startswith("| model")]
+            lines = text.splitlines(keepends=True)
+            last = max(i for i, line in enumerate(lines) if line.startswith("| "))
+            text = "".join(lines[:last + 1] + rows + lines[last + 1:])
+        elif heading in fresh and "Not run in this session." not in fresh[heading]:
+            text = fresh[heading]
+        out.append(text)
+    return "".join(out)
+
+
+def splice_readme(old_block: str, new_block: str) -> str:
+    """The README's verdict rows of the comparisons a partial run ran, in the block before."""
+    fresh = {line.split("|")[1]: line for line in new_block.splitlines(True)
+             if line.startswith("| ") and "| not run |" not in line}
+    return "".join(fresh.get(line.split("|")[1], line) if line.startswith("| ") else line
+                   for line in old_block.splitlines(True))
+
+
 README_BEGIN, README_END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
+
+
+def readme_block(path: Path) -> Optional[str]:
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return None
+    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].lstrip("\n")
 
 
 def update_readme(path: Path, block: str) -> bool:
@@ -612,6 +672,10 @@ def main(argv=None) -> int:
     else:
         results = run_tier(tier, out, args.only)
     doc, block = render(results.data, tier)
+    if results.data.get("partial") and Path(args.doc).is_file():
+        doc = splice(Path(args.doc).read_text(), doc, results.data)
+        old_block = readme_block(Path(args.readme)) if args.readme else None
+        block = splice_readme(old_block, block) if old_block else block
     Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.doc), doc)
     CONSOLE.print(f"wrote {args.doc}")

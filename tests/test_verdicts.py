@@ -125,6 +125,32 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert doc.read_text() == text
+    # one comparison rerun on a machine without that results.json: spliced into the document
+    rerun = [*cmd[:4], "--out", str(tmp_path / "elsewhere"), *cmd[6:], "--only", "slr"]
+    r = subprocess.run(rerun, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    partial = json.loads((tmp_path / "elsewhere" / "results.json").read_text())
+    assert set(partial["runs"]) == {"dense_lenet5", "slr_0", "slr_1"}  # nothing else ran
+    spliced = doc.read_text()
+    assert spliced.count("**Verdict: ") == 4 and "Not run in this session" not in spliced
+    assert "- Rerun of slr at " in spliced and "| rerun: lenet5 |" in spliced
+    for title in ("ICE-Pruning vs", "AutoCompress vs", "Gradual (AGP) vs"):
+        section = lambda t: next(b for h, b in verdicts.blocks(t) if title in h)  # noqa: E731
+        assert section(spliced) == section(text)
+    assert readme.read_text().count("| **") == 4  # every verdict row kept
+
+
+def test_splice_replaces_the_rerun_sections_and_keeps_the_rest():
+    old = "# d\n\n- Run: then\n\n## 1. A (m)\n\nold a\n\n## 2. B (m)\n\nold b\n"
+    new = "# d\n\n- Run: now\n\n## 1. A (m)\n\nNot run in this session.\n\n## 2. B (m)\n\nnew b\n"
+    got = verdicts.splice(old, new, {"partial": ["b"], "started": "s", "command": "c",
+                                     "machine": "m"})
+    assert "old a" in got and "new b" in got and "old b" not in got and "Run: then" in got
+    assert got.index("- Rerun of b at s") > got.index("- Run: then")
+    block = "| A | claim | 1 | **holds** |\n| B | claim | 2 | **holds** |\n"
+    fresh = "| A | claim | not run | — |\n| B | claim | 3 | **fails** |\n"
+    assert verdicts.splice_readme(block, fresh) == (
+        "| A | claim | 1 | **holds** |\n| B | claim | 3 | **fails** |\n")
 
 
 def test_the_phase_clock_leaves_out_excluded_time():
