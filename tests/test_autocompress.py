@@ -22,6 +22,7 @@ from prunekit.methods.autocompress_search import (
     nominal_sparsity,
 )
 from prunekit.runner import run
+from prunekit.sparsity import purify
 from prunekit.sparsity.purify import mask_near_zero, mask_unread
 from prunekit.sparsity.units import expand_units
 from prunekit.train import Trainer
@@ -216,6 +217,22 @@ def test_near_zero_thresholds_are_relative_and_keep_one():
         assert int((~p.groups.masked_channels(grp, p.masks)).sum()) >= 1
     for n in p.layer_names:
         assert int(p.weight(n).ne(0).sum()) > 0
+
+
+def test_a_channel_scores_by_its_batchnorm_scale_times_its_readers_not_its_filter_norm():
+    m = model_of("resnet20")
+    p = pruner_for(m, granularity="filter+column")
+    g = next(g for g in p.groups.groups if g.root == "layer1.0.conv1")  # conv1 -> bn1 -> conv2
+    with torch.no_grad():
+        p.weight("layer1.0.conv1")[2] *= 1e-3  # BN normalises this filter's output back
+        m.get_submodule("layer1.0.bn1").weight[5] = 1e-4  # this channel's output is tiny
+    ratios = purify.relative(purify.channel_scores(p, g), torch.ones(g.size, dtype=torch.bool))
+    assert ratios[2] > 0.1 and ratios[5] < 1e-3
+    channel, column = purify.weakest(p)
+    assert channel == pytest.approx(float(ratios.min())) and 0 < column <= 1
+    got = mask_near_zero(p, 0.01)
+    gone = p.groups.masked_channels(g, p.masks)
+    assert bool(gone[5]) and not bool(gone[2]) and got.channels >= 1
 
 
 def test_compaction_keeps_the_column_masks_of_the_layers_that_stay():

@@ -7,17 +7,17 @@
   add, a channel of the stream goes only when no block reads it, and then it goes from every
   branch that writes it.
 - `mask_near_zero(τ)`: removes the structures whose score is at most τ × their neighbours' mean
-  over live ones (`relative_scores`):
+  over live ones (`channel_scores`, `column_scores`, `relative`):
   - a group channel's score is what it can move in the layers that read it: the scale of its
     output times its readers' joint L2 norm. The scale is its BatchNorm channels' joint |γ| where
     the group has any (they normalise the filter's own norm away, so a small filter is no small
     output), else its filters' joint L2 norm;
   - a layer's column's score is its L2 norm, against the layer's other columns.
 
-  Then it masks what that strands. τ = 0 takes exactly-zero filters and columns only, but even that
-  is not exact: a zero filter's channel still carries the BatchNorm constant β − γμ/σ, which its
-  removal drops. So the caller checks each τ on validation accuracy. `weakest` gives the lowest
-  relative scores, the τ below which nothing would go.
+  Then it masks what that strands. τ = 0 takes only channels and columns that score exactly zero,
+  but even that is not exact: a channel with a zero filter or a zero γ still carries the BatchNorm
+  constant β (− γμ/σ), which its removal drops. So the caller checks each τ on validation
+  accuracy. `weakest` gives the lowest relative scores, the τ below which nothing would go.
 
 A group always keeps at least one channel and a layer at least one column.
 """
@@ -89,9 +89,9 @@ def weakest(pruner) -> Tuple[Optional[float], Optional[float]]:
             channels.append(float(relative(channel_scores(pruner, g), live)[live].min()))
     for name in pruner.layer_names:
         norms = column_scores(pruner, name)
-        live = (norms > 0) & ~_masked_columns(pruner, name, norms)
-        if int(live.sum()) > 1:
-            columns.append(float(relative(norms, live)[live].min()))
+        unmasked = ~_masked_columns(pruner, name, norms)
+        if int(unmasked.sum()) > 1:  # (the mean is over the non-zero ones, as mask_near_zero's)
+            columns.append(float(relative(norms, (norms > 0) & unmasked)[unmasked].min()))
     return min(channels, default=None), min(columns, default=None)
 
 
