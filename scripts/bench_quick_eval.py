@@ -35,7 +35,6 @@ from prunekit.methods.autocompress import (
     constraints_for,
     round_targets,
     search_units,
-    undone,
 )
 from prunekit.methods.autocompress_search import initial_action, neighbour
 from prunekit.runner import run
@@ -87,12 +86,10 @@ def probe(args, rows: List[Dict]):
             row = {"candidate": k, "filter_units": sum(x == "filter" for x in action.schemes),
                    "classes": ctx.data.num_classes}
             for n, score in scorers.items():
-                with undone(ctx.pruner):
-                    hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
-                    started = time.perf_counter()
-                    got = score.evaluation()
-                    row[f"seconds_{n}"] = time.perf_counter() - started
-                    row[f"quick_{n}"], row[f"loss_{n}"] = got.top1, got.loss
+                started = time.perf_counter()
+                got = score.of_action(units, action)
+                row[f"seconds_{n}"] = time.perf_counter() - started
+                row[f"quick_{n}"], row[f"loss_{n}"] = got.top1, got.loss
             row["trained"] = trained_accuracy(ctx, self, units, action, f"candidate {k}")
             rows.append(row)
             print(f"candidate {k}: " + ", ".join(f"{key} {v:.2f}" for key, v in row.items()

@@ -195,6 +195,13 @@ class QuickEvaluation:
     def __call__(self) -> float:
         return self.evaluation().top1
 
+    def of_action(self, units: Sequence[SearchUnit], action: Action) -> Evaluation:
+        """An action's quick evaluation: its one-shot hard prune of the current weights, scored,
+        then undone."""
+        with undone(self.ctx.pruner):
+            hard_prune(constraints_for(self.ctx.pruner, units, action), self.ctx.pruner)
+            return self.evaluation()
+
 
 def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float,
            most: Optional[float] = None, **row) -> Tuple[Purified, Optional[float]]:
@@ -233,11 +240,6 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
     `score`, undone); every evaluation is a steps.csv row."""
     s = cfg.search
 
-    def quick_evaluation(action: Action) -> float:
-        with undone(ctx.pruner):
-            hard_prune(constraints_for(ctx.pruner, units, action), ctx.pruner)
-            return score()
-
     measure = action_measure(ctx.pruner, units)
 
     def propose(action: Action, heat: float) -> Action:
@@ -253,9 +255,9 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
 
     with ctx.clock.phase("search"):
         start = initial_action(units, target, s.max_rate, outside, total, measure)
-        return anneal(quick_evaluation, start, propose, temperature=s.temperature,
-                      final_temperature=s.final_temperature, cooling=s.cooling,
-                      evaluations=s.evaluations, rng=rng, on_trial=on_trial)
+        return anneal(lambda action: score.of_action(units, action).top1, start, propose,
+                      temperature=s.temperature, final_temperature=s.final_temperature,
+                      cooling=s.cooling, evaluations=s.evaluations, rng=rng, on_trial=on_trial)
 
 
 class RandomState:
