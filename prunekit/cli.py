@@ -31,12 +31,31 @@ from omegaconf.errors import (
 )
 
 from prunekit import distributed
-from prunekit.config import LOGGERS, known_key, schema_keys, validate, wrong_type
+from prunekit.config import SCHEMAS, known_key, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
+from prunekit.tracking import TRACKERS
 
 FAILED: List[str] = []
 PUBLIC_GROUPS = ("model", "dataset", "method", "hardware", "logger", "experiment")
+
+
+# What a key takes, where its type alone does not say it (the one line for a value of the wrong
+# type, e.g. sparsity=abc, names it)
+KEY_MEANINGS = {
+    "sparsity": "a number in [0, 1), the fraction of the prunable weights removed",
+    "seed": "a whole number",
+    "target.value": "a number > 1, the factor the target shrinks by (2.0 = half)",
+    "dataset.subset": "a number in (0, 1], the fraction of every split kept",
+}
+TYPE_MEANINGS = {"FloatNode": "a number", "IntegerNode": "a whole number",
+                 "BooleanNode": "true or false", "StringNode": "a string"}
+
+
+def wrong_type(key: str, value, node_type: str) -> str:
+    """The one line for `key=value` whose value has the wrong type for the key's schema."""
+    kind = TYPE_MEANINGS.get(node_type, "of the right type")
+    return f"{key}={value} is not {kind}: {key} takes {KEY_MEANINGS.get(key, kind)}"
 
 
 def group_options() -> str:
@@ -199,6 +218,12 @@ def composition_error(ex: CompactHydraException) -> str:
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             known = schema_keys(getattr(cause, "object_type", None))
+            group = str(cause.full_key).partition(".")[0]
+            owners = sorted(path.partition("/")[2] for path, node in SCHEMAS.items()
+                            if path.startswith(group + "/") and cause.key in schema_keys(node))
+            if owners and known:  # another option of the group has it: say which
+                return (f"{cause.full_key} is for {group}={f' or {group}='.join(owners)}, not "
+                        f"for the {group} chosen")
             return (f"{cause.full_key} is not a known key{did_you_mean(cause.key, known)}: "
                     "`prune-run --cfg job` lists the keys")
         if isinstance(cause, ValidationError) and getattr(cause, "child_node", None) is not None:
@@ -215,8 +240,8 @@ def unchosen_logger_key(args: List[str]) -> Optional[str]:
         key = arg.lstrip("+~").partition("=")[0]
         group, _, rest = key.partition(".")
         tracker = rest.partition(".")[0]
-        if group == "logger" and tracker in LOGGERS and "." in rest:
-            other = next(name for name in LOGGERS if name != tracker)
+        if group == "logger" and tracker in TRACKERS and "." in rest:
+            other = next(name for name in TRACKERS if name != tracker)
             return (f"{key} is a setting of logger={tracker}, which is not chosen: add "
                     f"logger={tracker} (or list it with others, 'logger=[{other},{tracker}]')")
     return None

@@ -1,8 +1,10 @@
-"""Config schemas (registered in Hydra's ConfigStore) and `validate(cfg)`.
+"""The shared config schemas (registered in Hydra's ConfigStore) and `validate(cfg)`.
 
-The schemas make Hydra reject key typos and wrong types while composing; `validate` adds what
-OmegaConf cannot check (ranges, choices, files, cross-key rules) and turns every problem into a
-`ConfigError` whose message is one line naming the key and the fix.
+The schemas make Hydra reject key typos and wrong types while composing; each schema's `check`
+adds what OmegaConf cannot check (ranges, choices, files, cross-key rules), and every problem is
+a `ConfigError` whose message is one line naming the key and the fix. What only one option of a
+group has (a data set's, a model family's, a tracker's, a method's keys) is declared beside its
+code with `@schema(group, name)`, and its YAML merges that schema: this module knows none of them.
 
 Kept free of torch imports: `prunekit/__init__.py` imports it, and `--help` must stay fast.
 """
@@ -11,15 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, get_type_hints
+from typing import Any, ClassVar, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from prunekit.errors import ConfigError, did_you_mean
+from prunekit.errors import ConfigError, at_least, choice, did_you_mean, fraction, positive
+from prunekit.files import torch_file_problem
 from prunekit.registry import Registry
+from prunekit.targets import TargetConfig
 
-GRANULARITIES = ("unstructured", "filter", "channel", "column", "nm")
 SCOPES = ("layerwise", "global")
 AUGMENTS = ("none", "crop", "crop_flip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -57,25 +60,45 @@ def schema_keys(schema) -> List[str]:
 
 
 # --------------------------------------------------------------------------- schemas
+SCHEMAS: Registry = Registry("schema")  # "group/name" -> the dataclass an option's YAML merges
+
+
+def schema(group: str, name: Optional[str] = None):
+    """`@schema("dataset", "imagefolder")` on a dataclass: stored as `schema/<group>/<name>` (name:
+    the group's own), for `defaults: [/schema/<group>@_here_: <name>]` in an option's YAML. Its
+    classmethod `check(cfg)`, if any, is called by `validate` on the node it types."""
+    def add(cls):
+        return SCHEMAS.register(f"{group}/{name or group}")(cls)
+    return add
+
+
+@schema("model")
 @dataclass
 class ModelConfig:
     name: str = MISSING
     in_channels: int = 3  # what the network's stem takes; datasets convert to it
     small_input: Optional[bool] = None  # None: a small-input stem when images are <= 64 px
     checkpoint: Optional[str] = None  # user weights for the dense model (a state dict)
-    arch: Optional[str] = None  # model=torchvision, timm: the architecture's name
-    weights: Optional[str] = None  # model=torchvision: null (random), DEFAULT or a weights name
-    pretrained: bool = False  # model=timm: timm's pretrained weights
-    target: Optional[str] = None  # model=custom: package.module:factory
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # model=custom: the factory's arguments
+    label_key: ClassVar[Optional[str]] = None  # a family's key that chooses the network
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        at_least(cfg, "model.in_channels", 1)
+        ckpt = cfg.model.checkpoint
+        if ckpt is not None:
+            path = os.path.expanduser(str(ckpt))
+            if not os.path.isfile(path):
+                raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a "
+                                  "state dict")
+            check_torch_file(path, f"model.checkpoint={ckpt}")
 
 
+@schema("dataset")
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     root: str = "${oc.env:PRUNEKIT_DATA,'~/.cache/prunekit/data'}"  # where downloads go
-    path: Optional[str] = None  # imagefolder: train/ and val/ class folders; mnist, fashion_mnist:
-    # the four IDX files (found without it in Debian's package folder or under root too)
+    path: Optional[str] = None  # a data set's own files (see its YAML), where it reads them
     download: bool = True
     image_size: Optional[int] = None  # None: the dataset's native size
     val_fraction: float = 0.1  # held out from train; every decision uses it
@@ -87,8 +110,19 @@ class DatasetConfig:
     pretrain_epochs: int = 30  # dense training budget that suits this dataset
     in_memory: Optional[bool] = None  # None: decode into tensors when it fits (fast path)
     num_workers: int = 2  # DataLoader workers on the slow (streaming) path
-    num_samples: int = 1000  # fake only: train size (test is a fifth of it)
-    num_classes: int = 10  # fake only
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        for key in ("val_fraction", "test_fraction"):
+            value = cfg.dataset[key]
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"dataset.{key}={value} must be in (0, 1)")
+        if not 0.0 < cfg.dataset.subset <= 1.0:
+            raise ConfigError(f"dataset.subset={cfg.dataset.subset} must be in (0, 1]: the "
+                              "fraction kept")
+        choice(cfg, "dataset.augment", AUGMENTS)
+        at_least(cfg, "dataset.image_size", 4)
+        at_least(cfg, "dataset.num_workers", 0)
 
 
 @dataclass
@@ -116,6 +150,7 @@ class LatencyConfig:
     max_cpu_wait: float = 0.1  # CPU: waiting for a core longer than this share, others held them
 
 
+@schema("hardware")
 @dataclass
 class HardwareConfig:
     name: str = MISSING
@@ -128,6 +163,27 @@ class HardwareConfig:
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
     distributed: str = "auto"  # auto: one run over the processes torchrun / SLURM started; off
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        h = cfg.hardware
+        choice(cfg, "hardware.device", DEVICES)
+        choice(cfg, "hardware.precision", PRECISIONS)
+        choice(cfg, "hardware.distributed", ("auto", "off"))
+        at_least(cfg, "hardware.threads", 0)
+        at_least(cfg, "hardware.latency.warmup", 0)
+        at_least(cfg, "hardware.latency.repeats", 1)
+        positive(cfg, "hardware.latency.max_seconds")
+        at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
+        at_least(cfg, "hardware.latency.max_over_flops", 1.0)
+        fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
+        if h.sparse_2of4 and h.precision == "fp32":
+            raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: "
+                              "PyTorch's semi-structured sparse kernels take half-precision "
+                              "weights")
+        if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
+            raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must "
+                              "be a non-empty list of positive batch sizes")
 
 
 @dataclass
@@ -162,59 +218,6 @@ class CheckpointConfig:
     min_interval_s: float = 60.0  # at most one per minute (0: after every step and epoch)
 
 
-TARGET_KINDS = ("sparsity", "flops", "params", "latency")  # what `target.kind` may count
-
-
-@dataclass
-class TargetConfig:
-    """What pruning aims at (sparsity.cost, README "Targets"): `sparsity` (the top-level key) or
-    a reduction factor of the FLOPs, the non-zero parameters or the measured latency."""
-
-    kind: str = "sparsity"
-    value: Optional[float] = None  # flops, params, latency: the factor, e.g. 2.0 (= half)
-    batch_size: Optional[int] = None  # latency: the batch measured (None: the first of
-    # hardware.latency.batch_sizes)
-    tolerance: float = 0.02  # latency: the solve stops within this relative error of the value;
-    # AutoCompress's purification may pass a counted target by at most this much
-    max_measurements: int = 8  # latency: the most measurements one solve takes
-
-
-LOGGERS = ("tensorboard", "mlflow", "wandb")  # the trackers of the `logger` group
-WANDB_MODES = ("offline", "online")
-
-
-@dataclass
-class TensorBoardLoggerConfig:
-    dir: Optional[str] = None  # None: tensorboard/ in the sweep directory (a run: its directory)
-
-
-@dataclass
-class MLflowLoggerConfig:
-    tracking_uri: Optional[str] = None  # None: sqlite:///<sweep or run directory>/mlflow.db
-
-
-@dataclass
-class WandbLoggerConfig:
-    project: str = "prunekit"
-    entity: Optional[str] = None  # the W&B team or user; None: the account's default
-    mode: str = "offline"  # offline: no account needed, `wandb sync` uploads later; online
-    dir: Optional[str] = None  # None: the sweep directory (a run: its directory)
-
-
-@dataclass
-class LoggerConfig:
-    """The experiment trackers a run reports to (prunekit.tracking, README "Loggers"): the
-    `logger` group's options each fill their own key, so `logger=[tensorboard,mlflow]` uses both."""
-
-    tensorboard: Optional[TensorBoardLoggerConfig] = None
-    mlflow: Optional[MLflowLoggerConfig] = None
-    wandb: Optional[WandbLoggerConfig] = None
-    experiment: Optional[str] = None  # None: the sweep directory's path (a single run: prunekit)
-    run_name: Optional[str] = None  # None: the job's overrides, e.g. method=ice,seed=1
-    epoch_val: bool = True  # val top-1 after every training epoch (its time is not pruning time)
-    log_model: bool = False  # model.pt among the artefacts too
-
-
 @dataclass
 class Config:
     model: Any = MISSING
@@ -230,21 +233,36 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Any = MISSING  # the trackers' schema (prunekit.tracking), merged by config.yaml
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        at_least(cfg, "checkpoint.keep", 1)
+        at_least(cfg, "checkpoint.min_interval_s", 0)
+        if not 0.0 <= cfg.sparsity < 1.0:
+            raise ConfigError(f"sparsity={cfg.sparsity} is out of range: it is the fraction "
+                              "removed, in [0, 1)")
+        for key in ("train.batch_size", "train.eval_batch_size", "pretrain.lr", "method.lr"):
+            positive(cfg, key)
+        for key in ("train.weight_decay", "train.momentum", "train.label_smoothing",
+                    "pretrain.weight_decay"):
+            at_least(cfg, key, 0)
+        choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+        choice(cfg, "pretrain.lr_schedule", LR_SCHEDULES)
+        at_least(cfg, "train.val_max_batches", 1)
+        at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
 
 
 METHODS: Registry = Registry("method")  # name -> method unit (prunekit.methods fills it)
 
-GROUP_SCHEMAS = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig}
-
 
 def known_key(cfg: DictConfig, key: str) -> bool:
     """Whether `key` (e.g. `method.retrain_epochs`) is in the schema of the option `cfg` chose
-    for its group (method: the chosen method's); keys outside the typed groups count as known."""
+    for its group; keys outside the typed groups count as known."""
     group, _, path = key.partition(".")
-    unit = METHODS.get(cfg.method.name) if group == "method" else None
-    schema = unit.schema if unit is not None else GROUP_SCHEMAS.get(group)
-    if schema is None or not path:
+    node = cfg.get(group)
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if not dataclasses.is_dataclass(schema) or not path:
         return True
     for part in path.split("."):
         hints = get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
@@ -259,51 +277,14 @@ def register_configs() -> None:
     comes from its unit (prunekit.methods, imported first)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
-    cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
+    for path, node in SCHEMAS.items():
+        group, _, name = path.rpartition("/")
+        cs.store(group=f"schema/{group}", name=name, node=node)
     for name, unit in METHODS.items():
         cs.store(group="schema/method", name=name, node=unit.schema)
 
 
-# What a key takes, where its type alone does not say it (the one line for a value of the wrong
-# type, e.g. sparsity=abc, names it)
-KEY_MEANINGS = {
-    "sparsity": "a number in [0, 1), the fraction of the prunable weights removed",
-    "seed": "a whole number",
-    "target.value": "a number > 1, the factor the target shrinks by (2.0 = half)",
-    "dataset.subset": "a number in (0, 1], the fraction of every split kept",
-}
-TYPE_MEANINGS = {"FloatNode": "a number", "IntegerNode": "a whole number",
-                 "BooleanNode": "true or false", "StringNode": "a string"}
-
-
-def wrong_type(key: str, value, node_type: str) -> str:
-    """The one line for `key=value` whose value has the wrong type for the key's schema."""
-    kind = TYPE_MEANINGS.get(node_type, "of the right type")
-    return f"{key}={value} is not {kind}: {key} takes {KEY_MEANINGS.get(key, kind)}"
-
-
 # --------------------------------------------------------------------------- validation
-def choice(cfg: DictConfig, key: str, choices) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in choices:
-        raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}"
-                          f"{did_you_mean(value, choices)}")
-
-
-def at_least(cfg: DictConfig, key: str, low, what: str = "") -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is not None and value < low:
-        raise ConfigError(f"{key}={value} must be >= {low}{what}")
-
-
-def positive(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is not None and not value > 0:
-        raise ConfigError(f"{key}={value} must be > 0")
-
-
 def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
     """`+key=value` force-adds keys even to structured configs; reject what no schema knows."""
     schema = OmegaConf.get_type(node)
@@ -321,15 +302,28 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
 
 
 def model_label(model_cfg) -> Optional[str]:
-    """The model as reports name it: `resnet18`, or `torchvision:convnext_tiny`,
-    `timm:resnet10t`, `custom:pkg.mod:factory` for the families chosen by arch or target."""
+    """The model as reports name it: `resnet18`, or `<family>:<what it chose>` for a family whose
+    schema names the key that chooses (`label_key`, e.g. torchvision's arch)."""
     name = model_cfg.get("name")
-    chosen = model_cfg.get("arch") or model_cfg.get("target")
+    schema = OmegaConf.get_type(model_cfg) if isinstance(model_cfg, DictConfig) else None
+    key = getattr(schema, "label_key", None)
+    chosen = model_cfg.get(key) if key else None
     return f"{name}:{chosen}" if chosen else name
 
 
+def checked_nodes(node: DictConfig):
+    """The nodes of a composed config whose schema has a `check`, parents first."""
+    if hasattr(OmegaConf.get_type(node), "check"):
+        yield node
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            yield from checked_nodes(child)
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check everything that can be checked before any work starts. Raises ConfigError."""
+    """Check everything that can be checked before any work starts: the keys no schema knows,
+    every schema's own `check`, then the method's. Raises ConfigError."""
     for group in ("model", "dataset", "method", "hardware"):
         node = cfg.get(group)
         if not isinstance(node, DictConfig):
@@ -337,129 +331,9 @@ def validate(cfg: DictConfig) -> None:
     _unknown_keys(cfg)
     for group in ("model", "dataset", "method", "hardware"):
         _unknown_keys(cfg[group], group + ".")
-
-    at_least(cfg, "checkpoint.keep", 1)
-    at_least(cfg, "checkpoint.min_interval_s", 0)
-    s = cfg.sparsity
-    if not 0.0 <= s < 1.0:
-        raise ConfigError(f"sparsity={s} is out of range: it is the fraction removed, in [0, 1)")
-    check_training(cfg)
-    check_dataset(cfg)
-    check_model(cfg)
-    check_target(cfg)
-    check_logger(cfg)
+    for node in checked_nodes(cfg):
+        OmegaConf.get_type(node).check(cfg)
     METHODS.choose(cfg.method.name, "method.name").check(cfg)  # a method checks its own keys
-    check_hardware(cfg)
-
-
-def check_target(cfg: DictConfig) -> None:
-    """The target's own keys; whether the method can reach its kind is the method's check."""
-    t = cfg.target
-    choice(cfg, "target.kind", TARGET_KINDS)
-    if t.kind == "sparsity":
-        if t.value is not None:
-            raise ConfigError(f"target.value={t.value} is the reduction factor of target.kind="
-                              f"flops, params or latency: with target.kind=sparsity set "
-                              f"sparsity={cfg.sparsity} instead")
-    elif t.value is None:
-        raise ConfigError(f"target.kind={t.kind} needs target.value, the factor it shrinks by "
-                          "(e.g. target.value=2.0 for half)")
-    elif not t.value > 1.0:
-        raise ConfigError(f"target.value={t.value} must be > 1: it is the factor the {t.kind} "
-                          "shrinks by (2.0 = half)")
-    at_least(cfg, "target.batch_size", 1)
-    at_least(cfg, "target.max_measurements", 2)
-    if not 0.0 < t.tolerance < 0.5:
-        raise ConfigError(f"target.tolerance={t.tolerance} must be in (0, 0.5): the relative "
-                          "error the latency solve may stop at")
-    if t.kind == "latency" and not cfg.hardware.latency.enabled:
-        raise ConfigError("target.kind=latency measures latency: set "
-                          "hardware.latency.enabled=true")
-
-
-def check_logger(cfg: DictConfig) -> None:
-    if cfg.logger.wandb is not None:
-        choice(cfg, "logger.wandb.mode", WANDB_MODES)
-    for key in ("experiment", "run_name"):
-        value = cfg.logger[key]
-        if value is not None and not str(value).strip():
-            raise ConfigError(f"logger.{key} is empty: give a name, or null for the default")
-
-
-def check_training(cfg: DictConfig) -> None:
-    for key in ("train.batch_size", "train.eval_batch_size", "pretrain.lr", "method.lr"):
-        positive(cfg, key)
-    for key in ("train.weight_decay", "train.momentum", "train.label_smoothing"):
-        at_least(cfg, key, 0)
-    choice(cfg, "train.lr_schedule", LR_SCHEDULES)
-    choice(cfg, "pretrain.lr_schedule", LR_SCHEDULES)
-    at_least(cfg, "pretrain.weight_decay", 0)
-    at_least(cfg, "train.val_max_batches", 1)
-    at_least(cfg, "pretrain.epochs", 0, " (epochs cannot be negative)")
-
-
-def check_dataset(cfg: DictConfig) -> None:
-    d = cfg.dataset
-    if not 0.0 < d.val_fraction < 1.0:
-        raise ConfigError(f"dataset.val_fraction={d.val_fraction} must be in (0, 1)")
-    if not 0.0 < d.test_fraction < 1.0:
-        raise ConfigError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
-    if not 0.0 < d.subset <= 1.0:
-        raise ConfigError(f"dataset.subset={d.subset} must be in (0, 1]: the fraction kept")
-    choice(cfg, "dataset.augment", AUGMENTS)
-    at_least(cfg, "dataset.image_size", 4)
-    at_least(cfg, "dataset.num_workers", 0)
-    at_least(cfg, "dataset.num_samples", 10)
-    at_least(cfg, "dataset.num_classes", 2)
-    if d.name == "imagefolder":
-        if not d.path:
-            raise ConfigError("dataset.path is not set: imagefolder needs dataset.path=DIR "
-                              "(a folder with train/ and val/ class folders)")
-        path = os.path.expanduser(str(d.path))
-        if not os.path.isdir(os.path.join(path, "train")):
-            raise ConfigError(f"dataset.path={d.path} has no train/ folder: point it at a folder "
-                              "with train/ and val/ class folders (ImageNet layout)")
-
-
-# The model keys only some models read: a key set for another model would be silently ignored.
-MODEL_KEYS = {"arch": ("torchvision", "timm"), "weights": ("torchvision",),
-              "pretrained": ("timm",), "target": ("custom",), "kwargs": ("custom",)}
-
-
-def check_model(cfg: DictConfig) -> None:
-    at_least(cfg, "model.in_channels", 1)
-    m = cfg.model
-    for key, models in MODEL_KEYS.items():
-        if m.name not in models and m[key] not in (None, False, {}):
-            raise ConfigError(f"model.{key} is for model={' or model='.join(models)}, not "
-                              f"model={m.name}")
-    ckpt = cfg.model.checkpoint
-    if ckpt is not None:
-        path = os.path.expanduser(str(ckpt))
-        if not os.path.isfile(path):
-            raise ConfigError(f"model.checkpoint={ckpt} does not exist: give the path of a state "
-                              "dict")
-        check_torch_file(path, f"model.checkpoint={ckpt}")
-
-
-def check_hardware(cfg: DictConfig) -> None:
-    h = cfg.hardware
-    choice(cfg, "hardware.device", DEVICES)
-    choice(cfg, "hardware.precision", PRECISIONS)
-    choice(cfg, "hardware.distributed", ("auto", "off"))
-    at_least(cfg, "hardware.threads", 0)
-    at_least(cfg, "hardware.latency.warmup", 0)
-    at_least(cfg, "hardware.latency.repeats", 1)
-    positive(cfg, "hardware.latency.max_seconds")
-    at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
-    at_least(cfg, "hardware.latency.max_over_flops", 1.0)
-    fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
-    if h.sparse_2of4 and h.precision == "fp32":
-        raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: PyTorch's "
-                          "semi-structured sparse kernels take half-precision weights")
-    if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
-        raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must be a "
-                          "non-empty list of positive batch sizes")
 
 
 STATE_DICT_FIX = "save one with torch.save(model.state_dict(), path)"
@@ -470,29 +344,3 @@ def check_torch_file(path: str, what: str) -> None:
     problem = torch_file_problem(path)
     if problem:
         raise ConfigError(f"{what} is not a PyTorch file ({problem}): {STATE_DICT_FIX}")
-
-
-def torch_file_problem(path: str) -> Optional[str]:
-    """None if the file starts as torch.save writes (a zip archive, or a legacy pickle); else
-    what it is instead, read from its first bytes: a check that costs no torch import."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
-        return None
-    if not head:
-        return "it is empty"
-    if head.startswith(b"\x1f\x8b"):
-        return "it is a gzip archive: unpack it first"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"it starts with the bytes {head[:4].hex(' ')}"
-    if text.lstrip().startswith(("{", "[")):
-        return "it is a JSON or text file"
-    return "it is a text file"
-
-
-def fraction(cfg: DictConfig, key: str, low_open: bool = True) -> None:
-    value = OmegaConf.select(cfg, key)
-    if not ((0.0 < value) if low_open else (0.0 <= value)) or not value <= 1.0:
-        raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}0, 1]")

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from prunekit.clock import PHASES
+from prunekit.targets import TARGET_KINDS
 
 CONSOLE = Console()
 
@@ -96,10 +97,10 @@ def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> 
                   if isinstance(value, float) and s.get("top1_dense") is not None else "")
     t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
     target_kind = s.get("target_kind", "sparsity")
+    factor = getattr(TARGET_KINDS.get(target_kind), "factor", True)
     t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
-              f"target {_fmt(s.get('target_sparsity'), '.4f')}" if target_kind == "sparsity"
-              else "")
-    if target_kind != "sparsity" and s.get("speedup_kind") != "none":  # a dense row aims at none
+              "" if factor else f"target {_fmt(s.get('target_sparsity'), '.4f')}")
+    if factor and s.get("speedup_kind") != "none":  # a dense row aims at none
         solve = s.get("latency_solve_measurements")
         t.add_row(f"target: {target_kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
                   f"target {_fmt(s.get('target_value'), 'g')}× "

@@ -1,7 +1,10 @@
-"""The one exception for bad user input, and the helpers its one-line messages use."""
+"""The one exception for bad user input, the helpers its one-line messages use, and the checks of
+one key (`choice`, `at_least`, `positive`, `fraction`) that every schema's check is written with."""
 from __future__ import annotations
 
 import difflib
+
+from omegaconf import OmegaConf
 
 
 class ConfigError(ValueError):
@@ -25,3 +28,28 @@ def first_line(err: BaseException, limit: int = 120) -> str:
     says nothing (what a one-line error quotes of a failure it reports)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(err).__name__
+
+
+def choice(cfg, key: str, choices) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value} is not one of {', '.join(choices)}"
+                          f"{did_you_mean(value, choices)}")
+
+
+def at_least(cfg, key: str, low, what: str = "") -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}{what}")
+
+
+def positive(cfg, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not value > 0:
+        raise ConfigError(f"{key}={value} must be > 0")
+
+
+def fraction(cfg, key: str, low_open: bool = True) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not ((0.0 < value) if low_open else (0.0 <= value)) or not value <= 1.0:
+        raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}0, 1]")

@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, List
+from typing import IO, Callable, List, Optional
 
 
 def _umask() -> int:
@@ -75,3 +75,23 @@ def write_csv(path: Path, rows: List[dict]) -> None:
         writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def torch_file_problem(path: str) -> Optional[str]:
+    """None if the file starts as torch.save writes (a zip archive, or a legacy pickle); else
+    what it is instead, read from its first bytes: a check that costs no torch import."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is a gzip archive: unpack it first"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:4].hex(' ')}"
+    if text.lstrip().startswith(("{", "[")):
+        return "it is a JSON or text file"
+    return "it is a text file"

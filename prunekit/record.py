@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunekit.config import METHODS, model_label
 from prunekit.files import write_csv, write_json
+from prunekit.targets import TARGET_KINDS
 
 
 class Recorder:
@@ -81,6 +82,7 @@ def summary_identity(cfg: DictConfig) -> dict:
     method = cfg.get("method") or {}
     unit = METHODS.get(method.get("name"))
     target = cfg.get("target") or {}
+    kind = TARGET_KINDS.get(target.get("kind", "sparsity"))
     hparams = (OmegaConf.to_container(method, resolve=False)
                if isinstance(method, DictConfig) else {})
     return {
@@ -91,8 +93,8 @@ def summary_identity(cfg: DictConfig) -> dict:
         "granularity": method.get("granularity"),
         "target_sparsity": unit.target_sparsity(cfg) if unit else cfg.get("sparsity"),
         "target_kind": target.get("kind", "sparsity"),
-        "target_value": (cfg.get("sparsity") if target.get("kind", "sparsity") == "sparsity"
-                         else target.get("value")),
+        "target_value": target.get("value") if kind is not None and kind.factor
+        else cfg.get("sparsity"),
         # the contract's "params dict" of hyperparameters: `params` itself is the parameter count
         "hparams": hparams, "error": None,
     }

@@ -1,8 +1,11 @@
-"""One idiom for every registry (methods, models, datasets, criteria): entries by name, filled
-where each entry is defined by a decorator, looked up with a one-line error naming the choices."""
+"""One idiom for every registry (methods, models, datasets, criteria, trackers, target kinds,
+granularities): entries by name, filled where each entry is defined by a decorator, looked up with
+a one-line error naming the choices; `import_all` imports a package's modules so they register."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, TypeVar, Union
+import importlib
+import pkgutil
+from typing import Callable, Dict, Iterable, Optional, TypeVar, Union
 
 from prunekit.errors import ConfigError, did_you_mean
 
@@ -38,3 +41,10 @@ class Registry(Dict[str, T]):
             raise ConfigError(f"{key or self.kind}={name} is not a known {self.kind}"
                               f"{did_you_mean(name, self)} (known: {', '.join(sorted(self))})")
         return self[name]
+
+
+def import_all(package: str, path: Iterable[str]) -> None:
+    """Import every module of `package` (its `__path__`): each registers its entries, so a new
+    entry is its module alone."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")

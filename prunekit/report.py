@@ -38,9 +38,9 @@ from prunekit.clock import PHASES
 from prunekit.config import METHODS
 from prunekit.console import CONSOLE, print_table
 from prunekit.errors import ConfigError, did_you_mean
-from prunekit.files import atomic_write_text
+from prunekit.files import atomic_write, atomic_write_text
 from prunekit.html_report import config_text, page
-from prunekit.sparsity.cost import describe
+from prunekit.targets import describe
 
 log = logging.getLogger(__name__)
 
@@ -335,10 +335,10 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"), binary=True)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -31,7 +31,7 @@ from prunekit.artifacts import (
     save_model,
 )
 from prunekit.clock import PhaseClock
-from prunekit.config import LOGGERS, validate
+from prunekit.config import validate
 from prunekit.console import CONSOLE, print_summary
 from prunekit.data import Data, build_data
 from prunekit.errors import ConfigError
@@ -45,7 +45,7 @@ from prunekit.hardware import (
     with_sparse_kernels,
 )
 from prunekit.methods import METHODS, Context
-from prunekit.methods.budget import achieved, aim, check_reach, latency_batch_size, target_fraction
+from prunekit.methods.budget import achieved, aim, check_reach, latency_batch_size
 from prunekit.methods.context import build_pruner
 from prunekit.metrics import (
     count_nonzero,
@@ -68,8 +68,10 @@ from prunekit.resume import (
     set_rng_state,
     stop_now,
 )
+from prunekit.sparsity.units import granularity
 from prunekit.state import cpu_state, load_state
-from prunekit.tracking import EpochLog, RunNames, Tracking, run_names
+from prunekit.targets import target_fraction, target_kind
+from prunekit.tracking import TRACKERS, EpochLog, RunNames, Tracking, run_names
 from prunekit.train import FitHooks, Trainer
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,7 @@ def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
     m = cfg.method
     if not METHODS[m.name].prunes:
         return "none"
-    if hw.sparse_2of4 and m.granularity == "nm" and list(m.nm) == [2, 4]:
+    if hw.sparse_2of4 and granularity(m.granularity).one_step and list(m.nm) == [2, 4]:
         return "sparse_kernels"
     return "compacted" if compacted else "theoretical"
 
@@ -231,7 +233,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     if lat.enabled and distributed.current().main:
         shape = tuple(example.shape[1:])
         batch_sizes = list(lat.batch_sizes)
-        if cfg.target.kind == "latency" and latency_batch_size(cfg) not in batch_sizes:
+        if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
             batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
         kw = dict(batch_sizes=batch_sizes, warmup=lat.warmup, repeats=lat.repeats,
                   max_seconds=lat.max_seconds)
@@ -284,7 +286,7 @@ def epoch_log_for(cfg: DictConfig, tracking: Tracking, trainer: Trainer) -> Opti
     """The per-epoch log of a run with loggers configured or off a terminal (its epoch lines), on
     every rank (its evaluation is collective; rank 0 alone holds the trackers), whether or not
     the trackers started."""
-    if all(cfg.logger[name] is None for name in LOGGERS) and not trainer.epoch_lines:
+    if all(cfg.logger[name] is None for name in TRACKERS) and not trainer.epoch_lines:
         return None
     evaluate = ((lambda m: trainer.evaluate(m, "val", cfg.train.val_max_batches).top1)
                 if cfg.logger.epoch_val else None)

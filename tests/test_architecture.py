@@ -13,12 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
 # Lowest first. A module may import from a lower layer, or from its own package (a method from
 # methods.context, a data set from data.build).
 LAYERS = [
-    ("errors", "files", "clock", "metrics", "state", "sparsity.masks", "sparsity.units",
+    ("errors", "files", "clock", "metrics", "state", "sparsity.masks",
      "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),
     ("registry", "distributed", "html_report"),
-    ("config", "console", "sparsity", "data", "hardware"),
-    ("models", "record", "artifacts"),
+    ("targets",),
+    ("config", "console", "sparsity", "hardware"),
+    ("data", "record", "artifacts"),
+    ("models",),
     ("resume", "train", "tracking"),
     ("methods",),
     ("runner", "export", "report"),

@@ -19,8 +19,9 @@ from prunekit.models import prunable_layers, residual_blocks
 from prunekit.report import report
 from prunekit.runner import run
 from prunekit.sparsity import Pruner, PruneSpec
-from prunekit.sparsity.cost import Cost, as_factor, removed_fraction
+from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.projection import hard_prune
+from prunekit.targets import TARGET_KINDS, as_factor
 
 QUICK = ["model=resnet20", "dataset.subset=0.25", "pretrain.epochs=1", *FAST]  # a fifth of digits
 
@@ -49,7 +50,7 @@ def test_the_pruner_reaches_a_counted_target_and_its_count_is_the_reported_one(
     model = copy.deepcopy(dense)
     pruner, x = cost_pruner(model, kind, granularity, scope)
     for factor in (1.5, 2.0, 3.0):  # cumulative, as an iterative run asks
-        pruner.prune_to(removed_fraction(kind, factor))
+        pruner.prune_to(TARGET_KINDS[kind].removed_fraction(factor))
         got = measured(kind, dense, model, x)
         assert got == pytest.approx(as_factor(pruner.cost.removed(model)), rel=1e-9)
         assert got == pytest.approx(factor, rel=0.02)
@@ -78,8 +79,9 @@ def test_the_block_ratio_meets_a_flops_target_once_every_block_is_pruned():
     model = copy.deepcopy(dense)
     pruner, x = cost_pruner(model, "flops", "filter")
     groups = pruner.blockwise_groups()
-    assert removed_fraction("flops", 1.6) < pruner.max_removed(groups) <= pruner.max_removed()
-    ratio = pruner.block_ratio(groups, removed_fraction("flops", 1.6))
+    aim = TARGET_KINDS["flops"].removed_fraction(1.6)
+    assert aim < pruner.max_removed(groups) <= pruner.max_removed()
+    ratio = pruner.block_ratio(groups, aim)
     for _, gs in pruner.steps_in_order():
         pruner.prune_groups(gs, ratio)
     assert measured("flops", dense, model, x) == pytest.approx(1.6, rel=0.02)
@@ -260,13 +262,13 @@ def test_a_report_groups_runs_by_their_matched_target(tmp_path):
 def test_the_count_is_the_measured_one_on_every_family(arch):
     """Grouped convs, concatenations, depthwise convs, channel LayerNorms, heads, untraced MLPs:
     the solve's count is what the compacted model measures."""
-    from prunekit.config import ModelConfig
     from prunekit.models import build_model
+    from prunekit.models.torchvision_any import TorchvisionModelConfig
 
     size = 224 if arch.startswith(("vit", "swin")) else 32
     torch.manual_seed(0)
-    dense = build_model(OmegaConf.merge(OmegaConf.structured(ModelConfig(name="torchvision")),
-                                        {"arch": arch}), 10, size).eval()
+    dense = build_model(OmegaConf.structured(TorchvisionModelConfig(name="torchvision", arch=arch)),
+                        10, size).eval()
     for kind in ("flops", "params"):
         model = copy.deepcopy(dense)
         pruner, x = cost_pruner(model, kind, "filter", size=size)

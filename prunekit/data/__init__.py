@@ -12,16 +12,13 @@ package: `@image_arrays("name")` on a function returning the (train, test, class
 an in-memory set (split, subset, resize and normalisation shared), or `@DATASETS.register("name")`
 on a builder of the whole `Data` (see imagefolder.py).
 """
-import importlib
-import pkgutil
-
 from prunekit.data.build import DATASETS, build_data, image_arrays
 from prunekit.data.fetch import fetch_failure
 from prunekit.data.images import Images, stratified_split, subsample, subset_indices
 from prunekit.data.loaders import Data, StreamLoader, TensorLoader, random_crop, random_flip
+from prunekit.registry import import_all
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_all(__name__, __path__)
 
 __all__ = ["DATASETS", "Data", "Images", "StreamLoader", "TensorLoader", "build_data",
            "fetch_failure", "image_arrays", "random_crop", "random_flip", "stratified_split",

@@ -1,8 +1,25 @@
 """fake: torchvision's FakeData, random images of a given size and class count (for tests)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from prunekit.config import DatasetConfig, schema
 from prunekit.data.build import Arrays, image_arrays
 from prunekit.data.images import decode_all
+from prunekit.errors import at_least
+
+
+@schema("dataset", "fake")
+@dataclass
+class FakeDatasetConfig(DatasetConfig):
+    num_samples: int = 1000  # train size (test is a fifth of it)
+    num_classes: int = 10
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        at_least(cfg, "dataset.num_samples", 10)
+        at_least(cfg, "dataset.num_classes", 2)
 
 
 @image_arrays("fake")

@@ -3,15 +3,34 @@ decoded into memory when it fits, streamed otherwise."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
+from prunekit.config import DatasetConfig, schema
 from prunekit.data.build import DATASETS, tensor_data
 from prunekit.data.images import Images, decode_all, stratified_split, subset_indices
 from prunekit.data.loaders import Data, StreamLoader
 from prunekit.errors import ConfigError
 
 IN_MEMORY_LIMIT_BYTES = 4 << 30  # decode an image folder into memory below this size
+
+
+@schema("dataset", "imagefolder")
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    """dataset.path: a folder with train/ and val/ class folders."""
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        d = cfg.dataset
+        if not d.path:
+            raise ConfigError("dataset.path is not set: imagefolder needs dataset.path=DIR "
+                              "(a folder with train/ and val/ class folders)")
+        if not os.path.isdir(os.path.join(os.path.expanduser(str(d.path)), "train")):
+            raise ConfigError(f"dataset.path={d.path} has no train/ folder: point it at a folder "
+                              "with train/ and val/ class folders (ImageNet layout)")
 
 
 @DATASETS.register("imagefolder")

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from prunekit.config import GRANULARITIES, MethodConfig, at_least, positive
-from prunekit.errors import ConfigError
+from prunekit.config import MethodConfig
+from prunekit.errors import ConfigError, at_least, positive
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.sparsity.projection import (
@@ -29,17 +29,24 @@ from prunekit.sparsity.projection import (
     hard_prune,
     project_all,
 )
+from prunekit.sparsity.units import GRANULARITIES
 from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class AdmmSolverConfig(MethodConfig):
-    """The ADMM solver's keys, shared by admm and autocompress (which runs it every round)."""
+class ProjectionConfig(MethodConfig):
+    """The keys of every method that projects onto the sparse set (admm, slr, autocompress)."""
 
     criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
-    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + U‖²
+    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + U‖² (U = Λ/ρ, the scaled multipliers)
+
+
+@dataclass
+class AdmmSolverConfig(ProjectionConfig):
+    """The ADMM solver's keys, shared by admm and autocompress (which runs it every round)."""
+
     rho_growth: float = 1.0  # ρ ← min(ρ · growth, rho_max) after every ADMM iteration
     rho_max: float = 1.0
     iterations: int = 10  # ADMM iterations (Z/U updates)
@@ -47,10 +54,17 @@ class AdmmSolverConfig(MethodConfig):
 
 
 @dataclass
-class AdmmConfig(AdmmSolverConfig):
+class HardPruneConfig(ProjectionConfig):
+    """admm, slr: a hard prune onto the constraints after training, then masked retraining."""
+
     retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
     retrain_lr: Optional[float] = None  # None: lr
     layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
+
+
+@dataclass
+class AdmmConfig(AdmmSolverConfig, HardPruneConfig):
+    """admm's keys: the solver's and the hard prune's."""
 
 
 class ProjectionMethod(Method):
@@ -228,7 +242,7 @@ def layer_rate_patterns(rates: Dict[str, float], names: Sequence[str]) -> Dict[s
 def admm_constraints(ctx: Context, cfg: DictConfig) -> List:
     """The constraint set of every layer (filter: every channel group) for `method=admm`."""
     pruner, g = ctx.pruner, cfg.granularity
-    if g == "filter":
+    if pruner.granularity.prunes_filters:
         groups = pruner.groups.groups
         rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates),
                                     [grp.root for grp in groups])
@@ -295,7 +309,7 @@ class HardPruneMethod(ProjectionMethod):
     """What admm and slr share: one hard prune onto the sets (N:M included), then masked
     retraining, with the top-1 at the hard prune and after each retrain epoch reported."""
 
-    granularities = GRANULARITIES
+    granularities = tuple(GRANULARITIES)
     summary_formats = RETRAIN_FORMATS
     headline = ("top1_hard",)  # SLR's claim: accurate at the hard prune, before retraining
 

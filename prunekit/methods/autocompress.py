@@ -17,8 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 
-from prunekit.config import at_least, fraction, positive
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, at_least, fraction, positive
 from prunekit.methods.admm import AdmmSolverConfig, ProjectionMethod, admm_train, constraint_rows
 from prunekit.methods.autocompress_search import (
     Action,
@@ -33,7 +32,6 @@ from prunekit.methods.autocompress_search import (
 from prunekit.methods.base import register
 from prunekit.methods.context import Context
 from prunekit.metrics import count_params
-from prunekit.sparsity.cost import as_factor
 from prunekit.sparsity.projection import (
     FilterConstraint,
     LayerConstraint,
@@ -41,6 +39,7 @@ from prunekit.sparsity.projection import (
     zero_count,
 )
 from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread, weakest
+from prunekit.targets import as_factor, target_kind
 from prunekit.train import Evaluation
 
 log = logging.getLogger(__name__)
@@ -133,7 +132,7 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
     leaves. A filter unit loses the channels its constraint would zero (the count does not
     depend on which); a column unit's layers keep at most (1 - rate) of their dense weights.
     None under target.kind=sparsity: the search counts weights (its nominal sparsity)."""
-    if pruner.cost.kind == "sparsity":
+    if pruner.cost.uniform:
         return None
     removed = pruner.plan_cost()
     index = {g.root: gi for gi, g in enumerate(pruner.groups.groups)}
@@ -288,7 +287,7 @@ class Autocompress(ProjectionMethod):
 
     @classmethod
     def target_problem(cls, cfg) -> Optional[str]:
-        if cfg.target.kind == "latency":
+        if target_kind(cfg).measured:
             return ("its search fits every action to a counted budget, which a measured latency "
                     "is not: use target.kind=flops")
         return super().target_problem(cfg)
@@ -311,7 +310,7 @@ class Autocompress(ProjectionMethod):
         fraction(cfg, "method.search.scheme_flip", low_open=False)
         fraction(cfg, "method.search.val_fraction")
         at_least(cfg, "method.search.calibration_images", 0)
-        if not 0.0 < s.max_rate < 1.0 or (cfg.target.kind == "sparsity"
+        if not 0.0 < s.max_rate < 1.0 or (not target_kind(cfg).factor
                                             and not cfg.sparsity < s.max_rate):
             raise ConfigError(f"method.search.max_rate={s.max_rate} must be in (sparsity="
                               f"{cfg.sparsity}, 1): no layer may lose more, and the target must "
@@ -370,7 +369,7 @@ class Autocompress(ProjectionMethod):
         with ctx.clock.phase("prune"):
             weakest_channel, weakest_column = weakest(ctx.pruner)
         most = None  # under a counted target, purification may pass it by the tolerance only
-        if ctx.cfg.target.kind != "sparsity":
+        if target_kind(ctx.cfg).factor:
             most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
         got, tau = (purify(ctx, c.purify, check, val_hard, most, round=i) if c.purify.enabled
                     else (Purified(), None))

@@ -13,16 +13,11 @@ from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Tuple, Type
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.config import (
-    GRANULARITIES,
-    METHODS,
-    SCOPES,
-    MethodConfig,
-    at_least,
-    choice,
-)
-from prunekit.errors import ConfigError
+from prunekit.config import METHODS, SCOPES, MethodConfig
+from prunekit.errors import ConfigError, at_least, choice
 from prunekit.sparsity.criteria import CRITERIA
+from prunekit.sparsity.units import GRANULARITIES, granularity
+from prunekit.targets import TARGET_KINDS, target_kind
 
 if TYPE_CHECKING:
     from prunekit.methods.context import Context
@@ -35,7 +30,9 @@ class Method:
     name: ClassVar[str] = ""
     schema: ClassVar[type] = MethodConfig
     summary: ClassVar[str] = ""  # one line for the docs and `--help`
-    granularities: ClassVar[Tuple[str, ...]] = ("unstructured", "filter", "channel", "column")
+    # the granularities it accepts; by default every one reached step by step (not N:M's)
+    granularities: ClassVar[Tuple[str, ...]] = tuple(
+        n for n, g in GRANULARITIES.items() if not g.one_step)
     scopes: ClassVar[Tuple[str, ...]] = SCOPES
     criteria: ClassVar[Optional[Tuple[str, ...]]] = None  # None: every criterion scoring units
     channel_groups: ClassVar[Optional[bool]] = None  # None: when the granularity removes channels
@@ -75,36 +72,32 @@ class Method:
         target's kind, or what `sparsity` counts (`sparsity_unit`)."""
         if not cls.prunes:
             return "none"
-        return cfg.target.kind if cfg.target.kind != "sparsity" else cls.sparsity_unit(cfg)
+        return cfg.target.kind if target_kind(cfg).factor else cls.sparsity_unit(cfg)
 
     @classmethod
     def sparsity_unit(cls, cfg: DictConfig) -> str:
         """What `sparsity` counts for this configuration."""
-        if cfg.method.granularity == "nm":
-            return f"{cfg.method.nm[0]}:{cfg.method.nm[1]}"
-        return "weights"
+        return granularity(cfg.method.granularity).sparsity_unit(cfg.method)
 
     @classmethod
     def target_sparsity(cls, cfg: DictConfig) -> Optional[float]:
         """The `sparsity` aimed at (None: the target is another kind)."""
         if not cls.prunes:
             return 0.0
-        return cfg.sparsity if cfg.target.kind == "sparsity" else None
+        kind = TARGET_KINDS.get(cfg.target.kind)  # a failed run's summary may name no kind
+        return cfg.sparsity if kind is not None and not kind.factor else None
 
     @classmethod
     def target_problem(cls, cfg: DictConfig) -> Optional[str]:
         """Why this configuration cannot reach a target of `target.kind` (None: it can). Counted
         kinds (flops, params) are solved on exact counts; latency by measurement, which only
         removed filters change."""
-        kind, g = cfg.target.kind, cfg.method.granularity
-        if kind == "sparsity" or not cls.prunes:  # dense: no target, a row in any table
+        kind, g = target_kind(cfg), granularity(cfg.method.granularity)
+        if not kind.factor or not cls.prunes:  # dense: no target, a row in any table
             return None
-        if g == "nm":
-            return "N:M fixes the sparsity at 1 - N/M"
-        if "channel" in g.split("+"):
-            return ("its compaction also removes the filters no layer reads any more, which the "
-                    "solve cannot foresee: use method.granularity=filter or unstructured")
-        if kind == "latency" and g != "filter":
+        if g.cost_problem:
+            return g.cost_problem
+        if kind.needs_filters and not g.prunes_filters:
             return ("only removed filters run faster on dense kernels: use "
                     "method.granularity=filter")
         return None
@@ -123,10 +116,12 @@ class Method:
         """The checks every method shares; subclasses add theirs and call super()."""
         m = cfg.method
         if m.granularity not in cls.granularities:
-            if m.granularity == "nm" and "nm" in GRANULARITIES:
-                able = [n for n, u in METHODS.items() if "nm" in u.granularities]
-                raise ConfigError(f"method.granularity=nm needs one prune step: use method="
-                                  f"{', '.join(able[:-1])} or {able[-1]}, not method={m.name}")
+            asked = GRANULARITIES.get(m.granularity)
+            if asked is not None and asked.one_step:
+                able = [n for n, u in METHODS.items() if m.granularity in u.granularities]
+                raise ConfigError(f"method.granularity={m.granularity} needs one prune step: use "
+                                  f"method={', '.join(able[:-1])} or {able[-1]}, not "
+                                  f"method={m.name}")
             choice(cfg, "method.granularity", cls.granularities)
         choice(cfg, "method.criterion", cls.accepted_criteria())
         choice(cfg, "method.scope", cls.scopes)
@@ -136,7 +131,7 @@ class Method:
         if problem:
             raise ConfigError(f"target.kind={cfg.target.kind} cannot be reached by method="
                               f"{m.name} with method.granularity={m.granularity}: {problem}")
-        if m.granularity == "nm":
+        if granularity(m.granularity).one_step:  # N:M: the pattern fixes the sparsity
             implied = 1.0 - m.nm[0] / m.nm[1]
             if abs(implied - cfg.sparsity) > 1e-9:
                 raise ConfigError(f"sparsity={cfg.sparsity} does not match method.nm="

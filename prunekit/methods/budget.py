@@ -25,23 +25,12 @@ from prunekit import distributed
 from prunekit.errors import ConfigError
 from prunekit.hardware import measure_latencies
 from prunekit.methods.context import Context, build_pruner
-from prunekit.sparsity.cost import as_factor, removed_fraction
+from prunekit.targets import TARGET_KINDS, as_factor, target_fraction, target_kind, target_value
 
 if TYPE_CHECKING:
     from prunekit.methods.base import Method
 
 log = logging.getLogger(__name__)
-
-
-def target_value(cfg: DictConfig) -> float:
-    """What the run aims at in its kind's unit: `sparsity`, or the factor `target.value`."""
-    return float(cfg.sparsity if cfg.target.kind == "sparsity" else cfg.target.value)
-
-
-def target_fraction(cfg: DictConfig) -> float:
-    """The removed fraction a run aims at: `sparsity`, or 1 − 1/F of a factor (a latency target's
-    until its solve has found the FLOPs fraction that meets it)."""
-    return removed_fraction(cfg.target.kind, target_value(cfg))
 
 
 def latency_batch_size(cfg: DictConfig) -> int:
@@ -52,7 +41,7 @@ def check_reach(cfg: DictConfig, unit: "Method", model: nn.Module, example) -> N
     """Refuse, before any training, a counted target (flops, params) this method cannot reach on
     this model: counts do not depend on the weights, so the untrained model answers."""
     kind = cfg.target.kind
-    if kind not in ("flops", "params") or not unit.prunes:
+    if not target_kind(cfg).counted or not unit.prunes:
         return
     most = unit.max_removed(build_pruner(cfg, model, example))
     if most < target_fraction(cfg) - 1e-9:
@@ -103,7 +92,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     below: Optional[Dict[str, float]] = None
     above: Optional[Dict[str, float]] = None
     chosen: Optional[Dict[str, float]] = None
-    c = min(removed_fraction("flops", goal), most)
+    c = min(target_kind(cfg).removed_fraction(goal), most)
     with ctx.clock.phase("search"):
         while len(tried) < t.max_measurements:
             s = measure(c)
@@ -143,7 +132,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
 def aim(ctx: Context, unit: "Method") -> None:
     """Before the method runs: a latency target becomes the FLOPs fraction that meets it
     (solved once, journaled: a resumed run reads it back)."""
-    if ctx.cfg.target.kind != "latency" or not unit.prunes:
+    if not target_kind(ctx.cfg).measured or not unit.prunes:
         return
     solved = ctx.once(lambda: solve_latency(ctx, unit))
     ctx.target = solved.pop("removed")
@@ -157,9 +146,7 @@ def achieved(cfg: DictConfig, numbers: dict, prunes: bool = True) -> dict:
     t = cfg.target
     value = target_value(cfg)
     bs = latency_batch_size(cfg)
-    got = {"sparsity": numbers.get("sparsity"), "flops": numbers.get("theoretical_speedup"),
-           "params": numbers.get("compression_ratio"),
-           "latency": numbers.get(f"measured_speedup_bs{bs}", numbers.get("measured_speedup"))}
+    got = {name: kind.achieved(numbers, bs) for name, kind in TARGET_KINDS.items()}
     reached = got[t.kind]
     return {"target_kind": t.kind, "target_value": value,
             **{f"achieved_{k}": v for k, v in got.items()}, "target_achieved": reached,

@@ -34,6 +34,7 @@ from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.pruner import Pruner, PruneSpec
+from prunekit.targets import target_kind
 from prunekit.train import FitHooks, FitResult, Freezer, Trainer
 
 
@@ -45,16 +46,10 @@ def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor,
     m = cfg.method
     layers = prunable_layers(model, m.prune_first_conv, m.prune_classifier)
     if cost is None:
-        cost = Cost.of(cost_kind(cfg), model, example_input, layers)
+        cost = Cost.of(target_kind(cfg).measure, model, example_input, layers)
     return Pruner(model, PruneSpec.from_cfg(m), layers, example_input, seed=cfg.seed,
                   blocks=list(residual_blocks(model)),
                   channel_groups=METHODS[m.name].needs_channel_groups(m), cost=cost)
-
-
-def cost_kind(cfg: DictConfig) -> str:
-    """What the pruner's targets count: the target's kind; a latency target is reached through
-    FLOPs (methods.budget solves which FLOPs give the speedup)."""
-    return "flops" if cfg.target.kind == "latency" else cfg.target.kind
 
 
 @dataclass
@@ -180,7 +175,7 @@ class Context:
         block: the target itself under target.kind=sparsity (the ICE paper's pruning ratio);
         under a cost target the ratio that meets it once every block is pruned, solved on the
         exact count the first time it is asked (journaled, so a resumed run reads it back)."""
-        if self.cfg.target.kind == "sparsity":
+        if not target_kind(self.cfg).factor:
             return self.target
         if self.solved_block_ratio is None:
             self.solved_block_ratio = self.op(

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunekit.config import MethodConfig, at_least
-from prunekit.errors import ConfigError
+from prunekit.config import MethodConfig
+from prunekit.errors import ConfigError, at_least
 from prunekit.methods.base import Method, register
-from prunekit.methods.budget import target_fraction
 from prunekit.methods.context import Context
 from prunekit.sparsity.schedules import AGPSchedule
+from prunekit.targets import target_fraction
 from prunekit.train import FitHooks
 
 

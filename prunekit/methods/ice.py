@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from prunekit.config import MethodConfig, at_least, choice, positive
-from prunekit.errors import ConfigError
+from prunekit.config import MethodConfig
+from prunekit.errors import ConfigError, at_least, choice, positive
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.methods.ice_autotune import autotune
@@ -88,7 +88,7 @@ class Ice(Method):
     @classmethod
     def check(cls, cfg) -> None:
         m = cfg.method
-        if m.granularity != "filter":
+        if m.granularity not in cls.granularities:
             raise ConfigError(f"method.granularity={m.granularity}: ICE-Pruning removes filters "
                               "block by block; use method.granularity=filter")
         super().check(cfg)

@@ -8,21 +8,82 @@ docs/methods/iterative.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
-from prunekit.config import MethodConfig, at_least, choice
-from prunekit.errors import ConfigError
+from prunekit.config import MethodConfig
+from prunekit.errors import ConfigError, at_least, choice
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.methods.steps import blockwise_steps, fixed_plan, prune_and_finetune
+from prunekit.registry import Registry
 from prunekit.sparsity.schedules import iterative_targets
+from prunekit.sparsity.units import granularity
 
-SCHEDULES = ("geometric", "linear", "blockwise")
+SCHEDULES: Registry = Registry("schedule")  # method.schedule -> how the steps are laid out
+
+
+@SCHEDULES.register
+class Geometric:
+    """`steps` steps of rising cumulative target (`sparsity.schedules.iterative_targets`)."""
+
+    name = "geometric"
+    sparsity_unit: Optional[str] = None  # what `sparsity` counts (None: the granularity's)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        pass
+
+    @classmethod
+    def reach(cls, ctx: Context) -> None:
+        ctx.prune_to(ctx.target)
+
+    @classmethod
+    def max_removed(cls, pruner) -> float:
+        return pruner.max_removed()
+
+    @classmethod
+    def run(cls, ctx: Context, c, plan) -> None:
+        for k, target in enumerate(iterative_targets(ctx.target, c.steps, cls.name), 1):
+            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, target=target)
+
+
+@SCHEDULES.register
+class Linear(Geometric):
+    name = "linear"
+
+
+@SCHEDULES.register
+class Blockwise(Geometric):
+    """The ICE-Pruning paper's baseline: one step per residual block, filters only."""
+
+    name = "blockwise"
+    sparsity_unit = "channels per block"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if not granularity(cfg.method.granularity).prunes_filters:
+            raise ConfigError("method.schedule=blockwise prunes filters block by block: "
+                              "set method.granularity=filter")
+
+    @classmethod
+    def reach(cls, ctx: Context) -> None:
+        ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
+
+    @classmethod
+    def max_removed(cls, pruner) -> float:
+        return pruner.max_removed(pruner.blockwise_groups())
+
+    @classmethod
+    def run(cls, ctx: Context, c, plan) -> None:
+        for k, block, groups in blockwise_steps(ctx):
+            prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.block_ratio()),
+                               plan, block=block, target=ctx.block_ratio())
 
 
 @dataclass
 class IterativeConfig(MethodConfig):
     steps: int = 5
-    schedule: str = "geometric"
+    schedule: str = "geometric"  # geometric, linear, blockwise
     finetune_epochs: int = 1  # after every step
 
 
@@ -36,37 +97,21 @@ class Iterative(Method):
 
     @classmethod
     def sparsity_unit(cls, cfg) -> str:
-        if cfg.method.schedule == "blockwise":
-            return "channels per block"
-        return super().sparsity_unit(cfg)
+        return SCHEDULES[cfg.method.schedule].sparsity_unit or super().sparsity_unit(cfg)
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
         at_least(cfg, "method.steps", 1)
-        choice(cfg, "method.schedule", SCHEDULES)
-        if cfg.method.schedule == "blockwise" and cfg.method.granularity != "filter":
-            raise ConfigError("method.schedule=blockwise prunes filters block by block: "
-                              "set method.granularity=filter")
+        choice(cfg, "method.schedule", tuple(SCHEDULES))
+        SCHEDULES[cfg.method.schedule].check(cfg)
 
     def reach(self, ctx: Context) -> None:
-        if self.cfg.schedule == "blockwise":
-            ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
-        else:
-            super().reach(ctx)
+        SCHEDULES[self.cfg.schedule].reach(ctx)
 
     def max_removed(self, pruner) -> float:
-        if self.cfg.schedule == "blockwise":
-            return pruner.max_removed(pruner.blockwise_groups())
-        return super().max_removed(pruner)
+        return SCHEDULES[self.cfg.schedule].max_removed(pruner)
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
-        plan = fixed_plan(c.finetune_epochs, c.lr)
-        if c.schedule == "blockwise":
-            for k, block, groups in blockwise_steps(ctx):
-                prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.block_ratio()),
-                                   plan, block=block, target=ctx.block_ratio())
-            return
-        for k, target in enumerate(iterative_targets(ctx.target, c.steps, c.schedule), 1):
-            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, target=target)
+        SCHEDULES[self.cfg.schedule].run(ctx, self.cfg, fixed_plan(self.cfg.finetune_epochs,
+                                                                   self.cfg.lr))

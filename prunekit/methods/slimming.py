@@ -18,8 +18,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from prunekit.config import MethodConfig, at_least, model_label
-from prunekit.errors import ConfigError
+from prunekit.config import MethodConfig, model_label
+from prunekit.errors import ConfigError, at_least
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.methods.steps import fixed_plan, prune_and_finetune

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from prunekit import distributed
-from prunekit.config import MethodConfig, at_least, positive
+from prunekit.errors import at_least, positive
 from prunekit.methods.admm import (
+    HardPruneConfig,
     HardPruneMethod,
     PenaltySplit,
     admm_constraints,
@@ -33,18 +34,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SlrConfig(MethodConfig):
-    """SLR's keys (Gurevin et al. 2020; defaults from the reference code)."""
+class SlrConfig(HardPruneConfig):
+    """SLR's keys (Gurevin et al. 2020; defaults from the reference code); ρ stays fixed."""
 
-    criterion: str = "l2"  # the projections keep the largest-L2 structures: the exact Π
-    rho: float = 0.1  # ρ of the penalty ρ/2‖W − Z + Λ/ρ‖² (fixed)
     epochs: int = 10  # SLR training epochs, one multiplier update round after each
     M: float = 300.0  # α_k = 1 − 1/(M·k^(1 − 1/k^r))
     r: float = 0.1
     initial_step: float = 0.01  # s₀, the multipliers' first step size
-    retrain_epochs: int = 3  # masked retraining after the hard prune (fresh optimiser)
-    retrain_lr: Optional[float] = None  # None: lr
-    layer_rates: List[str] = field(default_factory=list)  # ["layer or glob:rate", ...]
 
 
 def slr_alpha(k: int, M: float, r: float) -> float:

@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from prunekit.config import ModelConfig, schema
 from prunekit.errors import ConfigError
 from prunekit.models.build import MODELS, ModelRequest
+
+
+@schema("model", "custom")
+@dataclass
+class CustomModelConfig(ModelConfig):
+    target: Optional[str] = None  # package.module:factory
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # the factory's arguments
+    label_key = "target"
 
 
 def resolve(target: str):

@@ -6,11 +6,23 @@ Attention (ViT, DeiT) becomes a HeadAttention, so its heads can be removed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch.nn as nn
 
+from prunekit.config import ModelConfig, schema
 from prunekit.errors import ConfigError, closest, first_line
 from prunekit.models.build import MODELS, ModelRequest, fetch_error
 from prunekit.sparsity import attention
+
+
+@schema("model", "timm")
+@dataclass
+class TimmModelConfig(ModelConfig):
+    arch: Optional[str] = None  # the architecture's name: timm.list_models()
+    pretrained: bool = False  # timm's pretrained weights
+    label_key = "arch"
 
 
 def timm_module():

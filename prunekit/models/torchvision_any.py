@@ -10,8 +10,12 @@ ViT's attention becomes a HeadAttention (same function; prunable heads, q/k/v Li
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch.nn as nn
 
+from prunekit.config import ModelConfig, schema
 from prunekit.errors import ConfigError, closest
 from prunekit.models.build import (
     MODELS,
@@ -23,6 +27,15 @@ from prunekit.models.build import (
 )
 from prunekit.sparsity import attention
 from prunekit.sparsity.groups import NO_CHANNEL_GROUPS as GROUPS_ATTRIBUTE
+
+
+@schema("model", "torchvision")
+@dataclass
+class TorchvisionModelConfig(ModelConfig):
+    arch: Optional[str] = None  # the architecture's name: torchvision.models.list_models()
+    weights: Optional[str] = None  # null (random), DEFAULT or a weights name
+    label_key = "arch"
+
 
 PATCH_STEMS = ("vit_", "swin_", "maxvit_")  # transformers: the stem is the patch embedding
 AUX_HEADS = ("googlenet", "inception_v3")  # built without their auxiliary training heads

@@ -1,15 +1,5 @@
-"""What a pruning target counts (`target.kind`), and the exact cost of a model as masks leave it.
-
-- `sparsity`: the prunable layers' weights, zeroed or removed (the target: top-level `sparsity`).
-- `flops`: a reduction factor (`target.value=2.0`) of the FLOPs as `metrics.effective_flops`
-  counts them: a conv or linear layer's FLOPs scale with its non-zero weights.
-- `params`: a reduction factor of the non-zero parameters (the compression ratio).
-- `latency`: a measured speedup, solved by measurement into a FLOPs target (`methods.budget`).
-
-Every kind is handled as the *removed fraction* c of its measure (sparsity: s; a factor F:
-1 − 1/F), so a method's schedule toward its target (iterative's geometric steps, AGP's cubic,
-AutoCompress's rounds) runs unchanged in any kind: the geometric steps 1 − (1 − c)^(k/n) are the
-factors F^(k/n).
+"""The exact cost of a model as masks leave it, in the measure a target counts (`targets`):
+`weights` (sparsity), `flops`, `params`.
 
 `Cost` counts a model the way the final measurement does, so the pruner's solvers can aim at the
 reported figure: per conv/linear layer what one of its weights costs (FLOPs: 2 × its output
@@ -30,50 +20,47 @@ from prunekit.metrics import count_params, layer_flops
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
 
-def removed_fraction(kind: str, value: float) -> float:
-    """A target as the fraction of its measure removed: sparsity as is, a factor F as 1 − 1/F."""
-    return float(value) if kind == "sparsity" else 1.0 - 1.0 / float(value)
-
-
-def as_factor(removed: float) -> float:
-    """The reduction factor of a removed fraction (1 / (1 − c))."""
-    return 1.0 / max(1.0 - removed, 1e-12)
-
-
-def describe(kind: str, value: float) -> str:
-    """`sparsity 0.5`, `flops 2×`: a target as tables show it."""
-    return f"sparsity {value:g}" if kind == "sparsity" else f"{kind} {value:g}×"
-
-
 class Cost:
-    """One kind's exact count of a model (see the module docstring). Built on the dense model:
+    """One measure's exact count of a model (see the module docstring). Built on the dense model:
     `dense_total` is the reference every removed fraction is against."""
 
-    def __init__(self, kind: str, per_weight: Dict[str, float], dense_total: float,
+    def __init__(self, measure: str, per_weight: Dict[str, float], dense_total: float,
                  counts_params: bool = False, other: float = 0.0):
-        self.kind = kind
+        self.measure = measure
         self.per_weight = per_weight  # conv/linear layer -> cost of one of its weights
         self.dense_total = float(dense_total)
         self.counts_params = counts_params  # biases and norm parameters count too
         self.other = float(other)  # the FLOPs outside conv/linear layers, taken as fixed
 
+    @property
+    def uniform(self) -> bool:
+        """Every prunable weight costs the same (the sparsity measure): a unit count is exact."""
+        return self.measure == "weights"
+
     @classmethod
     def weights(cls, layers: Dict[str, nn.Module]) -> "Cost":
-        """kind=sparsity: the prunable layers' weights."""
-        return cls("sparsity", {n: 1.0 for n in layers},
+        """The prunable layers' weights (what `sparsity` counts)."""
+        return cls("weights", {n: 1.0 for n in layers},
                    sum(m.weight.numel() for m in layers.values()))
 
     @classmethod
-    def of(cls, kind: str, model: nn.Module, example: Optional[torch.Tensor],
+    def of(cls, measure: str, model: nn.Module, example: Optional[torch.Tensor],
            prunable: Iterable[str]) -> "Cost":
-        """The cost of `kind` (latency: FLOPs, which the latency solve aims at) on the dense
-        `model`; `example` (one input) is needed for FLOPs."""
+        """The cost in `measure` (a target kind's: weights, flops, params) of the dense `model`;
+        `example` (one input) is needed for FLOPs."""
         layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
-        if kind == "sparsity":
-            return cls.weights({n: layers[n] for n in prunable})
-        if kind == "params":
-            return cls("params", {n: 1.0 for n in layers}, count_params(model),
-                       counts_params=True)
+        return getattr(cls, f"_{measure}")(model, example, layers, prunable)
+
+    @classmethod
+    def _weights(cls, model, example, layers, prunable) -> "Cost":
+        return cls.weights({n: layers[n] for n in prunable})
+
+    @classmethod
+    def _params(cls, model, example, layers, prunable) -> "Cost":
+        return cls("params", {n: 1.0 for n in layers}, count_params(model), counts_params=True)
+
+    @classmethod
+    def _flops(cls, model, example, layers, prunable) -> "Cost":
         raw = layer_flops(model, example)
         per_weight = {n: raw.get(n, 0) / m.weight.numel() for n, m in layers.items()}
         other = raw["__total__"] - sum(raw.get(n, 0) for n in layers)
@@ -95,7 +82,7 @@ class Cost:
         return 1.0 - self.total(model) / self.dense_total
 
     def counts(self, name: str, norm: bool = False) -> bool:
-        """Whether the layer `name` (a norm layer: `norm`) costs anything in this kind."""
+        """Whether the layer `name` (a norm layer: `norm`) costs anything in this measure."""
         return self.counts_params or (not norm and name in self.per_weight)
 
     def module_cost(self, name: str, module: nn.Module, out_alive: int,

@@ -24,7 +24,14 @@ from typing import Dict, List, Tuple
 import torch
 
 from prunekit.sparsity.groups import ChannelGroup
-from prunekit.sparsity.units import expand_units, keep_vector, lowest, nm_mask, unit_matrix
+from prunekit.sparsity.units import (
+    expand_units,
+    granularity,
+    keep_vector,
+    lowest,
+    nm_mask,
+    unit_matrix,
+)
 
 Tensors = Dict[str, torch.Tensor]  # layer name -> a tensor of its weight's shape
 
@@ -66,7 +73,7 @@ class LayerConstraint:
 
     def keep(self, tensors: Tensors) -> Tensors:
         t = tensors[self.layer].detach()
-        if self.scheme == "nm":
+        if granularity(self.scheme).one_step:  # a fixed pattern: the constraint is the pattern
             return {self.layer: nm_mask(t, *self.nm)}
         norms = unit_matrix(t, self.scheme).float().pow(2).sum(1)
         return {self.layer: expand_units(keep_vector(norms, self.n_zero), t.shape, self.scheme)}
@@ -82,7 +89,7 @@ class LayerConstraint:
     def for_rate(cls, weight: torch.Tensor, layer: str, scheme: str, rate: float, n_dense: int,
                  nm: Tuple[int, int] = (2, 4)) -> "LayerConstraint":
         """The constraint that leaves (1 - rate) of the layer's dense weights."""
-        if scheme == "nm":
+        if granularity(scheme).one_step:
             return cls(layer, scheme, 0, nm)
         m = unit_matrix(weight.detach(), scheme)
         n_zero = zero_count(m.float().pow(2).sum(1), m.ne(0).sum(1), n_dense, rate)

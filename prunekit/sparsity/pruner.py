@@ -36,6 +36,7 @@ from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.purify import mask_unread
 from prunekit.sparsity.units import (
     expand_units,
+    granularity,
     keep_vector,
     lowest,
     nm_mask,
@@ -93,9 +94,9 @@ class Pruner:
         self.generator = torch.Generator().manual_seed(seed)
         self.groups: Optional[ChannelGroups] = None
         self.channels_removed = 0  # by compaction, physically
+        self.granularity = granularity(spec.granularity)
         if channel_groups is None:  # to remove filters, or channels no layer reads any more
-            structured = {"filter", "channel", "column"}
-            channel_groups = bool(structured & set(spec.granularity.split("+")))
+            channel_groups = self.granularity.removes_channels
         if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
 
@@ -137,13 +138,7 @@ class Pruner:
     # ------------------------------------------------------------------ entry points
     def prune_to(self, target: float) -> None:
         """Prune to cumulative `target` (see the module docstring for its unit)."""
-        g = self.spec.granularity
-        if g == "nm":
-            self._prune_nm()
-        elif g == "filter":
-            self._prune_filters(target)
-        else:
-            self._prune_units(target)
+        self.granularity.prune(self, target)
         self.masks.apply()
 
     def compact(self, check_input: Optional[torch.Tensor] = None) -> Optional[float]:
@@ -157,7 +152,7 @@ class Pruner:
         before = None
         if check_input is not None:
             before = self._eval_output(check_input)
-        if self.spec.granularity in ("channel", "column"):
+        if self.granularity.masks_unread:
             mask_unread(self)
         self.channels_removed += self.groups.compact(self.masks)
         if before is None:
@@ -173,19 +168,17 @@ class Pruner:
         return out
 
     # ------------------------------------------------------------ unstructured / channel / column
-    def unit_layers(self, granularity: str) -> List[str]:
-        """The layers a per-layer granularity applies to."""
-        names = self.layer_names
-        if granularity == "channel":  # a depthwise conv's only input channel is its own output
-            names = [n for n in names if self.weight(n).shape[1] > 1]
-        return names
+    def unit_layers(self, name: str) -> List[str]:
+        """The layers a per-layer granularity (`name`) applies to."""
+        g = granularity(name)
+        return [n for n in self.layer_names if g.applies_to(self.weight(n))]
 
-    def _prune_units(self, target: float) -> None:
+    def prune_units(self, target: float) -> None:
         g, crit, cost = self.spec.granularity, self.criterion, self.cost
         names = self.unit_layers(g)
         forced = self._forced_units(names)
         if self.spec.scope == "layerwise":
-            ratio = target if cost.kind == "sparsity" else self._layerwise_ratio(names, forced,
+            ratio = target if cost.uniform else self._layerwise_ratio(names, forced,
                                                                                  target)
             for n in names:
                 w = self.weight(n)
@@ -210,12 +203,12 @@ class Pruner:
         scores_t, forced_t, sizes_t = torch.cat(scores), torch.cat(forced_all), torch.cat(sizes)
         owner_t = torch.cat(owners)
         n_forced = int(forced_t.sum())
-        if g == "unstructured" and cost.kind == "sparsity":  # one weight per unit: exact count
+        if self.granularity.elementwise and cost.uniform:  # one weight per unit: exact count
             total = float(sum(self.dense_numel[n] for n in names))
             chosen = lowest(scores_t, max(n_forced, int(round(target * total))), forced_t)
         else:
             order = ranking(scores_t, forced_t)
-            if g != "unstructured":  # never empty a layer: compaction would leave it no width
+            if not self.granularity.elementwise:  # never empty a layer: compaction needs width
                 last = torch.cat([torch.nonzero(owner_t[order] == li).flatten()[-1:]
                                   for li in range(len(names))])
                 keep_last = torch.ones(len(order), dtype=torch.bool)
@@ -242,7 +235,7 @@ class Pruner:
         """The fraction of every layer's units the layerwise rule removes for `target`: the
         target itself when it counts weights, else the ratio that meets its cost (ADMM's and
         SLR's per-layer constraint rate)."""
-        if self.cost.kind == "sparsity":
+        if self.cost.uniform:
             return target
         names = self.unit_layers(self.spec.granularity)
         return self._layerwise_ratio(names, self._forced_units(names), target)
@@ -276,7 +269,7 @@ class Pruner:
 
         return _bisect_closest(removed, target, 0.0, 1.0, integer=False)
 
-    def _prune_nm(self) -> None:
+    def prune_nm(self) -> None:
         n, m = self.spec.nm
         for name in self.layer_names:
             w = self.weight(name)
@@ -369,7 +362,7 @@ class Pruner:
             out.append((ranking(scores, masked), scores, masked))
         return out
 
-    def _prune_filters(self, target: float) -> None:
+    def prune_filters(self, target: float) -> None:
         for gi, chans in self.filter_plan(target).items():
             if len(chans):
                 self.groups.mask_channels(self.groups.groups[gi], chans, self.masks)
@@ -485,7 +478,7 @@ class Pruner:
         """The largest removed fraction of the cost this pruner can reach: every group (or every
         one of `groups`) down to one channel (filters); every prunable weight (other
         granularities; N:M's is fixed)."""
-        if self.spec.granularity == "filter" or groups is not None:
+        if self.granularity.prunes_filters or groups is not None:
             groups = self.groups.groups if groups is None else groups
             index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
             return self._plan_cost(self._alive_state())(

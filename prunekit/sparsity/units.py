@@ -10,7 +10,9 @@ A *unit* is what a granularity removes as a whole:
 | column       | one (i, y, x) position across all filters     | one column W[:, i]        |
 
 N:M keeps the N largest of every M consecutive input-channel weights (channels-last order, the
-layout sparse kernels use) and is handled by `nm_mask`.
+layout sparse kernels use) and is handled by `nm_mask`. Each granularity is a class registered in
+`GRANULARITIES` that answers what callers ask of it: its unit views, whether it removes channels,
+how it prunes; a new one is one class here.
 
 Keeping the k units of largest L2 norm is the exact Euclidean projection onto "at most k units
 non-zero": `sparsity.projection` builds ADMM's and SLR's Π on these functions, and pruning with
@@ -18,55 +20,205 @@ criterion l2 uses the same code. Selection breaks ties by index, so counts are e
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional, Tuple
 
 import torch
 
-UNIT_GRANULARITIES = ("unstructured", "filter", "channel", "column")
+from prunekit.registry import Registry
+
+
+class Granularity:
+    """What a granularity removes as a unit, and what callers ask of it. Registered in
+    `GRANULARITIES` by name (`method.granularity`); a new one is one class here. The unit views
+    (`matrix`, `count`, `expand`) see a weight as (O, I, kh, kw) (a linear one as (O, I, 1, 1))."""
+
+    name: ClassVar[str] = ""
+    removes_channels: ClassVar[bool] = True  # whole rows or columns: the channel groups are traced
+    masks_unread: ClassVar[bool] = False  # compaction first masks what no layer reads any more
+    prunes_filters: ClassVar[bool] = False  # the units are filters (block-wise, latency targets)
+    elementwise: ClassVar[bool] = False  # one weight per unit: counts are exact, a layer may empty
+    one_step: ClassVar[bool] = False  # its sparsity is fixed by its pattern, reached in one step
+    cost_problem: ClassVar[Optional[str]] = None  # why a FLOPs / params target cannot be solved
+
+    @classmethod
+    def matrix(cls, w4: torch.Tensor) -> torch.Tensor:
+        """The (O, I, kh, kw) weight as a (units, unit_size) matrix: one row per unit."""
+        raise NotImplementedError
+
+    @classmethod
+    def count(cls, o: int, i: int, k: int) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def keep_shape(cls, o: int, i: int, k: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The shape a per-unit keep vector takes to broadcast over (O, I, *k)."""
+        raise NotImplementedError
+
+    @classmethod
+    def applies_to(cls, w: torch.Tensor) -> bool:
+        """Whether a layer with weight `w` has units of this granularity to prune."""
+        return True
+
+    @classmethod
+    def sparsity_unit(cls, method_cfg) -> str:
+        """What `sparsity` counts under it."""
+        return "weights"
+
+    @classmethod
+    def prune(cls, pruner, target: float) -> None:
+        """Mask the pruner's model toward the cumulative `target`."""
+        pruner.prune_units(target)
+
+
+GRANULARITIES: Registry = Registry("granularity")
+
+
+@GRANULARITIES.register
+class Unstructured(Granularity):
+    name = "unstructured"
+    removes_channels = False
+    elementwise = True
+
+    @classmethod
+    def matrix(cls, w4):
+        return w4.reshape(-1, 1)
+
+    @classmethod
+    def count(cls, o, i, k):
+        return o * i * k
+
+    @classmethod
+    def keep_shape(cls, o, i, k):
+        return (o, i, *k)
+
+
+@GRANULARITIES.register
+class Filter(Granularity):
+    """Output channels W[o] (a linear layer's rows), pruned per channel group and compacted."""
+
+    name = "filter"
+    prunes_filters = True
+
+    @classmethod
+    def matrix(cls, w4):
+        return w4.reshape(w4.shape[0], -1)
+
+    @classmethod
+    def count(cls, o, i, k):
+        return o
+
+    @classmethod
+    def keep_shape(cls, o, i, k):
+        return (o, 1, 1, 1)
+
+    @classmethod
+    def prune(cls, pruner, target):
+        pruner.prune_filters(target)
+
+
+@GRANULARITIES.register
+class Channel(Granularity):
+    """Input channels W[:, i] (a linear layer's columns)."""
+
+    name = "channel"
+    masks_unread = True
+    cost_problem = ("its compaction also removes the filters no layer reads any more, which the "
+                    "solve cannot foresee: use method.granularity=filter or unstructured")
+
+    @classmethod
+    def matrix(cls, w4):
+        return w4.transpose(0, 1).reshape(w4.shape[1], -1)
+
+    @classmethod
+    def count(cls, o, i, k):
+        return i
+
+    @classmethod
+    def keep_shape(cls, o, i, k):
+        return (1, i, 1, 1)
+
+    @classmethod
+    def applies_to(cls, w):
+        return w.shape[1] > 1  # a depthwise conv's only input channel is its own output
+
+
+@GRANULARITIES.register
+class Column(Granularity):
+    """One (i, y, x) position across all filters (a linear layer's columns)."""
+
+    name = "column"
+    masks_unread = True
+
+    @classmethod
+    def matrix(cls, w4):
+        return w4.reshape(w4.shape[0], -1).t()
+
+    @classmethod
+    def count(cls, o, i, k):
+        return i * k
+
+    @classmethod
+    def keep_shape(cls, o, i, k):
+        return (1, i, *k)
+
+
+@GRANULARITIES.register
+class NM(Granularity):
+    """N:M (`method.nm`): see `nm_mask`. Its sparsity is 1 − N/M, reached in one step."""
+
+    name = "nm"
+    removes_channels = False
+    one_step = True
+    cost_problem = "N:M fixes the sparsity at 1 - N/M"
+
+    @classmethod
+    def sparsity_unit(cls, method_cfg) -> str:
+        return f"{method_cfg.nm[0]}:{method_cfg.nm[1]}"
+
+    @classmethod
+    def prune(cls, pruner, target):
+        pruner.prune_nm()
+
+
+class Mixed(Granularity):
+    """Several granularities at once (`filter+column`: AutoCompress chooses per layer). Which
+    units go is the method's choice, so compaction masks nothing more on its own."""
+
+    parts: ClassVar[Tuple[type, ...]] = ()
+
+
+def granularity(name: str) -> type:
+    """The granularity `name` names; `a+b` a Mixed one of its parts."""
+    if "+" not in name:
+        return GRANULARITIES.choose(name, "method.granularity")
+    parts = tuple(granularity(p) for p in name.split("+"))
+    return type("Mixed", (Mixed,), dict(
+        name=name, parts=parts, removes_channels=any(p.removes_channels for p in parts),
+        prunes_filters=all(p.prunes_filters for p in parts),
+        cost_problem=next((p.cost_problem for p in parts if p.cost_problem), None)))
 
 
 def as_4d(w: torch.Tensor) -> torch.Tensor:
     return w if w.dim() == 4 else w.reshape(w.shape[0], w.shape[1], 1, 1)
 
 
-def unit_matrix(w: torch.Tensor, granularity: str) -> torch.Tensor:
-    """The weight as a (units, unit_size) matrix: one row per unit."""
-    w4 = as_4d(w)
-    o, i, kh, kw = w4.shape
-    if granularity == "unstructured":
-        return w4.reshape(-1, 1)
-    if granularity == "filter":
-        return w4.reshape(o, -1)
-    if granularity == "channel":
-        return w4.transpose(0, 1).reshape(i, -1)
-    if granularity == "column":
-        return w4.reshape(o, -1).t()
-    raise ValueError(f"unknown granularity {granularity!r}")
+def unit_matrix(w: torch.Tensor, name: str) -> torch.Tensor:
+    """The weight as a (units, unit_size) matrix: one row per unit of granularity `name`."""
+    return GRANULARITIES.choose(name).matrix(as_4d(w))
 
 
-def num_units(shape: torch.Size, granularity: str) -> int:
-    o, i = shape[0], shape[1]
+def num_units(shape: torch.Size, name: str) -> int:
     k = 1
     for s in shape[2:]:
         k *= s
-    return {"unstructured": o * i * k, "filter": o, "channel": i, "column": i * k}[granularity]
+    return GRANULARITIES.choose(name).count(shape[0], shape[1], k)
 
 
-def expand_units(keep: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tensor:
+def expand_units(keep: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
     """A per-unit keep vector -> an element mask of `shape` (a broadcast view, no copy)."""
     o, i = shape[0], shape[1]
     k = tuple(shape[2:]) or (1, 1)
-    if granularity == "unstructured":
-        return keep.reshape(shape)
-    if granularity == "filter":
-        m = keep.reshape(o, 1, 1, 1)
-    elif granularity == "channel":
-        m = keep.reshape(1, i, 1, 1)
-    elif granularity == "column":
-        m = keep.reshape(1, i, *k)
-    else:
-        raise ValueError(f"unknown granularity {granularity!r}")
-    m = m.expand(o, i, *k)
+    m = keep.reshape(GRANULARITIES.choose(name).keep_shape(o, i, k)).expand(o, i, *k)
     return m if len(shape) == 4 else m.reshape(o, i)
 
 

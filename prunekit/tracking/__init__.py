@@ -15,12 +15,12 @@ dropped. Only rank 0 of a distributed run tracks.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import importlib
 import json
 import logging
 import math
-import pkgutil
 import re
 import time
 from dataclasses import dataclass
@@ -29,14 +29,32 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.config import LOGGERS, experiment_settings
-from prunekit.errors import first_line
+from prunekit.config import experiment_settings, schema
+from prunekit.errors import ConfigError, first_line
 from prunekit.files import write_json
-from prunekit.registry import Registry
+from prunekit.registry import Registry, import_all
 
 log = logging.getLogger(__name__)
 
 TRACKERS: Registry = Registry("logger")  # name -> Tracker class (filled by the modules below)
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` keys every tracker shares; each tracker's own section (`logger.<name>`, null
+    until `logger=<name>` fills it, so a list `logger=[a,b]` composes) is its `schema`."""
+
+    experiment: Optional[str] = None  # None: the sweep directory's path (a single run: prunekit)
+    run_name: Optional[str] = None  # None: the job's overrides, e.g. method=ice,seed=1
+    epoch_val: bool = True  # val top-1 after every training epoch (its time is not pruning time)
+    log_model: bool = False  # model.pt among the artefacts too
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        for key in ("experiment", "run_name"):
+            value = cfg.logger[key]
+            if value is not None and not str(value).strip():
+                raise ConfigError(f"logger.{key} is empty: give a name, or null for the default")
 
 # what a finished run uploads beside its numbers (model.pt only with logger.log_model)
 RUN_FILES = ("summary.json", "steps.csv", "layers.csv", "config_resolved.yaml")
@@ -78,8 +96,6 @@ class MissingPackage(RuntimeError):
 
 def require(module: str, logger: str, extra: str):
     """Import `module` for logger `logger`, or say which extra installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -93,6 +109,7 @@ class Tracker(abc.ABC):
     methods send to it; `close(status)` ends it. Values are finite floats."""
 
     name = ""
+    schema: type  # the dataclass of its `logger.<name>` settings
     id: Optional[str] = None  # the tracker's id of its run, kept for a resume to continue it
     continued = False  # whether it continues an interrupted run's (which has its steps so far)
 
@@ -157,7 +174,7 @@ class Tracking:
         ids_file = names.run_dir / IDS_FILE
         previous = read_ids(ids_file) if cfg.resume else {}
         trackers = []
-        for name in LOGGERS:
+        for name in TRACKERS:
             settings = cfg.logger[name]
             if settings is None:
                 continue
@@ -253,5 +270,7 @@ class EpochLog:
 
 
 # every module here registers its tracker (whose package is imported only when a run starts it)
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_all(__name__, __path__)
+schema("logger")(dataclasses.make_dataclass(
+    "LoggerSettings", [(name, Optional[t.schema], None) for name, t in TRACKERS.items()],
+    bases=(LoggerConfig,)))

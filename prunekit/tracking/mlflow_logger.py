@@ -14,6 +14,7 @@ import re
 import socket
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -46,9 +47,15 @@ def batches(items: list, size: int):
         yield items[i:i + size]
 
 
+@dataclass
+class MLflowLoggerConfig:
+    tracking_uri: Optional[str] = None  # None: sqlite:///<sweep or run directory>/mlflow.db
+
+
 @TRACKERS.register
 class MLflowTracker(Tracker):
     name = "mlflow"
+    schema = MLflowLoggerConfig
 
     def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
         require("mlflow", self.name, "mlflow")

@@ -4,6 +4,7 @@ shows every job of the sweep side by side, named by its overrides."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,9 +22,15 @@ def indented(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+@dataclass
+class TensorBoardLoggerConfig:
+    dir: Optional[str] = None  # None: tensorboard/ in the sweep directory (a run: its directory)
+
+
 @TRACKERS.register
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
+    schema = TensorBoardLoggerConfig
 
     def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
         """A resumed run writes on in the directory the interrupted one wrote (its id)."""

@@ -3,10 +3,24 @@ by its overrides. Offline by default (`logger.wandb.mode=offline`): no account o
 needed, the runs are written under `<sweep directory>/wandb/` and `wandb sync` uploads them."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
+from prunekit.errors import choice
 from prunekit.tracking import TRACKERS, RunNames, Tracker, require
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "prunekit"
+    entity: Optional[str] = None  # the W&B team or user; None: the account's default
+    mode: str = "offline"  # offline: no account needed, `wandb sync` uploads later; online
+    dir: Optional[str] = None  # None: the sweep directory (a run: its directory)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        choice(cfg, "logger.wandb.mode", ("offline", "online"))
 
 
 def logged_in(wandb) -> bool:
@@ -21,6 +35,7 @@ def logged_in(wandb) -> bool:
 @TRACKERS.register
 class WandbTracker(Tracker):
     name = "wandb"
+    schema = WandbLoggerConfig
 
     def __init__(self, settings, names: RunNames, previous: Optional[str] = None):
         wandb = require("wandb", self.name, "wandb")
