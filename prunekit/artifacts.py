@@ -50,11 +50,13 @@ NOT_IN_DENSE_KEY = {
 
 def dense_key(cfg) -> dict:
     """Everything that determines the dense model's weights: the model, dataset, pretrain and
-    train sections and the seed, less NOT_IN_DENSE_KEY."""
+    train sections and the seed, less NOT_IN_DENSE_KEY, and the precision it trains in."""
     key = {"format": CACHE_FORMAT, "seed": cfg.seed}
     for section, left_out in NOT_IN_DENSE_KEY.items():
         values = OmegaConf.to_container(cfg[section], resolve=True)
         key[section] = {k: v for k, v in values.items() if k not in left_out}
+    if cfg.hardware.precision != "fp32":  # dense training runs under its autocast (CUDA); an
+        key["precision"] = cfg.hardware.precision  # fp32 key stays what it was before this key
     path = key["dataset"].get("path")
     if path:  # the same folder however it is written
         key["dataset"]["path"] = os.path.abspath(os.path.expanduser(path))

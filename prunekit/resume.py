@@ -3,7 +3,8 @@
 Every operation a method spends through its Context is journaled, with its result: prune, compact,
 validate, record, fine-tune, and `once` for side computations such as ICE's tuning. Checkpoints
 are taken after every recorded pruning step and every fine-tune epoch. Each holds the journal so
-far and the whole state:
+far and the whole state, as the Context's own field declarations say (`methods.context.piece`:
+`capture` and `restore` read them, so a new piece of state is checkpointed by declaring it):
 - the model, at its compacted shapes;
 - the masks;
 - the channel groups' dense sizes;
@@ -32,6 +33,7 @@ named and skipped for the one before it, and one from another configuration is r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -49,13 +51,11 @@ from prunekit import distributed
 from prunekit.config import experiment_settings
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
-from prunekit.models import resize_to_state
-from prunekit.state import cpu_state, load_state
 
 log = logging.getLogger(__name__)
 
-FORMAT = "prunekit-checkpoint/4"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
-# probe; /4: the pruner's and the tally's own state dicts
+FORMAT = "prunekit-checkpoint/5"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
+# probe; /4: the pruner's and the tally's own state dicts; /5: keyed by the Context's pieces
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -133,7 +133,8 @@ class Checkpointer:
     def save(self, payload: dict) -> Path:
         """A method checkpoint (the oldest beyond `keep` go)."""
         self.count += 1
-        path = self.dir / f"ckpt-{payload['journal_position']:05d}-{self.count:05d}.pt"
+        done = len(payload["replay"]["journal"])  # operations done
+        path = self.dir / f"ckpt-{done:05d}-{self.count:05d}.pt"
         self._write(path, payload)
         if self.writes:
             for old in self.files()[:-self.keep]:
@@ -253,43 +254,32 @@ def loaders_of(data) -> list:
 
 
 def capture(ctx, fit: Optional[dict] = None) -> dict:
-    """Everything needed to continue the run from here."""
-    return {
-        "journal": list(ctx.replay.journal.results),
-        "journal_position": len(ctx.replay.journal.results),
-        "fit": fit,
-        "model": cpu_state(ctx.model),
-        "pruner": ctx.pruner.state_dict(),
-        "rng": rng_state(loaders_of(ctx.data)),
-        "steps_rows": list(ctx.recorder.steps),
-        "clock": dict(ctx.clock.totals),
-        "elapsed": ctx.elapsed(),
-        "stateful": {k: v.state_dict() for k, v in ctx.stateful.items()},
-        "tally": ctx.tally.state_dict(),
-        "frozen": list(ctx.frozen.names),
-        "dense_val_top1": ctx.dense_val_top1,
-    }
+    """Everything needed to continue the run from here: each piece of the context that its
+    declaration says a checkpoint keeps (methods.context.piece), and the fit in progress."""
+    state = {"fit": fit}
+    for f in dataclasses.fields(ctx):
+        saved = f.metadata.get("saved")
+        if saved == "value":
+            state[f.name] = getattr(ctx, f.name)
+        elif saved == "state_dict":
+            state[f.name] = getattr(ctx, f.name).state_dict()
+        elif saved is not None:
+            state[f.name] = saved[0](ctx)
+    return state
 
 
 def restore(ctx, state: dict) -> None:
-    """Put the run back where `capture` left it (the model resized to its compacted shapes)."""
-    resize_to_state(ctx.model, state["model"])
-    load_state(ctx.model, state["model"])
-    ctx.model.to(ctx.hw.device)
-    ctx.pruner = ctx.rebuild_pruner(ctx.model)
-    ctx.pruner.load_state_dict(state["pruner"])
-    ctx.tally.load_state_dict(state["tally"])
-    ctx.dense_val_top1 = state["dense_val_top1"]
-    ctx.freeze(state["frozen"])
-    ctx.recorder.reset(state["steps_rows"])
-    ctx.clock.totals.update(state["clock"])
-    ctx.elapsed_before = state["elapsed"]
-    for name, obj in ctx.stateful.items():
-        if name in state["stateful"]:
-            obj.load_state_dict(state["stateful"][name])
-    set_rng_state(state["rng"], loaders_of(ctx.data))
+    """Put the run back where `capture` left it, piece by piece in declaration order."""
+    for f in dataclasses.fields(ctx):
+        saved = f.metadata.get("saved")
+        if saved == "value":
+            setattr(ctx, f.name, state[f.name])
+        elif saved == "state_dict":
+            getattr(ctx, f.name).load_state_dict(state[f.name])
+        elif saved is not None:
+            saved[1](ctx, state[f.name])
     log.info("resumed from %s (%d operations replayed)", state.get("path"),
-             state["journal_position"])
+             len(state["replay"]["journal"]))
 
 
 class Replay:
@@ -302,14 +292,18 @@ class Replay:
                  checkpointer: Optional[Checkpointer] = None):
         self.journal = journal
         self.checkpointer = checkpointer
-        self.ctx = None  # the context whose state checkpoints capture and replay restores
         self._fit_state: Optional[dict] = None
 
-    def attach(self, ctx) -> "Replay":
-        self.ctx = ctx
-        return self
+    def state_dict(self) -> dict:
+        """The journal so far (a resumed run opens its Journal from it)."""
+        return {"journal": list(self.journal.results) if self.journal is not None else []}
 
-    def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing: the resumed run's journal was opened from this state."""
+
+    def op(self, fn: Callable[[], Any], ctx, checkpoint: bool = False) -> Any:
+        """Run `fn` as one operation of `ctx`'s run (the context whose state a checkpoint
+        captures and a replay restores)."""
         j = self.journal
         if j is None:
             return fn()
@@ -319,7 +313,7 @@ class Replay:
             j.position += 1
             if j.pending is not None and i < j.resume_at:  # replay: the recorded result
                 return j.results[i]
-            self.finish()
+            self.finish(ctx)
         j.depth += 1
         try:
             result = fn()
@@ -328,20 +322,20 @@ class Replay:
         if top:
             j.results.append(result)
             if checkpoint:
-                self.checkpoint()
+                self.checkpoint(ctx)
         return result
 
-    def finish(self) -> None:
+    def finish(self, ctx) -> None:
         """Restore the checkpoint's state if a resumed run's replay has not yet done so."""
         j = self.journal
         if j is not None and j.pending is not None:
             state, j.pending = j.pending, None
-            restore(self.ctx, state)
+            restore(ctx, state)
             self._fit_state = state["fit"]
 
-    def checkpoint(self, fit: Optional[dict] = None) -> None:
+    def checkpoint(self, ctx, fit: Optional[dict] = None) -> None:
         if self.checkpointer is not None and self.journal is not None and self.checkpointer.due():
-            self.checkpointer.save(capture(self.ctx, fit))
+            self.checkpointer.save(capture(ctx, fit))
 
     def in_top_level_op(self) -> bool:
         """Inside a journaled operation that is not nested in another one."""

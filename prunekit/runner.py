@@ -344,7 +344,6 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
                       replay=Replay(journal, checkpointer), started=started,
                       # (a resumed model may be compacted: the cost keeps the dense reference)
                       rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
-        ctx.replay.attach(ctx)
         if epoch_log is not None:  # the method's epochs: numbered over the run, not timed
             epoch_log.series = "epoch"
             epoch_log.first_index = lambda: ctx.tally.finetune_epochs
@@ -396,9 +395,9 @@ def resumable(cfg: DictConfig, out_dir: Path):
     if state is None:
         log.info("resume=true: no usable checkpoint in %s, starting from the beginning", out_dir)
         return checkpointer, Journal()
-    log.info("resume=true: continuing from %s (%d operations done)", state["path"],
-             len(state["journal"]))
-    return checkpointer, Journal(state["journal"], restore=state)
+    journal = state["replay"]["journal"]
+    log.info("resume=true: continuing from %s (%d operations done)", state["path"], len(journal))
+    return checkpointer, Journal(journal, restore=state)
 
 
 @contextlib.contextmanager

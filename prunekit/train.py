@@ -83,6 +83,12 @@ class Freezer:
     def reapply(self) -> None:
         self._set(False)
 
+    def state_dict(self) -> dict:
+        return {"names": list(self.names)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.freeze(state["names"])
+
     def _set(self, trainable: bool) -> None:
         for name in self.names:
             for p in self.model.get_submodule(name).parameters(recurse=False):

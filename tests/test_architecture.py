@@ -92,3 +92,31 @@ def test_no_method_name_is_tested_outside_its_own_unit():
                     if not (me == owner or me.startswith(owner + "_")):
                         found.append(f"prunekit.{me}:{node.lineno} tests {side.value!r}")
     assert found == []
+
+
+def string_tests(names) -> list:
+    """`module:line` of every comparison of a string constant among `names` (==, !=, in, not in,
+    the constant alone or in a literal tuple, list or set) in prunekit/."""
+    found = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                sides += [e for s in sides if isinstance(s, (ast.Tuple, ast.List, ast.Set))
+                          for e in s.elts]
+                if any(isinstance(s, ast.Constant) and s.value in names for s in sides):
+                    found.append(f"{module_name(path)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("registry, home", [("TARGET_KINDS", "targets"),
+                                            ("GRANULARITIES", "sparsity.units")])
+def test_a_concept_is_asked_not_switched_on_by_its_name(registry, home):
+    """Target kinds and granularities are classes that answer what callers ask: at most 4
+    comparisons with one of their names remain, all in the module that defines them."""
+    from prunekit.sparsity.units import GRANULARITIES
+    from prunekit.targets import TARGET_KINDS
+
+    names = set({"TARGET_KINDS": TARGET_KINDS, "GRANULARITIES": GRANULARITIES}[registry])
+    found = string_tests(names)
+    assert len(found) <= 4 and all(f.startswith(home + ":") for f in found), found

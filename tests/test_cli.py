@@ -143,6 +143,19 @@ def test_an_unknown_torchvision_arch_names_the_closest_three(tmp_path):
     assert "list_models" in lines[0] and len(lines[0]) < 300  # not all 80 names
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["model=resnet18", "model.weights=DEFAULT"], "model.weights is for model=torchvision, not"),
+    (["model=resnet18", "model.arch=x"], "model.arch is for model=timm or model=torchvision"),
+    (["dataset.num_samples=50"], "dataset.num_samples is for dataset=fake, not"),
+])
+def test_a_key_of_another_option_of_the_group_names_that_option(tmp_path, overrides, says):
+    """A family's, a data set's keys live in its own schema: set on another option, the one line
+    says whose key it is."""
+    r = run_cli([f"hydra.run.dir={tmp_path / 'run'}", *overrides], cwd=tmp_path, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and says in lines[0], r.stderr
+
+
 def test_a_sweep_value_is_checked_before_the_first_job(tmp_path):
     """-m sparsity=0.5,1.5,0.7: refused before job 0 trains anything, in one line naming the
     bad value and its job."""

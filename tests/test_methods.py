@@ -46,7 +46,7 @@ def test_a_methods_defaults_validate_and_its_declarations_hold(name):
     unit = METHODS[name]
     cfg = make_cfg([f"method={name}"])
     validate(cfg)
-    assert cfg.method.granularity in unit.granularities
+    assert cfg.method.granularity in unit.accepted_granularities()
     assert cfg.method.criterion in unit.accepted_criteria()
     assert isinstance(unit.target_unit(cfg), str) and unit.summary
     if unit.prunes:  # a granularity it does not declare is refused, in one line

@@ -345,7 +345,6 @@ def test_pretrained_weights_offline_are_one_line_naming_the_file(tmp_path):
     (["model=torchvision", "model.arch=resnet181"], "(closest: resnet18, "),
     (["model=torchvision", "model.arch=resnet18", "model.weights=IMAGENET9K"],
      "not a weights name of resnet18"),
-    (["model=resnet18", "model.weights=DEFAULT"], "model.weights is for model=torchvision"),
     (["model=torchvision", "model.arch=maxvit_t"], "cannot take 3x32x32 images"),
     (["model=custom"], "model.target is not set"),
     (["model=custom", "model.target=no_such_module:build"], "cannot import no_such_module"),

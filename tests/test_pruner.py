@@ -267,3 +267,50 @@ def test_global_channel_and_column_pruning_never_empty_a_layer(granularity):
         assert not bool(pruned_units(pruner.masks[f"{n}.weight"], granularity).all()), n
     x = torch.randn(2, 3, 16, 16)
     assert pruner.compact(check_input=x) < 1e-4
+
+
+def test_a_new_granularity_is_one_class(tmp_path):
+    """A granularity registered from outside prunekit (here: whole kh x kw kernels, one per
+    (output, input) pair) is accepted by the methods that take every granularity, scored by every
+    criterion, pruned layerwise and globally to its target, and run end to end."""
+    from conftest import FAST, make_cfg
+    from prunekit.config import validate
+    from prunekit.runner import run
+    from prunekit.sparsity.units import GRANULARITIES, Granularity, pruned_units
+
+    @GRANULARITIES.register
+    class Kernel(Granularity):
+        name = "kernel"
+        removes_channels = False
+
+        @classmethod
+        def matrix(cls, w4):
+            return w4.reshape(w4.shape[0] * w4.shape[1], -1)
+
+        @classmethod
+        def count(cls, o, i, k):
+            return o * i
+
+        @classmethod
+        def keep_shape(cls, o, i, k):
+            return (o, i, 1, 1)
+
+    try:
+        for scope in ("layerwise", "global"):
+            model = model_of("resnet20")
+            pruner = pruner_for(model, granularity="kernel", scope=scope)
+            pruner.prune_to(0.5)
+            assert prunable_sparsity(model, pruner.dense_numel) == pytest.approx(0.5, abs=0.01)
+            w = pruner.weight("layer1.0.conv1")
+            mask = pruner.masks.get("layer1.0.conv1.weight")
+            gone = pruned_units(mask, "kernel")  # a kernel goes whole or not at all
+            assert bool(w.reshape(-1, 9)[gone].eq(0).all()) and 0 < int(gone.sum()) < len(gone)
+        cfg = make_cfg(["method=oneshot", "model=resnet20", "method.granularity=kernel",
+                        "method.finetune_epochs=1", "dataset.subset=0.25", "pretrain.epochs=1",
+                        *FAST])
+        validate(cfg)
+        s = run(cfg, tmp_path, show=False)
+        assert s["status"] == "ok" and s["granularity"] == "kernel"
+        assert s["sparsity"] == pytest.approx(0.5, abs=0.01)
+    finally:
+        GRANULARITIES.pop("kernel")

@@ -42,3 +42,39 @@ def test_a_taken_name_is_refused():
     r.register("a")(len)  # the same entry again (a module imported twice) is fine
     with pytest.raises(ValueError, match="two things are named 'a'"):
         r.register("a")(abs)
+
+
+OPTION_YAMLS = sorted(str(p.relative_to(CONF)) for group in ("model", "dataset", "hardware",
+                                                               "logger", "method")
+                      for p in (CONF / group).glob("*.yaml"))
+
+
+def schema_of(group: str, data: dict):
+    """The schema an option's YAML merges (`/schema/<group>@_here_: <name>`)."""
+    import prunekit  # noqa: F401  (fills the registries)
+    from prunekit.config import SCHEMAS
+
+    entry = next(e for e in data.get("defaults", []) if isinstance(e, dict))
+    (path, name), = entry.items()
+    return METHODS[name].schema if group == "method" else SCHEMAS[f"{group}/{name}"]
+
+
+@pytest.mark.parametrize("path", OPTION_YAMLS)
+def test_an_options_yaml_holds_only_what_differs_from_its_schema(path):
+    """What a YAML repeats of its schema's defaults drifts when the default changes: a YAML of
+    the model, dataset, hardware, logger and method groups holds only what differs."""
+    import yaml
+    from omegaconf import OmegaConf
+    from test_methods import differing
+
+    from prunekit.tracking import TRACKERS
+
+    group = path.split("/")[0]
+    data = yaml.safe_load((CONF / path).read_text()) or {}
+    if group == "logger":  # each tracker's section, against its own schema
+        sections = [(data[name], TRACKERS[name].schema) for name in data]
+    else:
+        sections = [(data, schema_of(group, data))]
+    for values, schema in sections:
+        defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+        assert differing(values, defaults) == [], "keys repeating (or unknown to) the schema"

@@ -306,3 +306,47 @@ def test_ctrl_c_with_no_checkpoint_due_stops_at_once(tmp_path, monkeypatch):
     assert struck["struck"] and type(e.value) is KeyboardInterrupt  # not Terminated
     assert read_summary(tmp_path)["status"] == "interrupted"
     assert not (tmp_path / "checkpoints" / "dense.pt").exists()
+
+
+def test_a_piece_of_context_state_is_checkpointed_and_forked_by_its_declaration_alone():
+    """Context's state is declared once (methods.context.piece): a new field says what a fork
+    gets and how a checkpoint keeps it, and capture / restore / fork follow with no other edit."""
+    from typing import Any, Dict, List
+
+    from prunekit.clock import PhaseClock
+    from prunekit.data import build_data
+    from prunekit.hardware import setup_hardware
+    from prunekit.methods.context import Context, build_pruner, piece
+    from prunekit.models import build_model
+    from prunekit.resume import capture, restore
+
+    @dataclasses.dataclass
+    class Extended(Context):
+        visits: List[int] = piece(default_factory=list, saved="value",
+                                  fork=lambda parent, fork, how: [])  # a fork starts its own
+        notes: Dict[str, Any] = piece(default_factory=dict)  # shared with forks, not kept
+
+    cfg = make_cfg(["model=lenet5", "hardware=cpu", "method=oneshot"])
+    hw = setup_hardware(cfg.hardware, False)
+    data = build_data(cfg.dataset, cfg.train, channels=1, device=hw.device, seed=0,
+                      channels_last=False)
+    model = build_model(cfg.model, data.num_classes, data.image_size)
+    example = data.example_input(1)
+    ctx = Extended(cfg=cfg, model=model, dense_model=model, data=data,
+                   trainer=Trainer(data, cfg.train, hw, progress=False),
+                   pruner=build_pruner(cfg, model, example), recorder=Recorder(None),
+                   clock=PhaseClock(), hw=hw, target=0.5, dense_val_top1=90.0,
+                   check_input=data.example_input(8),
+                   rebuild_pruner=lambda m: build_pruner(cfg, m, example))
+    ctx.visits.append(3)
+    ctx.notes["seen"] = True
+    state = capture(ctx)
+    assert state["visits"] == [3] and "notes" not in state
+    ctx.visits = []
+    restore(ctx, state)
+    assert ctx.visits == [3]
+    fork = ctx.fork()
+    assert fork.visits == [] and ctx.visits == [3]  # its own, as declared
+    assert fork.notes is ctx.notes  # shared, as declared
+    assert fork.model is not ctx.model and fork.pruner.model is fork.model
+    assert fork.tally is not ctx.tally and fork.cfg is ctx.cfg

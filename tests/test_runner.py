@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import FAST, make_cfg
-from prunekit.artifacts import dense_cache_path
+from prunekit.artifacts import dense_cache_path, dense_key
 from prunekit.errors import ConfigError
 from prunekit.models.classic import LeNet5
 from prunekit.runner import run
@@ -101,6 +101,16 @@ def test_a_key_added_to_a_dense_section_splits_the_cache_unless_listed(monkeypat
               "dataset": artifacts.NOT_IN_DENSE_KEY["dataset"] | {"new_option"}}
     monkeypatch.setattr(artifacts, "NOT_IN_DENSE_KEY", listed)
     assert dense_cache_path(with_new) == dense_cache_path(cfg)
+
+
+def test_the_dense_cache_key_holds_the_training_precision():
+    """Dense training runs under hardware.precision's autocast: a bf16 model is not an fp32 one
+    (and fp32, the default, keys as it did before the precision was in the key)."""
+    fp32 = make_cfg(["method=dense", *LENET])
+    assert "precision" not in dense_key(fp32)
+    paths = {dense_cache_path(make_cfg(["method=dense", *LENET, f"hardware.precision={p}"]))
+             for p in ("fp32", "bf16", "fp16")}
+    assert len(paths) == 3 and dense_cache_path(fp32) in paths
 
 
 def test_cached_and_uncached_runs_prune_identically(tmp_path):

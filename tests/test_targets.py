@@ -160,7 +160,8 @@ def test_every_kind_validates_for_the_methods_that_can_express_it():
         for name, unit in METHODS.items():
             if name == "autocompress" and kind == "latency":
                 continue  # refused (tested above)
-            granularity = "filter" if "filter" in unit.granularities else unit.granularities[0]
+            accepted = unit.accepted_granularities()
+            granularity = "filter" if "filter" in accepted else accepted[0]
             validate(make_cfg([f"method={name}", f"method.granularity={granularity}",
                                f"target.kind={kind}", "target.value=2"]))
 
@@ -277,3 +278,31 @@ def test_the_count_is_the_measured_one_on_every_family(arch):
         assert pruner.compact(check_input=x) < 1e-4
         assert measured(kind, dense, model, x) == pytest.approx(predicted, rel=5e-4)
         assert predicted == pytest.approx(2.0, rel=0.02)
+
+
+def test_a_new_target_kind_is_one_class(tmp_path):
+    """A kind registered from outside prunekit (here: a reduction factor of the prunable
+    weights) composes, validates, is pruned toward and is reported, with no other change."""
+    from prunekit.targets import TargetKind
+
+    @TARGET_KINDS.register
+    class PrunableWeights(TargetKind):
+        name = "weights"
+        measure = "weights"
+
+        @classmethod
+        def achieved(cls, numbers, batch_size):
+            return 1.0 / (1.0 - numbers["sparsity"])
+
+    try:
+        cfg = make_cfg(["method=oneshot", "method.finetune_epochs=1", *QUICK,
+                        "method.granularity=unstructured"])
+        cfg.target.kind, cfg.target.value = "weights", 4.0
+        validate(cfg)
+        s = run(cfg, tmp_path, show=False)
+        assert s["target_kind"] == "weights" and s["target_value"] == 4.0
+        assert s["sparsity"] == pytest.approx(0.75, abs=0.01)  # 4x fewer prunable weights
+        assert s["achieved_weights"] == pytest.approx(4.0, rel=0.03)
+        assert s["target_error"] == pytest.approx(s["achieved_weights"] / 4.0 - 1.0)
+    finally:
+        TARGET_KINDS.pop("weights")

@@ -29,7 +29,6 @@ from prunekit.sparsity.projection import (
     hard_prune,
     project_all,
 )
-from prunekit.sparsity.units import GRANULARITIES
 from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
@@ -309,7 +308,7 @@ class HardPruneMethod(ProjectionMethod):
     """What admm and slr share: one hard prune onto the sets (N:M included), then masked
     retraining, with the top-1 at the hard prune and after each retrain epoch reported."""
 
-    granularities = tuple(GRANULARITIES)
+    one_step = True  # N:M's projection is its pattern
     summary_formats = RETRAIN_FORMATS
     headline = ("top1_hard",)  # SLR's claim: accurate at the hard prune, before retraining
 

@@ -39,12 +39,18 @@ from prunekit.sparsity.projection import (
     zero_count,
 )
 from prunekit.sparsity.purify import Purified, mask_near_zero, mask_unread, weakest
+from prunekit.sparsity.units import GRANULARITIES
 from prunekit.targets import as_factor, target_kind
 from prunekit.train import Evaluation
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("filter+column", "filter", "column")  # what its search may choose
+
+
+def by_filter(scheme: str) -> bool:
+    """Whether a unit pruned by `scheme` loses whole filters (else weights within its layers)."""
+    return GRANULARITIES[scheme].prunes_filters
 
 
 @dataclass
@@ -97,17 +103,18 @@ def search_units(pruner, schemes: Sequence[str]) -> Tuple[List[SearchUnit], floa
     """The units of the search, the weights removed outside them, and the prunable total."""
     units: List[SearchUnit] = []
     covered = set()
-    if "filter" in schemes:
+    if any(by_filter(x) for x in schemes):
         for g in pruner.groups.groups:
             layers = tuple(m.module for m in g.members if m.kind == "out")
             size, lower = removed_fraction(pruner, layers)
             units.append(SearchUnit(g.root, layers, size, tuple(schemes), lower))
             covered.update(layers)
     rest = [n for n in pruner.layer_names if n not in covered]
-    if "column" in schemes:
+    per_layer = tuple(x for x in schemes if not by_filter(x))
+    if per_layer:
         for n in rest:
             size, lower = removed_fraction(pruner, [n])
-            units.append(SearchUnit(n, (n,), size, ("column",), lower))
+            units.append(SearchUnit(n, (n,), size, per_layer, lower))
         rest = []
     outside = sum(pruner.dense_numel[n] * removed_fraction(pruner, [n])[1] for n in rest)
     return units, outside, float(sum(pruner.dense_numel.values()))
@@ -118,7 +125,7 @@ def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List
     roots = {g.root: g for g in pruner.groups.groups} if pruner.groups is not None else {}
     out: List = []
     for u, rate, scheme in zip(units, action.rates, action.schemes):
-        if scheme == "filter":
+        if by_filter(scheme):
             weights = {n: pruner.weight(n) for n in u.layers}
             out.append(FilterConstraint.for_rate(roots[u.name], weights, rate, u.size))
         else:
@@ -138,7 +145,7 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
     index = {g.root: gi for gi, g in enumerate(pruner.groups.groups)}
     alive = {}  # filter-capable unit -> non-zero weights of each of its channels
     for u in units:
-        if "filter" in u.schemes:
+        if any(by_filter(x) for x in u.schemes):
             group = pruner.groups.groups[index[u.name]]
             weights = {n: pruner.weight(n) for n in u.layers}
             alive[u.name] = group.per_channel(weights, lambda rows: rows.ne(0).sum(1)).long()
@@ -146,7 +153,7 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
     def measure(rates: Sequence[float], schemes: Sequence[str]) -> float:
         removal, caps = {}, {}
         for u, rate, scheme in zip(units, rates, schemes):
-            if scheme == "filter":
+            if by_filter(scheme):
                 a = alive[u.name]
                 n = zero_count(a.double(), a, u.size, rate)
                 removal[index[u.name]] = torch.argsort(a, stable=True)[:n]  # the dead first
@@ -249,7 +256,7 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
         ctx.record_step(event="trial", round=i, trial=t.number, temperature=t.temperature,
                         val_top1=t.value, accepted=t.accepted, best_val_top1=t.best,
                         nominal_sparsity=nominal_sparsity(t.action.rates, units, outside, total),
-                        filter_units=sum(x == "filter" for x in t.action.schemes),
+                        filter_units=sum(map(by_filter, t.action.schemes)),
                         action=t.action.describe(units))
 
     with ctx.clock.phase("search"):
@@ -357,7 +364,7 @@ class Autocompress(ProjectionMethod):
                                                search, rng)
         log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
                  "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
-                 sum(x == "filter" for x in action.schemes), len(units))
+                 sum(map(by_filter, action.schemes)), len(units))
 
         constraints = constraints_for(ctx.pruner, units, action)
         admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)

@@ -30,9 +30,10 @@ class Method:
     name: ClassVar[str] = ""
     schema: ClassVar[type] = MethodConfig
     summary: ClassVar[str] = ""  # one line for the docs and `--help`
-    # the granularities it accepts; by default every one reached step by step (not N:M's)
-    granularities: ClassVar[Tuple[str, ...]] = tuple(
-        n for n, g in GRANULARITIES.items() if not g.one_step)
+    # the granularities it accepts (None: every registered one it can reach, see
+    # accepted_granularities); `one_step`: it prunes once, so a fixed pattern (N:M) fits too
+    granularities: ClassVar[Optional[Tuple[str, ...]]] = None
+    one_step: ClassVar[bool] = False
     scopes: ClassVar[Tuple[str, ...]] = SCOPES
     criteria: ClassVar[Optional[Tuple[str, ...]]] = None  # None: every criterion scoring units
     channel_groups: ClassVar[Optional[bool]] = None  # None: when the granularity removes channels
@@ -60,6 +61,12 @@ class Method:
         return pruner.max_removed()
 
     # ------------------------------------------------------------------ what it declares
+    @classmethod
+    def accepted_granularities(cls) -> Tuple[str, ...]:
+        if cls.granularities is not None:
+            return cls.granularities
+        return tuple(n for n, g in GRANULARITIES.items() if cls.one_step or not g.one_step)
+
     @classmethod
     def accepted_criteria(cls) -> Tuple[str, ...]:
         if cls.criteria is not None:
@@ -115,14 +122,15 @@ class Method:
     def check(cls, cfg: DictConfig) -> None:
         """The checks every method shares; subclasses add theirs and call super()."""
         m = cfg.method
-        if m.granularity not in cls.granularities:
+        if m.granularity not in cls.accepted_granularities():
             asked = GRANULARITIES.get(m.granularity)
             if asked is not None and asked.one_step:
-                able = [n for n, u in METHODS.items() if m.granularity in u.granularities]
+                able = [n for n, u in METHODS.items()
+                        if m.granularity in u.accepted_granularities()]
                 raise ConfigError(f"method.granularity={m.granularity} needs one prune step: use "
                                   f"method={', '.join(able[:-1])} or {able[-1]}, not "
                                   f"method={m.name}")
-            choice(cfg, "method.granularity", cls.granularities)
+            choice(cfg, "method.granularity", cls.accepted_granularities())
         choice(cfg, "method.criterion", cls.accepted_criteria())
         choice(cfg, "method.scope", cls.scopes)
         if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:

@@ -27,13 +27,14 @@ from prunekit.config import METHODS
 from prunekit.data import Data
 from prunekit.hardware import Hardware
 from prunekit.metrics import prunable_sparsity
-from prunekit.models import prunable_layers, residual_blocks
+from prunekit.models import prunable_layers, residual_blocks, resize_to_state
 from prunekit.record import Recorder
-from prunekit.resume import Replay
+from prunekit.resume import Replay, loaders_of, rng_state, set_rng_state
 from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.pruner import Pruner, PruneSpec
+from prunekit.state import cpu_state, load_state
 from prunekit.targets import target_kind
 from prunekit.train import FitHooks, FitResult, Freezer, Trainer
 
@@ -100,28 +101,90 @@ class Tally:
             setattr(self, key, value)
 
 
+SHARE = "share"  # a fork gets the same object (or value)
+
+
+def piece(*, fork: Any = SHARE, saved: Any = None, **field_kw) -> Any:
+    """One piece of the Context's state, declared once. `fork`: what a fork gets, SHARE or
+    fn(parent, fork, how) -> its own (pieces are made in declaration order, so a later piece can
+    use an earlier one of the fork). `saved`: how a checkpoint keeps it: None (not kept),
+    "value" (the attribute itself), "state_dict" (its state_dict / load_state_dict), or a pair
+    (save(ctx) -> state, load(ctx, state)); a resumed run loads them in declaration order."""
+    return field(metadata={"fork": fork, "saved": saved}, **field_kw)
+
+
+@dataclass(frozen=True)
+class ForkOptions:
+    data: Optional[Data] = None  # None: the parent's
+    quiet: bool = False  # fit() logs at DEBUG
+    clock: Optional[PhaseClock] = None  # None: its own
+
+
+def load_model(ctx: "Context", state: dict) -> None:
+    resize_to_state(ctx.model, state)  # a resumed model may have been compacted
+    load_state(ctx.model, state)
+    ctx.model.to(ctx.hw.device)
+
+
+def load_pruner(ctx: "Context", state: dict) -> None:
+    ctx.pruner = ctx.rebuild_pruner(ctx.model)  # over the model at its compacted shapes
+    ctx.pruner.load_state_dict(state)
+
+
+def fork_trainer(parent: "Context", fork: "Context", how: ForkOptions) -> Trainer:
+    trainer = parent.trainer.with_data(fork.data, logging.DEBUG if how.quiet
+                                       else parent.trainer.log_level)
+    trainer.epoch_end = None  # side work is not the run's training curve
+    return trainer
+
+
 @dataclass
 class Context:
-    cfg: DictConfig  # the whole run's config
-    model: nn.Module  # the model being pruned, on the device
-    dense_model: nn.Module  # the dense model, frozen (a teacher, a reference); never modified
-    data: Data
-    trainer: Trainer
-    pruner: Pruner
-    recorder: Recorder
-    clock: PhaseClock
-    hw: Hardware
-    target: float  # the removed fraction of the target's cost (sparsity.cost; Pruner: its unit)
-    dense_val_top1: float  # the reference the decisions compare with (on the data in use)
-    check_input: torch.Tensor  # a validation batch for the masked-vs-compacted check
-    rebuild_pruner: Callable[[nn.Module], Pruner]  # a pruner over a (resumed, resized) model
-    tally: Tally = field(default_factory=Tally)
-    replay: Replay = field(default_factory=Replay)
-    frozen: Optional[Freezer] = None
-    stateful: Dict[str, Any] = field(default_factory=dict)  # objects with state_dict(), resumed
-    started: float = field(default_factory=time.perf_counter)
-    elapsed_before: float = 0.0  # pruning seconds of the segments before a resume
-    solved_block_ratio: Optional[float] = None  # block_ratio() once solved
+    """The services a method uses and the state of its run. Each field is a `piece`: what a fork
+    gets of it and how a checkpoint keeps it are declared here, and only here (`fork()` and
+    resume's `capture` / `restore` read the declarations)."""
+
+    cfg: DictConfig = piece()  # the whole run's config
+    # the model being pruned, on the device
+    model: nn.Module = piece(fork=lambda p, f, how: copy.deepcopy(p.model),
+                             saved=(lambda c: cpu_state(c.model), load_model))
+    dense_model: nn.Module = piece()  # the dense model, frozen (a teacher); never modified
+    data: Data = piece(fork=lambda p, f, how: how.data or p.data,  # its loaders' generators:
+                       saved=(lambda c: rng_state(loaders_of(c.data)),  # with the process's RNGs
+                              lambda c, s: set_rng_state(s, loaders_of(c.data))))
+    trainer: Trainer = piece(fork=fork_trainer)
+    pruner: Pruner = piece(fork=lambda p, f, how: build_pruner(p.cfg, f.model, p.check_input[:1],
+                                                               p.pruner.cost),
+                           saved=(lambda c: c.pruner.state_dict(), load_pruner))
+    recorder: Recorder = piece(fork=lambda p, f, how: Recorder(None),  # in memory
+                               saved=(lambda c: list(c.recorder.steps),
+                                      lambda c, rows: c.recorder.reset(rows)))
+    clock: PhaseClock = piece(fork=lambda p, f, how: how.clock or PhaseClock(sync=p.hw.sync),
+                              saved=(lambda c: dict(c.clock.totals),
+                                     lambda c, totals: c.clock.totals.update(totals)))
+    hw: Hardware = piece()
+    target: float = piece()  # the removed fraction of the target's cost (Pruner: its unit)
+    dense_val_top1: float = piece(saved="value")  # the reference decisions compare with
+    # a validation batch for the masked-vs-compacted check (side work: a cheaper one)
+    check_input: torch.Tensor = piece(fork=lambda p, f, how: p.check_input[:4])
+    rebuild_pruner: Callable[[nn.Module], Pruner] = piece()  # over a (resumed, resized) model
+    tally: Tally = piece(fork=lambda p, f, how: Tally(), saved="state_dict",
+                         default_factory=Tally)
+    replay: Replay = piece(fork=lambda p, f, how: Replay(), saved="state_dict",  # no journal
+                           default_factory=Replay)
+    frozen: Optional[Freezer] = piece(fork=lambda p, f, how: Freezer(f.model),
+                                      saved="state_dict", default=None)
+    # objects with state_dict() a method keeps with the run (keep_state)
+    stateful: Dict[str, Any] = piece(
+        fork=lambda p, f, how: {}, default_factory=dict,
+        saved=(lambda c: {k: v.state_dict() for k, v in c.stateful.items()},
+               lambda c, states: [obj.load_state_dict(states[k])
+                                  for k, obj in c.stateful.items() if k in states]))
+    started: float = piece(default_factory=time.perf_counter)
+    # pruning seconds of the segments before a resume
+    elapsed_before: float = piece(default=0.0, saved=(lambda c: c.elapsed(), lambda c, s: setattr(
+        c, "elapsed_before", s)))
+    solved_block_ratio: Optional[float] = piece(default=None)  # block_ratio() once solved
 
     def __post_init__(self):
         if self.frozen is None:
@@ -149,19 +212,15 @@ class Context:
 
     def fork(self, data: Optional[Data] = None, quiet: bool = False,
              clock: Optional[PhaseClock] = None) -> "Context":
-        """A context for side work on a copy of the current model: its own pruner, masks, tally,
-        an in-memory recorder and its own clock (unless `clock` is shared), no journal, so the run
-        itself is untouched. Fork before pruning or right after a compaction (masks are not
-        copied). `quiet`: fit() logs at DEBUG."""
-        model = copy.deepcopy(self.model)
-        fork = dataclasses.replace(
-            self, model=model, pruner=build_pruner(self.cfg, model, self.check_input[:1],
-                                                     self.pruner.cost),
-            check_input=self.check_input[:4],  # side work: a cheaper compaction check
-            recorder=Recorder(None), clock=clock or PhaseClock(sync=self.hw.sync), tally=Tally(),
-            replay=Replay(), frozen=Freezer(model), stateful={})
-        fork.use_data(data or self.data, logging.DEBUG if quiet else self.trainer.log_level)
-        fork.trainer.epoch_end = None  # side work is not the run's training curve
+        """A context for side work on a copy of the current model, made from the pieces'
+        declarations: its own model, pruner, masks, tally, an in-memory recorder and its own
+        clock (unless `clock` is shared), no journal, so the run itself is untouched. Fork
+        before pruning or right after a compaction (masks are not copied)."""
+        how, fork = ForkOptions(data, quiet, clock), copy.copy(self)
+        for f in dataclasses.fields(self):
+            make = f.metadata.get("fork", SHARE)
+            if make is not SHARE:
+                setattr(fork, f.name, make(self, fork, how))
         return fork
 
     def freeze(self, modules: Sequence[str]) -> None:
@@ -185,17 +244,17 @@ class Context:
     # ------------------------------------------------------------------ journal, checkpoints
     def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
         """One journaled operation (see resume.Replay.op): its result must be plain data."""
-        return self.replay.op(fn, checkpoint)
+        return self.replay.op(fn, self, checkpoint)
 
     def once(self, fn: Callable[[], Any]) -> Any:
         """A side computation done once per run (ICE's tuning, its probe), checkpointed."""
         return self.op(fn, checkpoint=True)
 
     def finish_replay(self) -> None:
-        self.replay.finish()
+        self.replay.finish(self)
 
     def checkpoint(self, fit: Optional[dict] = None) -> None:
-        self.replay.checkpoint(fit)
+        self.replay.checkpoint(self, fit)
 
     def exclude_time(self, seconds: float) -> None:
         """Leave the last `seconds` (work done only for a report) out of the pruning time and of

@@ -88,7 +88,7 @@ class Ice(Method):
     @classmethod
     def check(cls, cfg) -> None:
         m = cfg.method
-        if m.granularity not in cls.granularities:
+        if m.granularity not in cls.accepted_granularities():
             raise ConfigError(f"method.granularity={m.granularity}: ICE-Pruning removes filters "
                               "block by block; use method.granularity=filter")
         super().check(cfg)

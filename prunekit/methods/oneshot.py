@@ -7,7 +7,6 @@ from prunekit.config import MethodConfig
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.methods.steps import fixed_plan, prune_and_finetune
-from prunekit.sparsity.units import GRANULARITIES
 
 
 @dataclass
@@ -21,7 +20,7 @@ class Oneshot(Method):
     schema = OneshotConfig
     summary = "prune to the target once, then fine-tune"
     quick = ("method.finetune_epochs=1",)
-    granularities = tuple(GRANULARITIES)  # N:M included: one prune step
+    one_step = True  # N:M included: one prune step
 
     def run(self, ctx: Context) -> None:
         prune_and_finetune(ctx, 1, lambda: ctx.prune_to(ctx.target),
