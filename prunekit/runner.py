@@ -46,7 +46,7 @@ from prunekit.hardware import (
 )
 from prunekit.methods import METHODS, Context
 from prunekit.methods.budget import achieved, aim, check_reach, latency_batch_size
-from prunekit.methods.context import build_pruner
+from prunekit.methods.context import Tally, build_pruner
 from prunekit.metrics import (
     count_nonzero,
     count_params,
@@ -282,22 +282,20 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     return out, rows
 
 
-def epoch_log_for(cfg: DictConfig, tracking: Tracking, trainer: Trainer) -> Optional[EpochLog]:
-    """The per-epoch log of a run with loggers configured or off a terminal (its epoch lines), on
-    every rank (its evaluation is collective; rank 0 alone holds the trackers), whether or not
+def epoch_logs(cfg: DictConfig, tracking: Tracking, trainer: Trainer):
+    """A maker of the run's per-epoch logs (series, first index, where their time goes) when
+    loggers are configured or the run is off a terminal (its epoch lines), else of none. Every
+    rank logs (the evaluation is collective; rank 0 alone holds the trackers), whether or not
     the trackers started."""
     if all(cfg.logger[name] is None for name in TRACKERS) and not trainer.epoch_lines:
-        return None
+        return lambda *args, **kw: None
     evaluate = ((lambda m: trainer.evaluate(m, "val", cfg.train.val_max_batches).top1)
                 if cfg.logger.epoch_val else None)
-    return EpochLog(tracking, evaluate)
+    return lambda *args, **kw: EpochLog(tracking, evaluate, *args, **kw)
 
 
-def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
-             tracking: Tracking) -> None:
-    # the user's weights are read first: a file that is no state dict fails before any data
-    user_state = (read_state_dict(str(Path(cfg.model.checkpoint).expanduser()))
-                  if cfg.model.checkpoint else None)
+def setup(cfg: DictConfig):
+    """The hardware, seeded, and the data on it (a distributed run's share of it)."""
     hw = setup_hardware(cfg.hardware, cfg.deterministic)
     seed_everything(cfg.seed, cfg.deterministic)
     log.info("hardware  %s", hw.describe())
@@ -312,72 +310,105 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
         data = data.shard(world.rank, world.size)
         log.info("world     rank %d of %d (%s): each takes its share of every batch", world.rank,
                  world.size, "NCCL" if hw.is_cuda else "gloo")
+    return hw, data
+
+
+def dense_reference(cfg: DictConfig, model: nn.Module, trainer: Trainer):
+    """The frozen dense model and its val top-1, with the RNGs reseeded: a cached run prunes
+    exactly as an uncached one does."""
+    seed_everything(cfg.seed + 1, cfg.deterministic)
+    trainer.data.train.reseed(cfg.seed + 1)
+    dense_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
+    log.info("dense     val top-1 %.2f%%", dense_val)
+    warn_if_untrained(dense_val, trainer.data.num_classes, cfg.pretrain.epochs)
+    return copy.deepcopy(model).eval().requires_grad_(False), dense_val
+
+
+def method_context(cfg: DictConfig, model: nn.Module, dense: nn.Module, dense_val: float,
+                   trainer: Trainer, recorder: Recorder, replay: Replay, epoch_log) -> Context:
+    """What the method gets: its pruner (built on the pruning clock) and its trainer, whose
+    per-epoch log counts epochs over the run and leaves its own time out of the pruning time."""
+    clock, tally = PhaseClock(sync=trainer.hw.sync), Tally()
+    example = trainer.data.example_input(1)
+    with clock.phase("prune"):
+        pruner = build_pruner(cfg, model, example)
+    report = epoch_log("epoch", lambda: tally.finetune_epochs, clock.exclude)
+    return Context(cfg=cfg, model=model, dense_model=dense, data=trainer.data,
+                   trainer=trainer.with_hooks(FitHooks(report_epoch=report)), pruner=pruner,
+                   recorder=recorder, clock=clock, hw=trainer.hw, target=target_fraction(cfg),
+                   dense_val_top1=dense_val, check_input=trainer.data.example_input(32),
+                   tally=tally, replay=replay,
+                   # (a resumed model may be compacted: the cost keeps the dense reference)
+                   rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
+
+
+def run_method(ctx: Context, method, journal: Journal) -> dict:
+    """The method, from its target's aim to its last operation; its timing keys."""
+    aim(ctx, method)
+    method.run(ctx)
+    STOP["checkpointer"] = None  # no checkpoint comes after the method: a signal stops now
+    ctx.finish_replay()  # a run stopped after its method's last operation
+    ctx.hw.sync()
+    out = {"time_total_s": ctx.clock.elapsed(), **ctx.clock.as_summary()}
+    if journal.resumed:  # how many operations the checkpoint had done
+        out["resumed_from"] = journal.resume_at
+    return out
+
+
+def results(cfg: DictConfig, unit, ctx: Context, numbers: dict, dense_val: float,
+            final_val: float) -> dict:
+    """The summary's measured and counted keys."""
+    t = ctx.tally
+    return {**numbers, **achieved(cfg, numbers, unit.prunes), "val_top1_dense": dense_val,
+            "val_top1": final_val, "steps": t.steps, "finetune_count": t.finetune_count,
+            "finetune_epochs": t.finetune_epochs, "compacted": t.compacted,
+            "compaction_max_abs_diff": t.compaction_max_abs_diff,
+            "target_unit": unit.target_unit(cfg), "scope": cfg.method.scope,
+            "criterion": cfg.method.criterion, "prunable_layers": len(ctx.pruner.layer_names),
+            **t.results}
+
+
+def write_outputs(cfg: DictConfig, out_dir: Path, ctx: Context, rows: list,
+                  checkpointer: Optional[Checkpointer]) -> None:
+    """layers.csv and model.pt; then the checkpoints go (nothing is left to resume)."""
+    ctx.recorder.layers([{**row, **ctx.tally.layer_info.get(row["layer"], {})} for row in rows])
+    main = distributed.current().main
+    if main:
+        save_model(out_dir / "model.pt", ctx.model, cfg.model, ctx.data.num_classes,
+                   ctx.data.image_size, compacted=ctx.tally.compacted)
+    distributed.barrier()  # (ranks leave together: no rank clears what another still reads)
+    if checkpointer is not None and main:
+        checkpointer.clear()
+
+
+def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
+             tracking: Tracking) -> None:
+    """One run, top to bottom: hardware and data, the model, its dense weights, the method, the
+    final measurement of both models, the files."""
+    # the user's weights are read first: a file that is no state dict fails before any data
+    user_state = (read_state_dict(str(Path(cfg.model.checkpoint).expanduser()))
+                  if cfg.model.checkpoint else None)
+    hw, data = setup(cfg)
     model = hw.prepare(build_model(cfg.model, data.num_classes, data.image_size))
     summary.update(device=str(hw.device))
     unit = METHODS[cfg.method.name]
     check_reach(cfg, unit(cfg.method), model, data.example_input(1))
-
     checkpointer, journal = resumable(cfg, out_dir)
-    with Trainer(data, cfg.train, hw, progress=world.main) as trainer:
-        trainer.epoch_end = epoch_log = epoch_log_for(cfg, tracking, trainer)
-        STOP["checkpointer"] = checkpointer  # a stop signal waits for the next checkpoint
-        summary.update(obtain_dense(cfg, model, trainer, user_state, epoch_log, checkpointer))
-        # Same RNG state after the dense model whether it was trained now or loaded, so a cached
-        # run prunes exactly as an uncached one does.
-        seed_everything(cfg.seed + 1, cfg.deterministic)
-        data.train.reseed(cfg.seed + 1)
-        dense_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
-        dense = copy.deepcopy(model).eval().requires_grad_(False)
-        log.info("dense     val top-1 %.2f%%", dense_val)
-        warn_if_untrained(dense_val, data.num_classes, cfg.pretrain.epochs)
-
-        clock = PhaseClock(sync=hw.sync)
-        started = time.perf_counter()
-        example = data.example_input(1)
-        with clock.phase("prune"):
-            pruner = build_pruner(cfg, model, example)
-        layers = pruner.layer_names
-        ctx = Context(cfg=cfg, model=model, dense_model=dense, data=data, trainer=trainer,
-                      pruner=pruner, recorder=recorder, clock=clock, hw=hw,
-                      target=target_fraction(cfg),
-                      dense_val_top1=dense_val, check_input=data.example_input(32),
-                      replay=Replay(journal, checkpointer), started=started,
-                      # (a resumed model may be compacted: the cost keeps the dense reference)
-                      rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
-        if epoch_log is not None:  # the method's epochs: numbered over the run, not timed
-            epoch_log.series = "epoch"
-            epoch_log.first_index = lambda: ctx.tally.finetune_epochs
-            epoch_log.exclude = ctx.exclude_time
-        method = unit(cfg.method)
-        aim(ctx, method)
-        method.run(ctx)
-        STOP["checkpointer"] = None  # no checkpoint comes after the method: a signal stops now
-        ctx.finish_replay()  # a run stopped after its method's last operation
-        hw.sync()
-        summary.update(time_total_s=ctx.elapsed(), **clock.as_summary())
-        if journal.resumed:  # how many operations the checkpoint had done
-            summary.update(resumed_from=journal.resume_at)
-        model = ctx.model
-        final_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
-
-        tally = ctx.tally
-        numbers, rows = measure(cfg, model, dense, trainer, hw, data, ctx.pruner.dense_numel,
-                                layers, tally.compacted)
-    summary.update(numbers)
-    summary.update(achieved(cfg, numbers, unit.prunes))
-    summary.update(val_top1_dense=dense_val, val_top1=final_val, steps=tally.steps,
-                   finetune_count=tally.finetune_count, finetune_epochs=tally.finetune_epochs,
-                   compacted=tally.compacted,
-                   compaction_max_abs_diff=tally.compaction_max_abs_diff,
-                   target_unit=unit.target_unit(cfg), scope=cfg.method.scope,
-                   criterion=cfg.method.criterion, prunable_layers=len(layers), **tally.results)
-    recorder.layers([{**row, **tally.layer_info.get(row["layer"], {})} for row in rows])
-    if distributed.current().main:
-        save_model(out_dir / "model.pt", model, cfg.model, data.num_classes, data.image_size,
-                   compacted=tally.compacted)
-    distributed.barrier()  # (ranks leave together: no rank clears what another still reads)
-    if checkpointer is not None and distributed.current().main:
-        checkpointer.clear()  # the results are written: nothing left to resume
+    STOP["checkpointer"] = checkpointer  # a stop signal waits for the next checkpoint
+    with Trainer(data, cfg.train, hw, progress=distributed.current().main) as trainer:
+        epoch_log = epoch_logs(cfg, tracking, trainer)
+        dense_log = epoch_log("dense")
+        summary.update(obtain_dense(cfg, model, trainer.with_hooks(FitHooks(
+            report_epoch=dense_log)), user_state, dense_log, checkpointer))
+        dense, dense_val = dense_reference(cfg, model, trainer)
+        ctx = method_context(cfg, model, dense, dense_val, trainer, recorder,
+                             Replay(journal, checkpointer), epoch_log)
+        summary.update(run_method(ctx, unit(cfg.method), journal))
+        final_val = trainer.evaluate(ctx.model, "val", cfg.train.val_max_batches).top1
+        numbers, rows = measure(cfg, ctx.model, dense, trainer, hw, data, ctx.pruner.dense_numel,
+                                ctx.pruner.layer_names, ctx.tally.compacted)
+    summary.update(results(cfg, unit, ctx, numbers, dense_val, final_val))
+    write_outputs(cfg, out_dir, ctx, rows, checkpointer)
 
 
 def resumable(cfg: DictConfig, out_dir: Path):

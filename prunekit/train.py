@@ -8,11 +8,12 @@ it is also checked for NaN/inf. Masks are re-applied after every optimiser step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,15 +54,26 @@ class Evaluation:
 
 @dataclass
 class FitHooks:
-    """What a method plugs into a fit (every hook optional): `before_step(t)` before optimiser
-    step t (0-based over the fit; gradual pruning updates its masks there), `after_epoch(epoch,
-    mean loss)` after each epoch (0-based; ADMM's Z/U updates, SLR's multipliers), and
-    `checkpoint(fit state)` after that, with what a resumed fit needs (the epochs done, optimiser,
-    scheduler, scaler; pass it back as `fit(resume=...)`)."""
+    """The one way to plug into a fit (every hook optional): `loss(logits, labels, inputs)`
+    instead of cross-entropy (distillation, ADMM's penalty); `before_step(t)` before optimiser
+    step t (0-based over the fit; gradual pruning updates its masks there); `after_epoch(epoch,
+    mean loss)` after each epoch (0-based; ADMM's Z/U updates, SLR's multipliers);
+    `report_epoch(epoch, mean loss, model)`, the run's per-epoch curve, which returns the val
+    top-1 it measured or None (tracking.EpochLog); and `checkpoint(fit state)` last, with what a
+    resumed fit needs (the epochs done, optimiser, scheduler, scaler; pass it back as
+    `fit(resume=...)`). A Trainer's own hooks (given when it is made) serve every fit; a fit's
+    hooks replace them one by one."""
 
+    loss: Optional[LossFn] = None
     before_step: Optional[Callable[[int], None]] = None
     after_epoch: Optional[Callable[[int, float], None]] = None
+    report_epoch: Optional[Callable[[int, float, nn.Module], Optional[float]]] = None
     checkpoint: Optional[Callable[[dict], None]] = None
+
+    def over(self, standing: "FitHooks") -> "FitHooks":
+        """These hooks, with `standing`'s where these have none."""
+        return FitHooks(**{f.name: getattr(self, f.name) or getattr(standing, f.name)
+                           for f in dataclasses.fields(self)})
 
 
 class Freezer:
@@ -103,7 +115,8 @@ class FitResult:
 
 
 class Trainer:
-    def __init__(self, data: Data, train_cfg, hw: Hardware, progress: bool = True):
+    def __init__(self, data: Data, train_cfg, hw: Hardware, progress: bool = True,
+                 hooks: Optional[FitHooks] = None):
         self.data = data
         self.cfg = train_cfg
         self.hw = hw
@@ -111,16 +124,20 @@ class Trainer:
         # off a terminal (nohup, SLURM) the bars are off: a line per epoch stands in for them
         self.epoch_lines = bool(progress and train_cfg.progress and not CONSOLE.is_terminal)
         self.log_level = logging.INFO  # of the lines each fit() logs
-        # called after each epoch of every fit with (epoch, mean loss, model), returns the val
-        # top-1 it measured or None: the per-epoch log of a tracked run or of one off a terminal
-        # (tracking.EpochLog); side work on copies (Context.fork) has none
-        self.epoch_end: Optional[Callable[[int, float, nn.Module], Optional[float]]] = None
+        self.hooks = hooks or FitHooks()  # of every fit (the run's per-epoch report)
 
-    def with_data(self, data: Data, log_level: int = logging.INFO) -> "Trainer":
-        """The same trainer (settings, progress display) on other data, e.g. a tuning subset."""
+    def with_data(self, data: Data, log_level: int = logging.INFO,
+                  hooks: Optional[FitHooks] = None) -> "Trainer":
+        """The same trainer (settings, progress display) on other data, e.g. a tuning subset;
+        with `hooks`, those instead of its own."""
         other = copy.copy(self)
         other.data, other.log_level = data, log_level
+        other.hooks = hooks if hooks is not None else self.hooks
         return other
+
+    def with_hooks(self, hooks: FitHooks) -> "Trainer":
+        """The same trainer with other hooks of its own (e.g. the method's per-epoch report)."""
+        return self.with_data(self.data, self.log_level, hooks)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,20 +161,50 @@ class Trainer:
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", hooks: Optional[FitHooks] = None,
-            loss_fn: Optional[LossFn] = None, lr_schedule: Optional[str] = None,
-            weight_decay: Optional[float] = None, resume: Optional[dict] = None) -> FitResult:
+            lr_schedule: Optional[str] = None, weight_decay: Optional[float] = None,
+            resume: Optional[dict] = None) -> FitResult:
         """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
         decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
-        are trained (frozen layers stay as they are).
-
-        `hooks` (FitHooks) is what the caller runs inside the loop; `loss_fn(logits, labels,
-        inputs)` replaces cross-entropy (distillation, ADMM penalties); `resume` is a checkpoint
-        hook's fit state, to continue from its next epoch."""
-        hooks = hooks or FitHooks()
+        are trained (frozen layers stay as they are). `hooks` plug into the loop (FitHooks, over
+        the trainer's own); `resume` is a checkpoint hook's fit state, to continue from its next
+        epoch."""
         if epochs <= 0:
             return FitResult(0, 0, float("nan"))
+        hooks = (hooks or FitHooks()).over(self.hooks)
         loader = self.data.train
-        total = epochs * len(loader)
+        opt, sched, scaler = self.optimisation(model, lr, weight_decay, lr_schedule,
+                                               epochs * len(loader))
+        task = self.progress.add_task(desc, total=epochs * len(loader), info="")
+        first, last_loss = 0, float("nan")
+        if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
+            for part, name in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+                part.load_state_dict(resume[name])
+            first, last_loss = resume["epochs_done"], resume["loss"]
+            self.progress.advance(task, first * len(loader))
+        step = first * len(loader)
+        model.train()
+        net = self.parallel(model)
+        fit_started = time.perf_counter()
+        try:
+            for epoch in range(first, epochs):
+                epoch_started = time.perf_counter()
+                loss_sum, step = self.train_epoch(net, opt, sched, scaler, hooks, masks, step,
+                                                  task)
+                # the one host sync of the epoch; every rank's mean (the same on all ranks)
+                last_loss = float(distributed.sum_(loss_sum)) / len(loader) / \
+                    distributed.current().size
+                self.end_epoch(model, desc, epoch, epochs, first, last_loss, hooks, task,
+                               time.perf_counter() - epoch_started, fit_started,
+                               (opt, sched, scaler))
+        finally:
+            self.progress.remove_task(task)
+        log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
+                step, lr, last_loss)
+        return FitResult(epochs, step, last_loss)
+
+    def optimisation(self, model: nn.Module, lr: float, weight_decay: Optional[float],
+                     lr_schedule: Optional[str], total: int):
+        """A fresh optimiser, its LR schedule over `total` steps, and the fp16 loss scaler."""
         opt = self.make_optimizer(model, lr, weight_decay)
         if (lr_schedule or self.cfg.lr_schedule) == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -165,65 +212,53 @@ class Trainer:
             sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
         scaler = torch.amp.GradScaler(self.hw.device.type,
                                       enabled=self.hw.amp_dtype == torch.float16)
+        return opt, sched, scaler
+
+    def train_epoch(self, net: nn.Module, opt, sched, scaler, hooks: FitHooks,
+                    masks: Optional[MaskSet], step: int, task) -> Tuple[torch.Tensor, int]:
+        """One pass over the train loader: the loss summed on the device (no host sync), and the
+        step count after it."""
+        loss_sum = torch.zeros((), device=self.hw.device)
         smoothing = self.cfg.label_smoothing
-        task = self.progress.add_task(desc, total=total, info="")
-        step, last_loss, first = 0, float("nan"), 0
-        if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
-            opt.load_state_dict(resume["optimizer"])
-            sched.load_state_dict(resume["scheduler"])
-            scaler.load_state_dict(resume["scaler"])
-            first, last_loss = resume["epochs_done"], resume["loss"]
-            step = first * len(loader)
-            self.progress.advance(task, step)
-        model.train()
-        net = self.parallel(model)
-        fit_started = time.perf_counter()
-        try:
-            for epoch in range(first, epochs):
-                epoch_started = time.perf_counter()
-                loss_sum = torch.zeros((), device=self.hw.device)
-                for x, y in loader:
-                    if hooks.before_step is not None:
-                        hooks.before_step(step)
-                    with self.hw.autocast():
-                        out = net(x)
-                        if loss_fn is None:
-                            loss = F.cross_entropy(out, y, label_smoothing=smoothing)
-                        else:
-                            loss = loss_fn(out, y, x)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    if masks is not None:
-                        masks.apply()
-                    loss_sum += loss.detach().float()
-                    step += 1
-                    self.progress.advance(task)
-                # the one host sync of the epoch; every rank's mean (the same on all ranks)
-                last_loss = float(distributed.sum_(loss_sum)) / len(loader) / \
-                    distributed.current().size
-                if not math.isfinite(last_loss):
-                    raise DivergenceError(f"training loss is {last_loss} in epoch {epoch + 1} of "
-                                          f"'{desc}': lower the learning rate")
-                self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {last_loss:.4f}")
-                seconds = time.perf_counter() - epoch_started  # (the loss read synced)
-                if hooks.after_epoch is not None:
-                    hooks.after_epoch(epoch, last_loss)
-                val = self.epoch_end(epoch, last_loss, model) if self.epoch_end else None
-                if self.epoch_lines:
-                    self.log_epoch(desc, epoch, epochs, first, last_loss, val, seconds,
-                                   time.perf_counter() - fit_started)
-                if hooks.checkpoint is not None:
-                    hooks.checkpoint({"epochs_done": epoch + 1, "loss": last_loss,
-                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "scaler": scaler.state_dict()})
-        finally:
-            self.progress.remove_task(task)
-        log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
-                step, lr, last_loss)
-        return FitResult(epochs, step, last_loss)
+        for x, y in self.data.train:
+            if hooks.before_step is not None:
+                hooks.before_step(step)
+            with self.hw.autocast():
+                out = net(x)
+                loss = (F.cross_entropy(out, y, label_smoothing=smoothing) if hooks.loss is None
+                        else hooks.loss(out, y, x))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if masks is not None:
+                masks.apply()
+            loss_sum += loss.detach().float()
+            step += 1
+            self.progress.advance(task)
+        return loss_sum, step
+
+    def end_epoch(self, model: nn.Module, desc: str, epoch: int, epochs: int, first: int,
+                  loss: float, hooks: FitHooks, task, seconds: float, fit_started: float,
+                  optimisation) -> None:
+        """After an epoch: the divergence check, the progress line, then the hooks in order
+        (after_epoch, report_epoch, checkpoint) and the line off a terminal."""
+        if not math.isfinite(loss):
+            raise DivergenceError(f"training loss is {loss} in epoch {epoch + 1} of '{desc}': "
+                                  "lower the learning rate")
+        self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+        if hooks.after_epoch is not None:
+            hooks.after_epoch(epoch, loss)
+        val = hooks.report_epoch(epoch, loss, model) if hooks.report_epoch else None
+        if self.epoch_lines:
+            self.log_epoch(desc, epoch, epochs, first, loss, val, seconds,
+                           time.perf_counter() - fit_started)
+        if hooks.checkpoint is not None:
+            opt, sched, scaler = optimisation
+            hooks.checkpoint({"epochs_done": epoch + 1, "loss": loss,
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                              "scaler": scaler.state_dict()})
 
     def log_epoch(self, desc: str, epoch: int, epochs: int, first: int, loss: float,
                   val: Optional[float], seconds: float, fit_seconds: float) -> None:

@@ -146,8 +146,9 @@ def test_a_tracked_run_computes_and_times_what_an_untracked_one_does(tmp_path, m
     plain = run(make_cfg(base), tmp_path / "plain", show=False)
 
     class SlowEpochLog(runner.EpochLog):  # the per-epoch evaluation only a tracked run does
-        def __init__(self, tracking, evaluate):
-            super().__init__(tracking, lambda model: (time.sleep(1.0), evaluate(model))[1])
+        def __init__(self, tracking, evaluate, *args, **kw):
+            super().__init__(tracking, lambda model: (time.sleep(1.0), evaluate(model))[1],
+                             *args, **kw)
 
     monkeypatch.setattr(runner, "EpochLog", SlowEpochLog)
     tracked = run(make_cfg([*base, "logger=tensorboard"]), tmp_path / "tracked", show=False)

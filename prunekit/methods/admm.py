@@ -219,8 +219,8 @@ def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str =
         state.set_rho(min(state.rho * cfg.rho_growth, cfg.rho_max))
 
     ctx.finetune(cfg.iterations * per, cfg.lr, desc=desc,
-                 loss_fn=ctx.trainer.penalised_loss(state.penalty),
-                 hooks=FitHooks(after_epoch=after_epoch))
+                 hooks=FitHooks(loss=ctx.trainer.penalised_loss(state.penalty),
+                                after_epoch=after_epoch))
     return state
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -132,10 +131,9 @@ def load_pruner(ctx: "Context", state: dict) -> None:
 
 
 def fork_trainer(parent: "Context", fork: "Context", how: ForkOptions) -> Trainer:
-    trainer = parent.trainer.with_data(fork.data, logging.DEBUG if how.quiet
-                                       else parent.trainer.log_level)
-    trainer.epoch_end = None  # side work is not the run's training curve
-    return trainer
+    # side work is not the run's training curve: no per-epoch report
+    return parent.trainer.with_data(fork.data, logging.DEBUG if how.quiet
+                                    else parent.trainer.log_level, FitHooks())
 
 
 @dataclass
@@ -159,9 +157,9 @@ class Context:
     recorder: Recorder = piece(fork=lambda p, f, how: Recorder(None),  # in memory
                                saved=(lambda c: list(c.recorder.steps),
                                       lambda c, rows: c.recorder.reset(rows)))
+    # where the pruning time goes, and how much there is (elapsed)
     clock: PhaseClock = piece(fork=lambda p, f, how: how.clock or PhaseClock(sync=p.hw.sync),
-                              saved=(lambda c: dict(c.clock.totals),
-                                     lambda c, totals: c.clock.totals.update(totals)))
+                              saved="state_dict")
     hw: Hardware = piece()
     target: float = piece()  # the removed fraction of the target's cost (Pruner: its unit)
     dense_val_top1: float = piece(saved="value")  # the reference decisions compare with
@@ -180,10 +178,6 @@ class Context:
         saved=(lambda c: {k: v.state_dict() for k, v in c.stateful.items()},
                lambda c, states: [obj.load_state_dict(states[k])
                                   for k, obj in c.stateful.items() if k in states]))
-    started: float = piece(default_factory=time.perf_counter)
-    # pruning seconds of the segments before a resume
-    elapsed_before: float = piece(default=0.0, saved=(lambda c: c.elapsed(), lambda c, s: setattr(
-        c, "elapsed_before", s)))
     solved_block_ratio: Optional[float] = piece(default=None)  # block_ratio() once solved
 
     def __post_init__(self):
@@ -255,16 +249,6 @@ class Context:
 
     def checkpoint(self, fit: Optional[dict] = None) -> None:
         self.replay.checkpoint(self, fit)
-
-    def exclude_time(self, seconds: float) -> None:
-        """Leave the last `seconds` (work done only for a report) out of the pruning time and of
-        the phase running now."""
-        self.started += seconds
-        self.clock.exclude(seconds)
-
-    def elapsed(self) -> float:
-        """Pruning seconds so far, over every segment of a resumed run."""
-        return self.elapsed_before + time.perf_counter() - self.started
 
     # ------------------------------------------------------------------ spending
     def _prepare_criterion(self) -> None:

@@ -18,6 +18,7 @@ from prunekit.methods.steps import FinetunePlan, blockwise_steps, prune_and_fine
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers
 from prunekit.sparsity.groups import ChannelGroup
+from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
     probe.compact()
     pre = weights()
     probe.finetune(1, cfg.probe_lr, desc="ICE freezing probe", lr_schedule="constant",
-                   loss_fn=distillation(probe, cfg))
+                   hooks=FitHooks(loss=distillation(probe, cfg)))
     return weight_change_scores(orig, pre, weights())
 
 
@@ -144,7 +145,7 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
     ctx.freeze(frozen_modules(ctx, frozen_convs))
     convs = {n: ctx.pruner.dense_numel[n] for n in rule_layers(
         {n: ctx.model.get_submodule(n) for n in ctx.pruner.dense_numel})}
-    fit = dict(loss_fn=distillation(ctx, cfg), lr_schedule="constant")
+    fit = dict(hooks=FitHooks(loss=distillation(ctx, cfg)), lr_schedule="constant")
     n_blocks = len(ctx.pruner.steps_in_order())
     val = ctx.dense_val_top1
     for k, block, groups in blockwise_steps(ctx):

@@ -25,6 +25,7 @@ from prunekit.methods.context import Context
 from prunekit.methods.steps import fixed_plan, prune_and_finetune
 from prunekit.sparsity.criteria import CRITERIA, Criterion
 from prunekit.sparsity.groups import ChannelGroup
+from prunekit.train import FitHooks
 
 
 @CRITERIA.register
@@ -90,7 +91,7 @@ class Slimming(Method):
             return c.penalty * sum(ctx.model.get_submodule(n).weight.abs().sum() for n in norms)
 
         fit = ctx.finetune(c.epochs, c.lr, desc="sparsity training",
-                           loss_fn=ctx.trainer.penalised_loss(penalty))
+                           hooks=FitHooks(loss=ctx.trainer.penalised_loss(penalty)))
         gammas = torch.cat([ctx.model.get_submodule(n).weight.detach().abs().flatten()
                             for n in norms])
         ctx.record_step(event="sparsity_training", step=0, epochs=c.epochs, loss=fit.loss,

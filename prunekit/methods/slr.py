@@ -149,8 +149,8 @@ def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
                         penalty=loss - ce, val_top1=ctx.validate())
 
     ctx.finetune(cfg.epochs, cfg.lr, desc="SLR",
-                 loss_fn=ctx.trainer.penalised_loss(state.penalty, on_ce=state.add_ce),
-                 hooks=FitHooks(after_epoch=after_epoch))
+                 hooks=FitHooks(loss=ctx.trainer.penalised_loss(state.penalty, on_ce=state.add_ce),
+                                after_epoch=after_epoch))
     return state
 
 

@@ -243,20 +243,23 @@ class Tracking:
 
 
 class EpochLog:
-    """Trainer.epoch_end for a tracked run, or one off a terminal: the epoch's training loss and
-    the model's val top-1 go to the trackers (if any) and to the epoch's line (Trainer.log_epoch).
-    The evaluation is work only the report needs: its seconds go to `exclude` (the run leaves
-    them out of its timing), and it reads no random numbers, so a tracked run computes what an
-    untracked one does. Every rank of a distributed run evaluates (the evaluation is
+    """FitHooks.report_epoch for a tracked run, or one off a terminal: the epoch's training loss
+    and the model's val top-1 go to the trackers (if any) and to the epoch's line
+    (Trainer.log_epoch), as `series` at x = first_index() + epoch + 1. The evaluation is work
+    only the report needs: its seconds go to `exclude` (the run leaves them out of its timing;
+    None: they add up in `excluded`), and it reads no random numbers, so a tracked run computes
+    what an untracked one does. Every rank of a distributed run evaluates (the evaluation is
     collective); rank 0 logs."""
 
-    def __init__(self, tracking: Tracking, evaluate: Optional[Callable[[object], float]]):
+    def __init__(self, tracking: Tracking, evaluate: Optional[Callable[[object], float]],
+                 series: str = "dense", first_index: Callable[[], int] = lambda: 0,
+                 exclude: Optional[Callable[[float], None]] = None):
         self.tracking = tracking
         self.evaluate = evaluate  # None: the loss alone (logger.epoch_val=false)
-        self.series = "dense"
-        self.first_index: Callable[[], int] = lambda: 0  # epochs before the current fit
+        self.series = series
+        self.first_index = first_index  # epochs before the current fit
         self.excluded = 0.0  # seconds spent so far, for owners that subtract them at the end
-        self.exclude: Callable[[float], None] = self._add
+        self.exclude = exclude or self._add
 
     def _add(self, seconds: float) -> None:
         self.excluded += seconds
