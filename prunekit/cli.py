@@ -8,6 +8,7 @@ Bad input never shows a traceback; set HYDRA_FULL_ERROR=1 to see one for any fai
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, get_type_hints
 
 import hydra
 import hydra._internal.utils as hydra_utils
@@ -31,7 +32,7 @@ from omegaconf.errors import (
 )
 
 from prunekit import distributed
-from prunekit.config import SCHEMAS, known_key, schema_keys, validate
+from prunekit.config import SCHEMAS, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
 from prunekit.tracking import TRACKERS
@@ -56,6 +57,22 @@ def wrong_type(key: str, value, node_type: str) -> str:
     """The one line for `key=value` whose value has the wrong type for the key's schema."""
     kind = TYPE_MEANINGS.get(node_type, "of the right type")
     return f"{key}={value} is not {kind}: {key} takes {KEY_MEANINGS.get(key, kind)}"
+
+
+def known_key(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` (e.g. `method.retrain_epochs`) is in the schema of the option `cfg` chose
+    for its group; keys outside the typed groups count as known."""
+    group, _, path = key.partition(".")
+    node = cfg.get(group)
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if not dataclasses.is_dataclass(schema) or not path:
+        return True
+    for part in path.split("."):
+        hints = get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+        if part not in hints:
+            return False
+        schema = hints[part]
+    return True
 
 
 def group_options() -> str:

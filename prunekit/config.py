@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, get_type_hints
+from typing import Any, ClassVar, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -30,30 +30,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "constant")
 
 
-def flat_keys(d: dict, prefix: str = "") -> Dict[str, Any]:
-    """A nested dict as one level of dotted keys: {"a.b": 1}."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# How this process runs, not what it computes: left out of a checkpoint's identity and of the
-# params a tracker records (a resumed run may change them)
-RUN_CONTROL_KEYS = ("resume", "logger")
-
-
-def experiment_settings(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config less RUN_CONTROL_KEYS, as flat dotted keys."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for key in RUN_CONTROL_KEYS:
-        data.pop(key, None)
-    return flat_keys(data)
-
-
 def schema_keys(schema) -> List[str]:
     """The keys of a config schema (a dataclass), in declaration order."""
     return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
@@ -64,7 +40,7 @@ SCHEMAS: Registry = Registry("schema")  # "group/name" -> the dataclass an optio
 
 
 def schema(group: str, name: Optional[str] = None):
-    """`@schema("dataset", "imagefolder")` on a dataclass: stored as `schema/<group>/<name>` (name:
+    """`@schema("dataset", "mine")` on a dataclass: stored as `schema/<group>/<name>` (name:
     the group's own), for `defaults: [/schema/<group>@_here_: <name>]` in an option's YAML. Its
     classmethod `check(cfg)`, if any, is called by `validate` on the node it types."""
     def add(cls):
@@ -256,22 +232,6 @@ class Config:
 METHODS: Registry = Registry("method")  # name -> method unit (prunekit.methods fills it)
 
 
-def known_key(cfg: DictConfig, key: str) -> bool:
-    """Whether `key` (e.g. `method.retrain_epochs`) is in the schema of the option `cfg` chose
-    for its group; keys outside the typed groups count as known."""
-    group, _, path = key.partition(".")
-    node = cfg.get(group)
-    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-    if not dataclasses.is_dataclass(schema) or not path:
-        return True
-    for part in path.split("."):
-        hints = get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
-        if part not in hints:
-            return False
-        schema = hints[part]
-    return True
-
-
 def register_configs() -> None:
     """Schemas live under schema/ so they never show up as `method=...` options. Each method's
     comes from its unit (prunekit.methods, imported first)."""
@@ -302,8 +262,8 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> None:
 
 
 def model_label(model_cfg) -> Optional[str]:
-    """The model as reports name it: `resnet18`, or `<family>:<what it chose>` for a family whose
-    schema names the key that chooses (`label_key`, e.g. torchvision's arch)."""
+    """The model as reports name it: its name, or `<family>:<what it chose>` for a family whose
+    schema names the key that chooses the network (`label_key`)."""
     name = model_cfg.get("name")
     schema = OmegaConf.get_type(model_cfg) if isinstance(model_cfg, DictConfig) else None
     key = getattr(schema, "label_key", None)

@@ -79,6 +79,38 @@ def _si(n) -> str:
     return str(n)
 
 
+def target_rows(t: Table, s: dict) -> None:
+    """The sparsity row, and a factor target's row: what it aimed at and what it reached."""
+    target_kind = s.get("target_kind", "sparsity")
+    factor = getattr(TARGET_KINDS.get(target_kind), "factor", True)
+    t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
+              "" if factor else f"target {_fmt(s.get('target_sparsity'), '.4f')}")
+    if factor and s.get("speedup_kind") != "none":  # a dense row aims at none
+        solve = s.get("latency_solve_measurements")
+        t.add_row(f"target: {target_kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
+                  f"target {_fmt(s.get('target_value'), 'g')}× "
+                  f"({_fmt(s.get('target_error'), '+.1%')})"
+                  + (f", solved in {plural(solve, 'measurement')}" if solve else ""))
+
+
+def latency_rows(t: Table, s: dict) -> None:
+    """One row per batch size measured: dense and pruned latency, and what the ratio is."""
+    kind = s.get("speedup_kind")
+    batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
+    for bs in batches or [s.get("latency_batch_size", 1)]:
+        dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
+        if not batches:
+            dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
+        speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
+        if s.get(f"latency_reliable_bs{bs}") is False:
+            ratio = "unreliable (busy machine)"
+        elif kind == "theoretical":
+            ratio = "– (dense kernels)"
+        else:
+            ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
+        t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
+
+
 def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> Table:
     """Dense vs pruned, side by side, with what each number means in the caption; `headline`:
     the method's own figures, (title, value, format) each (Method.headline_rows)."""
@@ -96,16 +128,7 @@ def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> 
                   _fmt(value - s["top1_dense"], "+.2f")
                   if isinstance(value, float) and s.get("top1_dense") is not None else "")
     t.add_row("top-5 (test, %)", _fmt(s.get("top5_dense"), ".2f"), _fmt(s.get("top5"), ".2f"), "")
-    target_kind = s.get("target_kind", "sparsity")
-    factor = getattr(TARGET_KINDS.get(target_kind), "factor", True)
-    t.add_row("sparsity (prunable weights)", "0", _fmt(s.get("sparsity"), ".4f"),
-              "" if factor else f"target {_fmt(s.get('target_sparsity'), '.4f')}")
-    if factor and s.get("speedup_kind") != "none":  # a dense row aims at none
-        solve = s.get("latency_solve_measurements")
-        t.add_row(f"target: {target_kind} × (achieved)", "1", _fmt(s.get("target_achieved"), ".3f"),
-                  f"target {_fmt(s.get('target_value'), 'g')}× "
-                  f"({_fmt(s.get('target_error'), '+.1%')})"
-                  + (f", solved in {plural(solve, 'measurement')}" if solve else ""))
+    target_rows(t, s)
     t.add_row("sparsity (all parameters)", "0", _fmt(s.get("sparsity_total"), ".4f"), "")
     t.add_row("parameters", _si(s.get("params_dense")), _si(s.get("params")), "")
     t.add_row("non-zero parameters", _si(s.get("params_dense")), _si(s.get("params_nonzero")),
@@ -116,19 +139,7 @@ def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> 
     t.add_row("FLOPs (1 image)", _si(s.get("flops_dense")), _si(s.get("flops")),
               _ratio(s.get("theoretical_speedup"),
                      "fewer" if kind == "compacted" else "(theoretical)"))
-    batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
-    for bs in batches or [s.get("latency_batch_size", 1)]:
-        dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
-        if not batches:
-            dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
-        speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
-        if s.get(f"latency_reliable_bs{bs}") is False:
-            ratio = "unreliable (busy machine)"
-        elif kind == "theoretical":
-            ratio = "– (dense kernels)"
-        else:
-            ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
-        t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
+    latency_rows(t, s)
     phases = " · ".join(f"{p} {_fmt(s.get(f'time_{p}_s'), '.1f')}s" for p in PHASES)
     t.caption = (f"pruning time {_fmt(s.get('time_total_s'), '.1f')} s ({phases}); dense training "
                  f"{_fmt(s.get('time_pretrain_s'), '.1f')} s, not counted. "

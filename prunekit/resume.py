@@ -48,9 +48,9 @@ import torch
 from omegaconf import DictConfig
 
 from prunekit import distributed
-from prunekit.config import experiment_settings
 from prunekit.errors import first_line
 from prunekit.files import atomic_write
+from prunekit.record import experiment_settings
 
 log = logging.getLogger(__name__)
 

@@ -225,54 +225,11 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         "theoretical_speedup": flops_dense["__total__"] / max(flops["__total__"], 1.0),
         "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
         "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
+        "speedup_kind": speedup_kind(cfg, compacted, hw),
     }
-    kind = speedup_kind(cfg, compacted, hw)
-    out["speedup_kind"] = kind
-    lat = cfg.hardware.latency
     # rank 0 alone measures latency (the others would share its cores, and write nothing)
-    if lat.enabled and distributed.current().main:
-        shape = tuple(example.shape[1:])
-        batch_sizes = list(lat.batch_sizes)
-        if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
-            batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
-        kw = dict(batch_sizes=batch_sizes, warmup=lat.warmup, repeats=lat.repeats,
-                  max_seconds=lat.max_seconds)
-        timed_dense, timed = dense, model
-        if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
-            timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
-            timed, layers = with_sparse_kernels(model, hw.amp_dtype)
-            out["sparse_kernel_layers"] = layers
-            if not layers:
-                out["speedup_kind"] = kind = "theoretical"
-        ld, lp = measure_latencies([timed_dense, timed], shape, hw, **kw)
-        # A masked model runs the same dense kernels as its dense model: a measured ratio would
-        # be noise passed off as speed. Nor is one believed from a busy machine (latency_doubts).
-        real = kind in ("compacted", "sparse_kernels")
-        doubts = {bs: latency_doubts(ld[bs], lp[bs], out["theoretical_speedup"], real,
-                                     lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
-                  for bs in batch_sizes}
-
-        def speedup(bs: int) -> Optional[float]:
-            return ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs] else None
-
-        first = lat.batch_sizes[0]
-        warning = "; ".join(f"batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d)
-        out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
-                   latency_ms=lp[first]["median_ms"], measured_speedup=speedup(first),
-                   latency_reliable=not warning, latency_warning=warning or None)
-        for bs in batch_sizes:
-            out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
-                        f"latency_ms_bs{bs}": lp[bs]["median_ms"],
-                        f"latency_p95_ms_dense_bs{bs}": ld[bs]["p95_ms"],
-                        f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
-                        f"latency_rounds_bs{bs}": lp[bs]["repeats"],
-                        f"latency_cpu_wait_bs{bs}": lp[bs]["cpu_wait"],
-                        f"throughput_bs{bs}": lp[bs]["throughput"],
-                        f"measured_speedup_bs{bs}": speedup(bs),
-                        f"latency_reliable_bs{bs}": not doubts[bs]})
-        if warning:  # the summary table says it on the console; the log file keeps it too
-            logging.getLogger("prunekit.trace").warning(
-                "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
+    if cfg.hardware.latency.enabled and distributed.current().main:
+        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out))
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
                    latency_reliable=None, latency_warning=None)
@@ -280,6 +237,52 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
     rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
     return out, rows
+
+
+def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
+            counted: dict) -> dict:
+    """The latency keys: both models timed side by side at every batch size (the target's
+    too). A masked model runs the same dense kernels as its dense model, so its measured ratio
+    would be noise passed off as speed; nor is one believed from a busy machine
+    (latency_doubts)."""
+    lat, out = cfg.hardware.latency, {}
+    batch_sizes = list(lat.batch_sizes)
+    if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
+        batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
+    kind, timed_dense, timed = counted["speedup_kind"], dense, model
+    if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
+        timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
+        timed, out["sparse_kernel_layers"] = with_sparse_kernels(model, hw.amp_dtype)
+        if not out["sparse_kernel_layers"]:
+            out["speedup_kind"] = kind = "theoretical"
+    ld, lp = measure_latencies([timed_dense, timed], shape, hw, batch_sizes=batch_sizes,
+                               warmup=lat.warmup, repeats=lat.repeats,
+                               max_seconds=lat.max_seconds)
+    real = kind in ("compacted", "sparse_kernels")
+    doubts = {bs: latency_doubts(ld[bs], lp[bs], counted["theoretical_speedup"], real,
+                                 lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
+              for bs in batch_sizes}
+    speedup = {bs: ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs] else None
+               for bs in batch_sizes}
+    first = lat.batch_sizes[0]
+    warning = "; ".join(f"batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d)
+    out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
+               latency_ms=lp[first]["median_ms"], measured_speedup=speedup[first],
+               latency_reliable=not warning, latency_warning=warning or None)
+    for bs in batch_sizes:
+        out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
+                    f"latency_ms_bs{bs}": lp[bs]["median_ms"],
+                    f"latency_p95_ms_dense_bs{bs}": ld[bs]["p95_ms"],
+                    f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
+                    f"latency_rounds_bs{bs}": lp[bs]["repeats"],
+                    f"latency_cpu_wait_bs{bs}": lp[bs]["cpu_wait"],
+                    f"throughput_bs{bs}": lp[bs]["throughput"],
+                    f"measured_speedup_bs{bs}": speedup[bs],
+                    f"latency_reliable_bs{bs}": not doubts[bs]})
+    if warning:  # the summary table says it on the console; the log file keeps it too
+        logging.getLogger("prunekit.trace").warning(
+            "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
+    return out
 
 
 def epoch_logs(cfg: DictConfig, tracking: Tracking, trainer: Trainer):

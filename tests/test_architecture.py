@@ -120,3 +120,20 @@ def test_a_concept_is_asked_not_switched_on_by_its_name(registry, home):
     names = set({"TARGET_KINDS": TARGET_KINDS, "GRANULARITIES": GRANULARITIES}[registry])
     found = string_tests(names)
     assert len(found) <= 4 and all(f.startswith(home + ":") for f in found), found
+
+
+def test_config_keeps_only_what_is_common():
+    """config.py holds the shared schemas and validation: no logger, model or data set is named
+    there (each declares its own schema and checks beside its code), and it stays small."""
+    import re
+
+    import prunekit  # noqa: F401  (fills the registries)
+    from prunekit.data import DATASETS
+    from prunekit.models import MODELS
+    from prunekit.tracking import TRACKERS
+
+    text = (PACKAGE / "config.py").read_text()
+    assert len(text.splitlines()) <= 320
+    named = [n for n in (*TRACKERS, *MODELS, *DATASETS)
+             if re.search(rf"\b{re.escape(n)}\b", text)]
+    assert named == []

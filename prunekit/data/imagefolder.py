@@ -71,16 +71,28 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
         return tensor_data("imagefolder", train, val, test, len(full.classes), channels, cfg,
                            train_cfg, device, seed, channels_last, path)
 
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    if gray:
-        mean, std = [0.449], [0.226]
+    return streamed(cfg, train_cfg, path, (train_idx, val_idx, test_idx), len(full.classes),
+                    channels, size, device, seed, channels_last)
+
+
+def streamed(cfg, train_cfg, path: str, indices, classes: int, channels: int, size: int, device,
+             seed: int, channels_last: bool) -> Data:
+    """An image folder too large for memory, streamed through torchvision's DataLoader: random
+    resized crops (and flips) for training, the centre crop for val and test."""
+    import torchvision
+    from torchvision import transforms as T
+
+    mean, std = ([0.449], [0.226]) if channels == 1 else ([0.485, 0.456, 0.406],
+                                                           [0.229, 0.224, 0.225])
     norm = T.Normalize(mean, std)
-    g = [T.Grayscale()] if gray else []
+    g = [T.Grayscale()] if channels == 1 else []
     train_tf = T.Compose(g + [T.RandomResizedCrop(size)]
                          + ([T.RandomHorizontalFlip()] if cfg.augment == "crop_flip" else [])
                          + [T.ToTensor(), norm])
     eval_tf = T.Compose(g + [T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_dir = os.path.join(path, "train")
+    folder = torchvision.datasets.ImageFolder
+    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "val")
+    train_idx, val_idx, test_idx = indices
     train_set = torch.utils.data.Subset(folder(train_dir, train_tf), train_idx.tolist())
     val_set = torch.utils.data.Subset(folder(train_dir, eval_tf), val_idx.tolist())
     test_set = torch.utils.data.Subset(folder(test_dir, eval_tf), test_idx.tolist())
@@ -89,4 +101,4 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
                 StreamLoader(train_set, train_cfg.batch_size, train=True, seed=seed, **kw),
                 StreamLoader(val_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
                 StreamLoader(test_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
-                len(full.classes), channels, size, fast_path=False, source=path)
+                classes, channels, size, fast_path=False, source=path)

@@ -66,37 +66,55 @@ def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     return answer
 
 
+def next_fraction(below: Optional[Dict[str, float]], above: Optional[Dict[str, float]],
+                  most: float, tried: int, aim_at: float) -> float:
+    """The next FLOPs fraction to measure: the most the method can prune while nothing measured
+    at or above the goal (then halfway there), else log-speedup interpolation in the bracket,
+    kept inside its middle 80 % so the bracket always shrinks; `aim_at` is the middle of what
+    is accepted."""
+    if above is None:
+        return most if tried == 1 else 0.5 * (below["removed"] + most)
+    lo = below["removed"] if below else 0.0
+    lo_s = below["speedup"] if below else 1.0
+    hi, hi_s = above["removed"], above["speedup"]
+    share = (math.log(aim_at) - math.log(lo_s)) / max(math.log(hi_s) - math.log(lo_s), 1e-12)
+    return lo + (hi - lo) * min(max(share, 0.1), 0.9)
+
+
+def measure_at(ctx: Context, unit: "Method", c: float, bs: int) -> Dict[str, float]:
+    """Prune a fork to the FLOPs fraction `c` with the method's rule, compact it and time it
+    beside the dense model at batch `bs`: its speedup, the p95/median spread, its FLOPs factor."""
+    lat = ctx.cfg.hardware.latency
+    fork = ctx.fork(quiet=True)
+    fork.target = c
+    unit.reach(fork)
+    fork.compact()
+    dense, pruned = measure_latencies([ctx.dense_model, fork.model],
+                                      tuple(ctx.check_input.shape[1:]), ctx.hw, batch_sizes=[bs],
+                                      warmup=lat.warmup, repeats=lat.repeats,
+                                      max_seconds=lat.max_seconds)
+    point = {"removed": c, "speedup": dense[bs]["median_ms"] / pruned[bs]["median_ms"],
+             "spread": max(dense[bs]["spread"], pruned[bs]["spread"]),
+             "flops": as_factor(fork.pruner.cost.removed(fork.model))}
+    log.info("latency target %.3g× at batch %d: FLOPs %.3g× measures %.3f× (p95/median %.2f)",
+             ctx.cfg.target.value, bs, point["flops"], point["speedup"], point["spread"])
+    return point
+
+
 def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     cfg, t = ctx.cfg, ctx.cfg.target
-    lat, bs, goal = cfg.hardware.latency, latency_batch_size(cfg), float(t.value)
-    shape = tuple(ctx.check_input.shape[1:])
+    bs, goal = latency_batch_size(cfg), float(t.value)
     most = unit.max_removed(ctx.pruner)
     tried: List[Dict[str, float]] = []
-
-    def measure(c: float) -> float:
-        fork = ctx.fork(quiet=True)
-        fork.target = c
-        unit.reach(fork)
-        fork.compact()
-        dense, pruned = measure_latencies([ctx.dense_model, fork.model], shape, ctx.hw,
-                                          batch_sizes=[bs], warmup=lat.warmup,
-                                          repeats=lat.repeats, max_seconds=lat.max_seconds)
-        speedup = dense[bs]["median_ms"] / pruned[bs]["median_ms"]
-        spread = max(dense[bs]["spread"], pruned[bs]["spread"])
-        flops = as_factor(fork.pruner.cost.removed(fork.model))
-        tried.append({"removed": c, "speedup": speedup, "spread": spread, "flops": flops})
-        log.info("latency target %.3g× at batch %d: FLOPs %.3g× measures %.3f× (p95/median "
-                 "%.2f)", goal, bs, flops, speedup, spread)
-        return speedup
-
     below: Optional[Dict[str, float]] = None
     above: Optional[Dict[str, float]] = None
     chosen: Optional[Dict[str, float]] = None
     c = min(target_kind(cfg).removed_fraction(goal), most)
     with ctx.clock.phase("search"):
         while len(tried) < t.max_measurements:
-            s = measure(c)
-            point = tried[-1]
+            point = measure_at(ctx, unit, c, bs)
+            tried.append(point)
+            s = point["speedup"]
             if goal <= s <= goal * (1.0 + t.tolerance):
                 chosen = point
                 break
@@ -109,16 +127,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
                 below = point
             else:
                 above = point
-            if above is None:
-                c = most if len(tried) == 1 else 0.5 * (below["removed"] + most)
-            else:
-                lo = below["removed"] if below else 0.0
-                lo_s = below["speedup"] if below else 1.0
-                hi, hi_s = above["removed"], above["speedup"]
-                aim_at = goal * (1.0 + 0.5 * t.tolerance)  # the middle of what is accepted
-                share = ((math.log(aim_at) - math.log(lo_s)) /
-                         max(math.log(hi_s) - math.log(lo_s), 1e-12))
-                c = lo + (hi - lo) * min(max(share, 0.1), 0.9)  # the bracket always shrinks
+            c = next_fraction(below, above, most, len(tried), goal * (1.0 + 0.5 * t.tolerance))
     if chosen is None:
         chosen = above if above is not None else tried[-1]
         log.warning("latency target %.3g×: no measurement within +%.0f%% after %d; taking FLOPs "

@@ -105,23 +105,30 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
     finally:
         progress.remove_task(task)
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
-        log.warning("ICE autotune: every trial diverged; running with the given values")
-        chosen = given
-    else:
-        best = choose_trial([r["drop"] for r in ok], [r["time_s"] for r in ok], a.accuracy_weight)
-        chosen = given.with_values(**{k: ok[best][k] for k in IceKnobs.names()})
-        for i, r in enumerate(ok):
-            r["chosen"] = i == best
-        ctx.recorder.table("trials", rows)
-        log.info("ICE autotune chose trial %d: %s", ok[best]["trial"], chosen)
+    chosen = chosen_knobs(ctx, given, rows, a.accuracy_weight)
     if a.reference_trial:
         reference_trial(ctx, bench, given, rows)
     ctx.tally.report(autotune_trials=n_trials, autotune_dense_val_top1=bench.dense_top1,
                        autotune_train_images=bench.data.train.num_samples,
                        autotune_val_images=bench.data.val.num_samples)
     return chosen, bench.changes
+
+
+def chosen_knobs(ctx: Context, given: IceKnobs, rows: List[dict],
+                 accuracy_weight: float) -> IceKnobs:
+    """The knobs of the trial `choose_trial` picks (marked `chosen` in trials.csv), or the given
+    ones if every trial diverged."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        log.warning("ICE autotune: every trial diverged; running with the given values")
+        return given
+    best = choose_trial([r["drop"] for r in ok], [r["time_s"] for r in ok], accuracy_weight)
+    chosen = given.with_values(**{k: ok[best][k] for k in IceKnobs.names()})
+    for i, r in enumerate(ok):
+        r["chosen"] = i == best
+    ctx.recorder.table("trials", rows)
+    log.info("ICE autotune chose trial %d: %s", ok[best]["trial"], chosen)
+    return chosen
 
 
 def reference_trial(ctx: Context, bench: TrialBench, knobs: IceKnobs, rows: List[dict]) -> None:

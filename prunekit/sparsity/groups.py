@@ -400,31 +400,8 @@ class ChannelGroups:
                 plans.append((group, dead))
         if not plans:
             return 0
-        # (parameter, dim) -> indices removed, in the parameter's index space before compaction
-        # (each dim of a parameter belongs to one group, so the groups' removals never overlap).
-        removals: Dict[str, List] = {}
-        for group, dead in plans:
-            for m in group.members:
-                pos = m.take(dead.tolist())
-                for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False):
-                    if m.kind == "in" and pname != "weight":
-                        continue
-                    removals.setdefault(f"{m.module}.{pname}", []).append(
-                        (1 if m.kind == "in" else 0, pos))
-        sliced = {}
-        for key, cuts in removals.items():
-            mask = masks.get(key)
-            if mask is None:
-                continue
-            # One dim may lose channels of several groups (a concatenation's reader: DenseNet,
-            # GoogLeNet): every cut is in the dense index space, so they are applied together.
-            keep = {dim: torch.ones(mask.shape[dim], dtype=torch.bool) for dim, _ in cuts}
-            for dim, pos in cuts:
-                keep[dim][pos] = False
-            for dim, kept in keep.items():
-                mask = mask.index_select(dim, torch.nonzero(kept).flatten().to(mask.device))
-            if not bool(mask.all()):
-                sliced[key] = mask
+        removals = self._removals(plans)
+        sliced = self._sliced_masks(masks, removals)
         for group, dead in plans:
             if group.manual:
                 self._slice_out(group, dead)
@@ -441,6 +418,40 @@ class ChannelGroups:
         self.refresh()
         self.sync_norms(masks)
         return sum(len(dead) for _, dead in plans)
+
+    def _removals(self, plans) -> Dict[str, List]:
+        """parameter -> [(dim, indices removed)], in the parameter's index space before
+        compaction (each dim of a parameter belongs to one group: removals never overlap)."""
+        removals: Dict[str, List] = {}
+        for group, dead in plans:
+            for m in group.members:
+                pos = m.take(dead.tolist())
+                for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False):
+                    if m.kind == "in" and pname != "weight":
+                        continue
+                    removals.setdefault(f"{m.module}.{pname}", []).append(
+                        (1 if m.kind == "in" else 0, pos))
+        return removals
+
+    @staticmethod
+    def _sliced_masks(masks: MaskSet, removals: Dict[str, List]) -> Dict[str, torch.Tensor]:
+        """The masks of the touched parameters, sliced as the parameters will be (those left
+        all ones are not kept)."""
+        sliced = {}
+        for key, cuts in removals.items():
+            mask = masks.get(key)
+            if mask is None:
+                continue
+            # One dim may lose channels of several groups (a concatenation's reader: DenseNet,
+            # GoogLeNet): every cut is in the dense index space, so they are applied together.
+            keep = {dim: torch.ones(mask.shape[dim], dtype=torch.bool) for dim, _ in cuts}
+            for dim, pos in cuts:
+                keep[dim][pos] = False
+            for dim, kept in keep.items():
+                mask = mask.index_select(dim, torch.nonzero(kept).flatten().to(mask.device))
+            if not bool(mask.all()):
+                sliced[key] = mask
+        return sliced
 
     def _slice_out(self, group: ChannelGroup, dead: torch.Tensor) -> None:
         """Remove the dead channels of a group prunekit compacts itself (heads; untraced MLPs;

@@ -174,22 +174,31 @@ class Pruner:
         return [n for n in self.layer_names if g.applies_to(self.weight(n))]
 
     def prune_units(self, target: float) -> None:
-        g, crit, cost = self.spec.granularity, self.criterion, self.cost
-        names = self.unit_layers(g)
+        """Per-layer units (unstructured, channel, column) toward `target`: the same ratio of
+        every layer's units (layerwise), or one ranking of all units (global)."""
+        names = self.unit_layers(self.spec.granularity)
         forced = self._forced_units(names)
         if self.spec.scope == "layerwise":
-            ratio = target if cost.uniform else self._layerwise_ratio(names, forced,
-                                                                                 target)
-            for n in names:
-                w = self.weight(n)
-                n_units = num_units(w.shape, g)
-                already = int(forced[n].sum()) if forced[n] is not None else 0
-                n_prune = max(already, int(round(ratio * n_units)))
-                keep = keep_vector(crit.unit_scores(n, w, g, False, self.generator), n_prune,
-                                   forced[n])
-                self.masks.set(f"{n}.weight", expand_units(keep, w.shape, g))
-            return
-        # global: one ranking of all units by per-element score, prefix sized by its cost
+            self._prune_units_layerwise(names, forced, target)
+        else:
+            self._prune_units_global(names, forced, target)
+
+    def _prune_units_layerwise(self, names: Sequence[str],
+                               forced: Dict[str, Optional[torch.Tensor]], target: float) -> None:
+        g = self.spec.granularity
+        ratio = target if self.cost.uniform else self._layerwise_ratio(names, forced, target)
+        for n in names:
+            w = self.weight(n)
+            already = int(forced[n].sum()) if forced[n] is not None else 0
+            n_prune = max(already, int(round(ratio * num_units(w.shape, g))))
+            keep = keep_vector(self.criterion.unit_scores(n, w, g, False, self.generator),
+                               n_prune, forced[n])
+            self.masks.set(f"{n}.weight", expand_units(keep, w.shape, g))
+
+    def _prune_units_global(self, names: Sequence[str],
+                            forced: Dict[str, Optional[torch.Tensor]], target: float) -> None:
+        """One ranking of all units by per-element score, the prefix sized by its cost."""
+        g, crit, cost = self.spec.granularity, self.criterion, self.cost
         scores, sizes, owners, forced_all = [], [], [], []
         for li, n in enumerate(names):
             w = self.weight(n)

@@ -29,9 +29,10 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.config import experiment_settings, schema
+from prunekit.config import schema
 from prunekit.errors import ConfigError, first_line
 from prunekit.files import write_json
+from prunekit.record import experiment_settings
 from prunekit.registry import Registry, import_all
 
 log = logging.getLogger(__name__)
