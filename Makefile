@@ -40,8 +40,9 @@ check-wheel:  ## the wheel, installed (not editable, no dev extra) in a fresh ve
 	PY=$(BIN)/python scripts/check_wheel.sh
 
 TEST_WORKERS ?= 2
-test:  ## lint, then the fast suite on TEST_WORKERS processes (what CI runs)
+test:  ## lint, the architecture map's figures, then the fast suite on TEST_WORKERS processes (what CI runs)
 	$(BIN)/ruff check prunekit tests scripts
+	$(BIN)/python scripts/code_stats.py --check docs/architecture.md
 	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow:  ## the long end-to-end runs (paper-scale checks of the issues' "done when")

@@ -49,12 +49,12 @@ def report(package: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-def quoted(doc: str) -> str:
-    """The block between the markers (a ValueError when they are missing)."""
-    match = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), doc, re.S)
+def block(doc: str) -> re.Match:
+    """The markers and what they hold (a ValueError when they are missing)."""
+    match = re.search(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), doc, re.S)
     if match is None:
         raise ValueError(f"no {BEGIN} ... {END} block")
-    return match.group(1)
+    return match
 
 
 def main() -> int:
@@ -71,12 +71,13 @@ def main() -> int:
     path = Path(args.check or args.write)
     doc = path.read_text()
     try:
-        old = quoted(doc)
+        match = block(doc)
     except ValueError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1
+    old = match.group(1).rstrip("\n")
     if args.write:
-        path.write_text(doc.replace(f"{BEGIN}\n{old}\n{END}", f"{BEGIN}\n{now}\n{END}"))
+        path.write_text(doc[:match.start()] + f"{BEGIN}\n{now}\n{END}" + doc[match.end():])
         return 0
     if old == now:
         print(f"{path}: the quoted figures are today's")

@@ -137,3 +137,21 @@ def test_config_keeps_only_what_is_common():
     named = [n for n in (*TRACKERS, *MODELS, *DATASETS)
              if re.search(rf"\b{re.escape(n)}\b", text)]
     assert named == []
+
+
+def test_the_architecture_map_quotes_todays_sizes(tmp_path):
+    """docs/architecture.md's figures are today's (`make test` runs the same check), and the
+    check fails on a figure that is not."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    script = [sys.executable, str(root / "scripts" / "code_stats.py")]
+    ok = subprocess.run([*script, "--check", str(root / "docs" / "architecture.md")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    stale = tmp_path / "architecture.md"
+    text = (root / "docs" / "architecture.md").read_text()
+    stale.write_text(text.replace(" functions, ", " functions (stale), ", 1))
+    bad = subprocess.run([*script, "--check", str(stale)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not today's" in bad.stderr
