@@ -137,6 +137,8 @@ class HardwareConfig:
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile both models for the latency measurement
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
+    # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA, else 1)
+    channel_multiple: Optional[int] = None
     distributed: str = "auto"  # auto: one run over the processes torchrun / SLURM started; off
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
@@ -147,6 +149,7 @@ class HardwareConfig:
         choice(cfg, "hardware.precision", PRECISIONS)
         choice(cfg, "hardware.distributed", ("auto", "off"))
         at_least(cfg, "hardware.threads", 0)
+        at_least(cfg, "hardware.channel_multiple", 1)
         at_least(cfg, "hardware.latency.warmup", 0)
         at_least(cfg, "hardware.latency.repeats", 1)
         positive(cfg, "hardware.latency.max_seconds")

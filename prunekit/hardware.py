@@ -196,6 +196,16 @@ def cpu_wait(delay_s: Optional[float], cpu_s: float) -> Optional[float]:
     return delay_s / max(delay_s + cpu_s, 1e-9)
 
 
+CUDA_CHANNEL_MULTIPLE = 8  # bf16 tensor cores and channels_last kernels want multiples of 8
+
+
+def channel_multiple(hw_cfg, device: torch.device) -> int:
+    """`hardware.channel_multiple`, or by default 8 on CUDA and 1 elsewhere."""
+    if hw_cfg.get("channel_multiple") is not None:
+        return int(hw_cfg.channel_multiple)
+    return CUDA_CHANNEL_MULTIPLE if device.type == "cuda" else 1
+
+
 @torch.inference_mode()
 def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
                       batch_sizes: List[int], warmup: int, repeats: int,

@@ -368,6 +368,7 @@ def results(cfg: DictConfig, unit, ctx: Context, numbers: dict, dense_val: float
             "compaction_max_abs_diff": t.compaction_max_abs_diff,
             "target_unit": unit.target_unit(cfg), "scope": cfg.method.scope,
             "criterion": cfg.method.criterion, "prunable_layers": len(ctx.pruner.layer_names),
+            "channel_multiple": ctx.pruner.spec.channel_multiple,
             **t.results}
 
 

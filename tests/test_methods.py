@@ -140,3 +140,26 @@ def test_slimming_on_a_network_without_batchnorm_fails_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="needs BatchNorm"):
         run(make_cfg(["method=slimming", "model=lenet5", *QUICK]), tmp_path, show=False)
     assert (tmp_path / "summary.json").exists()
+
+
+FILTER_METHODS = sorted(n for n, u in METHODS.items()
+                        if u.prunes and "filter" in u.accepted_granularities())
+
+
+@pytest.mark.parametrize("name", FILTER_METHODS)
+def test_every_filter_pruning_method_keeps_the_channel_multiple(tmp_path, name):
+    """hardware.channel_multiple=8 (the CUDA targets' default): every conv a method prunes
+    filters of keeps a multiple of 8 output channels (or its dense count), and summary.json
+    records the multiple."""
+    from prunekit import load_pruned
+
+    unit = METHODS[name]
+    s = run(make_cfg([f"method={name}", *unit.quick, *RESNET, *QUICK, "method.granularity=filter",
+                      "hardware.channel_multiple=8", "sparsity=0.6"]), tmp_path, show=False)
+    assert s["status"] == "ok" and s["channel_multiple"] == 8 and s["compacted"]
+    dense = {n: m.out_channels for n, m in model_of("resnet20").named_modules()
+             if isinstance(m, torch.nn.Conv2d)}
+    pruned = {n: m.out_channels for n, m in load_pruned(tmp_path / "model.pt").named_modules()
+              if isinstance(m, torch.nn.Conv2d)}
+    assert any(pruned[n] < dense[n] for n in dense), "nothing pruned"
+    assert all(pruned[n] % 8 == 0 or pruned[n] == dense[n] for n in dense), pruned

@@ -314,3 +314,82 @@ def test_a_new_granularity_is_one_class(tmp_path):
         assert s["sparsity"] == pytest.approx(0.5, abs=0.01)
     finally:
         GRANULARITIES.pop("kernel")
+
+
+def test_kept_counts_and_aligned_removal():
+    from prunekit.sparsity.groups import aligned_removal, kept_counts
+
+    assert kept_counts(20, 20, 8) == [8, 16, 20]  # multiples, and the dense count untouched
+    assert kept_counts(16, 20, 8) == [8, 16]  # once pruned, multiples only
+    assert kept_counts(6, 6, 8) == [6]  # no multiple fits: the group keeps what it has
+    assert kept_counts(4, 4, 1) == [1, 2, 3, 4]
+    assert aligned_removal(9, 20, 20, 0, 8) == 12  # keep 8, not 11
+    assert aligned_removal(3, 20, 20, 0, 8) == 4  # keep 16
+    assert aligned_removal(1, 20, 20, 0, 8) == 0  # keep 20 (the dense count)
+    assert aligned_removal(1, 20, 20, 2, 8) == 4  # the masked ones stay removed
+    assert aligned_removal(5, 6, 6, 0, 8) == 0 and aligned_removal(5, 20, 20, 0, 1) == 5
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_a_channel_multiple_is_kept_in_every_pruned_group_and_the_target_still_met(scope):
+    """hardware.channel_multiple: each group keeps a multiple of it (or its dense count), chosen
+    by the criterion, and the solve still lands near the target on the constrained counts."""
+    for multiple in (8, 4):
+        model = model_of("resnet20")
+        pruner = pruner_for(model, granularity="filter", scope=scope, channel_multiple=multiple)
+        dense_sizes = {g.root: g.dense_size for g in pruner.groups.groups}
+        pruner.prune_to(0.5)
+        assert prunable_sparsity(model, pruner.dense_numel) == pytest.approx(0.5, abs=0.06)
+        pruner.compact()
+        sizes = {g.root: g.size for g in pruner.groups.groups}
+        assert all(n % multiple == 0 or n == dense_sizes[r] for r, n in sizes.items()), sizes
+        assert any(n < dense_sizes[r] for r, n in sizes.items())
+        pruner.prune_to(0.7)  # a second, cumulative step keeps them multiples too
+        pruner.compact()
+        assert all(g.size % multiple == 0 or g.size == g.dense_size for g in pruner.groups.groups)
+        assert prunable_sparsity(model, pruner.dense_numel) == pytest.approx(0.7, abs=0.06)
+
+
+def test_block_wise_pruning_keeps_the_channel_multiple():
+    model = model_of("resnet20")
+    pruner = pruner_for(model, granularity="filter", channel_multiple=8)
+    for _, groups in pruner.steps_in_order():
+        pruner.prune_groups(groups, 0.6)
+    pruner.compact()
+    sizes = [g.size for g in pruner.blockwise_groups()]
+    assert all(n % 8 == 0 for n in sizes) and min(sizes) >= 8, sizes
+    assert pruner.max_removed() < 1.0
+
+
+def test_the_channel_multiple_defaults_to_8_on_cuda_and_1_elsewhere():
+    from prunekit.hardware import channel_multiple
+
+    auto = OmegaConf.create({"channel_multiple": None})
+    assert channel_multiple(auto, torch.device("cuda")) == 8
+    assert channel_multiple(auto, torch.device("cpu")) == 1
+    assert channel_multiple(OmegaConf.create({"channel_multiple": 4}), torch.device("cuda")) == 4
+
+
+def test_purification_and_admm_filter_sets_keep_the_channel_multiple():
+    """AutoCompress's filter constraints round to the nearest allowed count; purification removes
+    only weak channels, and only as many as leave an allowed count."""
+    from prunekit.sparsity.projection import FilterConstraint
+    from prunekit.sparsity.purify import aligned_weak
+
+    model = model_of("resnet20")
+    pruner = pruner_for(model, granularity="filter")
+    g = next(g for g in pruner.groups.groups if g.size == 32)
+    weights = {m.module: pruner.weight(m.module) for m in g.members}
+    n_dense = sum(weights[m.module].numel() for m in g.members if m.kind == "out")
+    assert FilterConstraint.for_rate(g, weights, 0.3, n_dense).n_zero == 10
+    assert FilterConstraint.for_rate(g, weights, 0.3, n_dense, 8).n_zero == 8  # keep 24
+    weak = torch.zeros(32, dtype=torch.bool)
+    weak[:11] = True
+    scores = torch.arange(32, 0, -1).double()  # channel 10 is the weakest of the weak
+    gone = torch.zeros(32, dtype=torch.bool)
+    kept = aligned_weak(g, weak, gone, scores, 8)
+    assert int(kept.sum()) == 8 and bool(kept[3:11].all()) and not bool(kept[:3].any())
+    assert int(aligned_weak(g, weak, gone, scores, 1).sum()) == 11
+    few = torch.zeros(32, dtype=torch.bool)
+    few[:5] = True
+    assert not bool(aligned_weak(g, few, gone, scores, 8).any())  # 27 is no allowed count

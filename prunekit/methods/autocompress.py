@@ -32,6 +32,7 @@ from prunekit.methods.autocompress_search import (
 from prunekit.methods.base import register
 from prunekit.methods.context import Context
 from prunekit.metrics import count_params
+from prunekit.sparsity.groups import aligned_removal
 from prunekit.sparsity.projection import (
     FilterConstraint,
     LayerConstraint,
@@ -127,7 +128,8 @@ def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List
     for u, rate, scheme in zip(units, action.rates, action.schemes):
         if by_filter(scheme):
             weights = {n: pruner.weight(n) for n in u.layers}
-            out.append(FilterConstraint.for_rate(roots[u.name], weights, rate, u.size))
+            out.append(FilterConstraint.for_rate(roots[u.name], weights, rate, u.size,
+                                                 pruner.spec.channel_multiple))
         else:
             out += [LayerConstraint.for_rate(pruner.weight(n), n, scheme, rate,
                                              pruner.dense_numel[n]) for n in u.layers]
@@ -155,7 +157,9 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
         for u, rate, scheme in zip(units, rates, schemes):
             if by_filter(scheme):
                 a = alive[u.name]
-                n = zero_count(a.double(), a, u.size, rate)
+                g = pruner.groups.groups[index[u.name]]
+                n = aligned_removal(zero_count(a.double(), a, u.size, rate), g.size,
+                                    g.dense_size, int((a == 0).sum()), pruner.spec.channel_multiple)
                 removal[index[u.name]] = torch.argsort(a, stable=True)[:n]  # the dead first
             else:
                 caps.update({n: (1.0 - rate) * pruner.dense_numel[n] for n in u.layers})

@@ -24,7 +24,7 @@ from prunekit import distributed
 from prunekit.clock import PhaseClock
 from prunekit.config import METHODS
 from prunekit.data import Data
-from prunekit.hardware import Hardware
+from prunekit.hardware import Hardware, channel_multiple
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers, residual_blocks, resize_to_state
 from prunekit.record import Recorder
@@ -47,7 +47,8 @@ def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor,
     layers = prunable_layers(model, m.prune_first_conv, m.prune_classifier)
     if cost is None:
         cost = Cost.of(target_kind(cfg).measure, model, example_input, layers)
-    return Pruner(model, PruneSpec.from_cfg(m), layers, example_input, seed=cfg.seed,
+    multiple = channel_multiple(cfg.hardware, example_input.device)
+    return Pruner(model, PruneSpec.from_cfg(m, multiple), layers, example_input, seed=cfg.seed,
                   blocks=list(residual_blocks(model)),
                   channel_groups=METHODS[m.name].needs_channel_groups(m), cost=cost)
 

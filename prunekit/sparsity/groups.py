@@ -45,6 +45,27 @@ NO_CHANNEL_GROUPS = "prunekit_no_channel_groups"
 ZERO_PRESERVING = (nn.GELU, nn.ReLU, nn.SiLU, nn.Dropout, nn.Identity)
 
 
+def kept_counts(size: int, dense: int, multiple: int) -> List[int]:
+    """The channel counts a group of `size` channels now (`dense` before pruning) may keep: the
+    multiples of `multiple` up to `size`, and `size` itself while nothing is removed (every count
+    from 1 when `multiple` is 1); `size` alone when no multiple fits."""
+    if multiple <= 1:
+        return list(range(1, size + 1))
+    counts = list(range(multiple, size + 1, multiple))
+    if size == dense and size not in counts:
+        counts.append(size)
+    return counts or [size]
+
+
+def aligned_removal(n: int, size: int, dense: int, n_masked: int, multiple: int) -> int:
+    """The number of a group's channels to remove nearest `n` that leaves an allowed count
+    (`kept_counts`), and at least the `n_masked` already masked (masks only grow)."""
+    if multiple <= 1:
+        return n
+    removals = [size - k for k in kept_counts(size, dense, multiple) if size - k >= n_masked]
+    return min(removals, key=lambda r: (abs(r - n), r)) if removals else n_masked
+
+
 @dataclass
 class Member:
     module: str

@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from prunekit.sparsity.groups import ChannelGroup
+from prunekit.sparsity.groups import ChannelGroup, aligned_removal
 from prunekit.sparsity.units import (
     expand_units,
     granularity,
@@ -133,12 +133,15 @@ class FilterConstraint:
         pruner.groups.mask_channels(self.group, self.removed(weights), pruner.masks)
 
     @classmethod
-    def for_rate(cls, group: ChannelGroup, weights: Tensors, rate: float,
-                 n_dense: int) -> "FilterConstraint":
-        """The constraint that leaves (1 - rate) of the n_dense weights of the group's filters."""
+    def for_rate(cls, group: ChannelGroup, weights: Tensors, rate: float, n_dense: int,
+                 multiple: int = 1) -> "FilterConstraint":
+        """The constraint that leaves (1 - rate) of the n_dense weights of the group's filters;
+        with a channel `multiple`, the nearest count of filters that keeps a multiple of it."""
         c = cls(group, 0)
         alive = group.per_channel(weights, lambda rows: rows.ne(0).sum(1)).long()
-        return cls(group, zero_count(c.channel_norms(weights), alive, n_dense, rate))
+        n = zero_count(c.channel_norms(weights), alive, n_dense, rate)
+        return cls(group, aligned_removal(n, group.size, group.dense_size,
+                                          int((alive == 0).sum()), multiple))
 
 
 def project_all(constraints, tensors: Tensors) -> Tensors:

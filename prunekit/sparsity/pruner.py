@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.criteria import Criterion, criterion_named
-from prunekit.sparsity.groups import ChannelGroup, ChannelGroups
+from prunekit.sparsity.groups import ChannelGroup, ChannelGroups, aligned_removal, kept_counts
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.purify import mask_unread
 from prunekit.sparsity.units import (
@@ -54,11 +54,12 @@ class PruneSpec:
     criterion: str = "l1"
     scope: str = "layerwise"
     nm: Tuple[int, int] = (2, 4)
+    channel_multiple: int = 1  # a pruned group keeps a multiple of this (or its dense count)
 
     @classmethod
-    def from_cfg(cls, method_cfg) -> "PruneSpec":
+    def from_cfg(cls, method_cfg, channel_multiple: int = 1) -> "PruneSpec":
         return cls(method_cfg.granularity, method_cfg.criterion, method_cfg.scope,
-                   tuple(method_cfg.nm))
+                   tuple(method_cfg.nm), int(channel_multiple))
 
 
 def _bisect_closest(f: Callable[[float], float], target: float, lo: float, hi: float,
@@ -78,6 +79,41 @@ def _bisect_closest(f: Callable[[float], float], target: float, lo: float, hi: f
         else:
             b = mid
     return a if abs(f(a) - target) < abs(f(b) - target) else b
+
+
+def global_removals(orders, groups: Sequence[ChannelGroup],
+                    multiple: int) -> Tuple[List[Tuple[int, int]], Optional[List[int]]]:
+    """The global filter plan's pool, in the order it removes from: (group, channel) entries,
+    masked first, then by score, never emptying a group; and the prefix lengths the plan may
+    cut it at (None: any). With a channel multiple, every step between two counts a group may
+    keep is one piece (its channels in a row, ranked by their mean score, cut only at its end),
+    so each group keeps a multiple of it."""
+    if multiple <= 1:
+        entries = []
+        for gi, (order, scores, masked) in enumerate(orders):
+            for c in order.tolist():
+                entries.append((0 if masked[c] else 1, float(scores[c]), gi, c))
+        entries.sort()
+        taken = [0] * len(groups)
+        eligible = []
+        for _, _, gi, c in entries:
+            if taken[gi] < groups[gi].size - 1:
+                taken[gi] += 1
+                eligible.append((gi, c))
+        return eligible, None
+    steps = []
+    for gi, (order, scores, masked) in enumerate(orders):
+        g, n_masked = groups[gi], int(masked.sum())
+        counts = sorted({g.size - k for k in kept_counts(g.size, g.dense_size, multiple)})
+        counts = [0] + [c for c in counts if c >= n_masked and c > 0]
+        for a, b in zip(counts, counts[1:]):
+            chans = order[a:b].tolist()  # a step with a masked channel is forced: first
+            steps.append((0 if a < n_masked else 1, float(scores[chans].mean()), gi, a, chans))
+    steps.sort(key=lambda t: t[:4])
+    cuts = [0]
+    for *_, chans in steps:
+        cuts.append(cuts[-1] + len(chans))
+    return [(gi, c) for *_, gi, _, chans in steps for c in chans], cuts
 
 
 class Pruner:
@@ -382,6 +418,7 @@ class Pruner:
         groups = self.groups.groups
         removed = self._plan_cost(self._alive_state())
         orders = self._group_orders(per_element=self.spec.scope == "global")
+        multiple = self.spec.channel_multiple
         if self.spec.scope == "layerwise":
             def removal_at(r: float) -> Dict[int, torch.Tensor]:
                 plan = {}
@@ -390,7 +427,8 @@ class Pruner:
                     gone = g.dense_size - g.size  # already removed physically
                     want = min(int(round(r * g.dense_size)), g.dense_size - 1) - gone
                     n = min(max(want, int(masked.sum())), g.size - 1)
-                    plan[gi] = order[:n]
+                    plan[gi] = order[:aligned_removal(n, g.size, g.dense_size,
+                                                      int(masked.sum()), multiple)]
                 return plan
 
             r = _bisect_closest(lambda r: removed(removal_at(r)), target, 0.0, 1.0,
@@ -398,18 +436,9 @@ class Pruner:
             plan = removal_at(r)
         else:
             # global: pool every group's channels, masked first, then by per-element score; never
-            # empty a group.
-            entries = []
-            for gi, (order, scores, masked) in enumerate(orders):
-                for c in order.tolist():
-                    entries.append((0 if masked[c] else 1, float(scores[c]), gi, c))
-            entries.sort()
-            taken = [0] * len(groups)
-            eligible = []
-            for _, _, gi, c in entries:
-                if taken[gi] < groups[gi].size - 1:
-                    taken[gi] += 1
-                    eligible.append((gi, c))
+            # empty a group. With a channel multiple the pool's entries are the steps between
+            # the counts a group may keep, each scored by its channels' mean.
+            eligible, cuts = global_removals(orders, groups, multiple)
             n_masked = sum(int(o[2].sum()) for o in orders)
 
             def removal_k(k: int) -> Dict[int, torch.Tensor]:
@@ -418,8 +447,14 @@ class Pruner:
                     plan[gi].append(c)
                 return {gi: torch.tensor(v, dtype=torch.long) for gi, v in plan.items()}
 
-            k = _bisect_closest(lambda k: removed(removal_k(k)), target, n_masked,
-                                len(eligible), integer=True)
+            if cuts is None:
+                k = _bisect_closest(lambda k: removed(removal_k(k)), target, n_masked,
+                                    len(eligible), integer=True)
+            else:  # whole steps only; the forced ones always
+                first = next(i for i, c in enumerate(cuts) if c >= n_masked)
+                i = _bisect_closest(lambda i: removed(removal_k(cuts[int(i)])), target, first,
+                                    len(cuts) - 1, integer=True)
+                k = cuts[int(i)]
             plan = removal_k(int(k))
         return plan
 
@@ -437,13 +472,14 @@ class Pruner:
             return sorted(blocks.items(), key=lambda kv: order[kv[0]])
         return sorted(((g.root, [g]) for g in groups), key=lambda kv: order[kv[0]])
 
-    @staticmethod
-    def _block_count(g: ChannelGroup, ratio: float, n_masked: int) -> int:
+    def _block_count(self, g: ChannelGroup, ratio: float, n_masked: int) -> int:
         """How many of `g`'s current channels `prune_groups` masks at `ratio`: ceil(ratio * dense
-        channels) in all (at least one kept), less those compaction removed already."""
+        channels) in all (at least one kept), less those compaction removed already; with a
+        channel multiple, the nearest count that leaves a multiple of it."""
         gone = g.dense_size - g.size
         want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
-        return min(max(want, n_masked), g.size - 1)
+        n = min(max(want, n_masked), g.size - 1)
+        return aligned_removal(n, g.size, g.dense_size, n_masked, self.spec.channel_multiple)
 
     def blockwise_groups(self) -> List[ChannelGroup]:
         """Every channel group block-wise pruning removes channels from, in network order."""
@@ -485,13 +521,15 @@ class Pruner:
 
     def max_removed(self, groups: Optional[Sequence[ChannelGroup]] = None) -> float:
         """The largest removed fraction of the cost this pruner can reach: every group (or every
-        one of `groups`) down to one channel (filters); every prunable weight (other
-        granularities; N:M's is fixed)."""
+        one of `groups`) down to one channel, or to the channel multiple (filters); every
+        prunable weight (other granularities; N:M's is fixed)."""
         if self.granularity.prunes_filters or groups is not None:
             groups = self.groups.groups if groups is None else groups
             index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
+            fewest = {id(g): min(kept_counts(g.size, g.dense_size, self.spec.channel_multiple))
+                      for g in groups}
             return self._plan_cost(self._alive_state())(
-                {index[id(g)]: torch.arange(g.size - 1) for g in groups})
+                {index[id(g)]: torch.arange(g.size - fewest[id(g)]) for g in groups})
         names = self.unit_layers(self.spec.granularity)
         gone = sum(int(torch.count_nonzero(self.weight(n))) * self.cost.per_weight.get(n, 0.0)
                    for n in names)

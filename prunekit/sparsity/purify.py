@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from prunekit.sparsity.groups import ChannelGroup
+from prunekit.sparsity.groups import ChannelGroup, kept_counts
 from prunekit.sparsity.units import expand_units, pruned_units, unit_matrix
 
 
@@ -105,6 +105,23 @@ def _keep_one(candidates: torch.Tensor, gone: torch.Tensor, norms: torch.Tensor)
     return candidates
 
 
+def aligned_weak(g: ChannelGroup, weak: torch.Tensor, gone: torch.Tensor, scores: torch.Tensor,
+                 multiple: int) -> torch.Tensor:
+    """The weakest of `weak` whose removal leaves the group a count it may keep (a multiple of
+    `multiple`, `kept_counts`): as many as that allows, never a channel that is not weak."""
+    if multiple <= 1 or not bool(weak.any()):
+        return weak
+    n_gone, n = int(gone.sum()), int(gone.sum()) + int(weak.sum())
+    allowed = [g.size - k for k in kept_counts(g.size, g.dense_size, multiple)
+               if n_gone <= g.size - k <= n]
+    take = (max(allowed) if allowed else n_gone) - n_gone
+    out = torch.zeros_like(weak)
+    if take > 0:
+        order = torch.argsort(torch.where(weak, scores.double(), torch.inf), stable=True)
+        out[order[:take]] = True
+    return out
+
+
 def mask_unread(pruner) -> int:
     """Mask every channel no layer reads, to a fixpoint; returns how many went."""
     groups = pruner.groups
@@ -138,8 +155,8 @@ def mask_near_zero(pruner, tau: float) -> Purified:
     for g in groups.groups:  # every group judged on the same weights
         gone = groups.masked_channels(g, masks)
         scores = channel_scores(pruner, g)
-        weak = relative(scores, ~gone) <= tau
-        plans.append((g, _keep_one(weak & ~gone, gone, scores)))
+        weak = _keep_one((relative(scores, ~gone) <= tau) & ~gone, gone, scores)
+        plans.append((g, aligned_weak(g, weak, gone, scores, pruner.spec.channel_multiple)))
     for g, weak in plans:
         if bool(weak.any()):
             groups.mask_channels(g, torch.nonzero(weak).flatten(), masks)
