@@ -108,6 +108,8 @@ def latency_rows(t: Table, s: dict) -> None:
             ratio = "– (dense kernels)"
         else:
             ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
+            if speedup is not None and speedup < 1.0:
+                ratio += ": slower"
         t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
 
 
@@ -159,5 +161,7 @@ def plural(n, noun: str) -> str:
 
 def print_summary(summary: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> None:
     print_table(summary_table(summary, headline))
+    if summary.get("latency_slower"):
+        CONSOLE.print(f"[bold yellow]{summary['latency_slower']}[/]", soft_wrap=True)
     if summary.get("status") != "ok":
         CONSOLE.print(f"[bold red]status: {summary.get('status')}[/] {summary.get('error') or ''}")

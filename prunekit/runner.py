@@ -232,7 +232,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out))
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
-                   latency_reliable=None, latency_warning=None)
+                   latency_reliable=None, latency_warning=None, latency_slower=None)
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
     rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
@@ -268,7 +268,8 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
     warning = "; ".join(f"batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d)
     out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
                latency_ms=lp[first]["median_ms"], measured_speedup=speedup[first],
-               latency_reliable=not warning, latency_warning=warning or None)
+               latency_reliable=not warning, latency_warning=warning or None,
+               latency_slower=slower_than_dense(ld, lp, speedup))
     for bs in batch_sizes:
         out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
                     f"latency_ms_bs{bs}": lp[bs]["median_ms"],
@@ -283,6 +284,18 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
         logging.getLogger("prunekit.trace").warning(
             "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
     return out
+
+
+def slower_than_dense(dense: dict, pruned: dict, speedup: dict) -> Optional[str]:
+    """One line with the figures where a reliably measured pruned model is slower than its dense
+    one (never a quiet ratio below 1), else None; it is logged as a warning too."""
+    slow = [f"batch {bs}: {pruned[bs]['median_ms']:.3f} ms vs dense {dense[bs]['median_ms']:.3f} "
+            f"ms ({s:.2f}x)" for bs, s in speedup.items() if s is not None and s < 1.0]
+    if not slow:
+        return None
+    line = "the pruned model is slower than the dense one (" + "; ".join(slow) + ")"
+    log.warning("%s", line)
+    return line
 
 
 def epoch_logs(cfg: DictConfig, tracking: Tracking, trainer: Trainer):

@@ -46,3 +46,22 @@ def test_off_a_terminal_the_table_is_printed_whole(capsys):
     assert max(len(line) for line in out.splitlines()) > 80
     top1 = next(line for line in out.splitlines() if "top-1 (test, %)" in line)
     assert "97.50" in top1 and "96.00" in top1 and "-1.50" in top1
+
+
+def test_a_pruned_model_slower_than_its_dense_one_is_said_so(capsys):
+    """Never a quiet ratio below 1: the row says slower, summary.json's latency_slower holds the
+    figures (runner.slower_than_dense), and the console prints that line under the table."""
+    from prunekit.runner import slower_than_dense
+
+    line = slower_than_dense({1: {"median_ms": 4.91}, 64: {"median_ms": 4.74}},
+                             {1: {"median_ms": 6.31}, 64: {"median_ms": 3.0}},
+                             {1: 4.91 / 6.31, 64: 4.74 / 3.0})
+    assert line == ("the pruned model is slower than the dense one (batch 1: 6.310 ms vs dense "
+                    "4.910 ms (0.78x))")
+    assert slower_than_dense({1: {"median_ms": 2.0}}, {1: {"median_ms": 1.0}}, {1: 2.0}) is None
+    assert slower_than_dense({1: {"median_ms": 2.0}}, {1: {"median_ms": 3.0}}, {1: None}) is None
+    slow = {**SUMMARY, "latency_ms_dense": 4.91, "latency_ms": 6.31, "measured_speedup": 0.78,
+            "latency_slower": line, "status": "ok"}
+    assert "0.78× (measured): slower" in text(summary_table(slow))
+    print_summary(slow)
+    assert line in capsys.readouterr().out
