@@ -1,11 +1,12 @@
-"""The phase clock: where a run's pruning time goes (search, probe, prune, finetune, eval)."""
+"""The phase clock: where a run's pruning time goes (search, probe, prune, finetune, eval, and
+compile: hardware.compile's compilations of the train and eval steps)."""
 from __future__ import annotations
 
 import contextlib
 import time
 from typing import Callable, Dict, List, Optional
 
-PHASES = ("search", "probe", "prune", "finetune", "eval")
+PHASES = ("search", "probe", "prune", "finetune", "eval", "compile")
 
 
 class PhaseClock:
@@ -51,6 +52,13 @@ class PhaseClock:
         self.started += seconds
         if self._stack:
             self._stack[-1][1] += seconds
+
+    def reassign(self, seconds: float, phase: str) -> None:
+        """Count the last `seconds` of the phase running now as `phase`'s (a compile inside a
+        fine-tune): the total is unchanged."""
+        if self._stack:
+            self._stack[-1][1] += seconds
+        self.totals[phase] += seconds
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.started

@@ -349,8 +349,9 @@ def method_context(cfg: DictConfig, model: nn.Module, dense: nn.Module, dense_va
     with clock.phase("prune"):
         pruner = build_pruner(cfg, model, example)
     report = epoch_log("epoch", lambda: tally.finetune_epochs, clock.exclude)
+    hooks = FitHooks(report_epoch=report, compiled=lambda s: clock.reassign(s, "compile"))
     return Context(cfg=cfg, model=model, dense_model=dense, data=trainer.data,
-                   trainer=trainer.with_hooks(FitHooks(report_epoch=report)), pruner=pruner,
+                   trainer=trainer.with_hooks(hooks), pruner=pruner,
                    recorder=recorder, clock=clock, hw=trainer.hw, target=target_fraction(cfg),
                    dense_val_top1=dense_val, check_input=trainer.data.example_input(32),
                    tally=tally, replay=replay,

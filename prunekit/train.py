@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -61,14 +62,16 @@ class FitHooks:
     `report_epoch(epoch, mean loss, model)`, the run's per-epoch curve, which returns the val
     top-1 it measured or None (tracking.EpochLog); and `checkpoint(fit state)` last, with what a
     resumed fit needs (the epochs done, optimiser, scheduler, scaler; pass it back as
-    `fit(resume=...)`). A Trainer's own hooks (given when it is made) serve every fit; a fit's
-    hooks replace them one by one."""
+    `fit(resume=...)`); `compiled(seconds)` after `hardware.compile` compiled a step (the
+    method's clock counts them as its compile phase). A Trainer's own hooks (given when it is
+    made) serve every fit and evaluation; a fit's hooks replace them one by one."""
 
     loss: Optional[LossFn] = None
     before_step: Optional[Callable[[int], None]] = None
     after_epoch: Optional[Callable[[int, float], None]] = None
     report_epoch: Optional[Callable[[int, float, nn.Module], Optional[float]]] = None
     checkpoint: Optional[Callable[[dict], None]] = None
+    compiled: Optional[Callable[[float], None]] = None  # the seconds a (re)compile took
 
     def over(self, standing: "FitHooks") -> "FitHooks":
         """These hooks, with `standing`'s where these have none."""
@@ -107,6 +110,58 @@ class Freezer:
                 p.requires_grad_(trainable)
 
 
+class Compiler:
+    """`hardware.compile` for the train and eval steps: one torch.compile wrapper per model,
+    compiled ahead on a batch of the real size (so the compile's seconds are known, not charged
+    to a training step: `compiled` hooks get them), and compiled anew when the model's shapes
+    change (a compaction; dynamo's caches are reset then, or its recompile limit would fall back
+    to eager after a few). The warm-up leaves the model as it found it: gradients dropped,
+    BatchNorm statistics restored, no random number drawn."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.wrappers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def shapes(model: nn.Module) -> tuple:
+        return tuple(tuple(p.shape) for p in model.parameters())
+
+    def __call__(self, model: nn.Module, example: torch.Tensor, train: bool, hw: Hardware,
+                 compiled: Optional[Callable[[float], None]]) -> nn.Module:
+        if not self.enabled:
+            return model
+        entry = self.wrappers.get(model)
+        if entry is None or entry[1] != self.shapes(model):
+            if entry is not None:
+                torch._dynamo.reset()  # a compacted model: its old graphs are useless
+                self.wrappers.clear()
+            entry = self.wrappers[model] = [torch.compile(model), self.shapes(model), set()]
+        if train not in entry[2]:  # a training and an eval graph, each compiled once
+            started = time.perf_counter()
+            self.warm(entry[0], model, example, train, hw)
+            entry[2].add(train)
+            if compiled is not None:
+                compiled(time.perf_counter() - started)
+        return entry[0]
+
+    @staticmethod
+    def warm(net: nn.Module, model: nn.Module, x: torch.Tensor, train: bool,
+             hw: Hardware) -> None:
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        was = model.training
+        model.train(train)
+        with torch.enable_grad() if train else torch.no_grad(), hw.autocast():
+            out = net(x)
+        if train:
+            out.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+        model.train(was)
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        hw.sync()
+
+
 @dataclass
 class FitResult:
     epochs: int
@@ -125,6 +180,7 @@ class Trainer:
         self.epoch_lines = bool(progress and train_cfg.progress and not CONSOLE.is_terminal)
         self.log_level = logging.INFO  # of the lines each fit() logs
         self.hooks = hooks or FitHooks()  # of every fit (the run's per-epoch report)
+        self.compiler = Compiler(bool(getattr(hw, "compile", False)))
 
     def with_data(self, data: Data, log_level: int = logging.INFO,
                   hooks: Optional[FitHooks] = None) -> "Trainer":
@@ -183,7 +239,8 @@ class Trainer:
             self.progress.advance(task, first * len(loader))
         step = first * len(loader)
         model.train()
-        net = self.parallel(model)
+        net = self.compiler(self.parallel(model), self.data.example_input(self.cfg.batch_size),
+                            True, self.hw, hooks.compiled)
         fit_started = time.perf_counter()
         try:
             for epoch in range(first, epochs):
@@ -345,6 +402,8 @@ class Trainer:
         loader = getattr(self.data, split)
         was_training = model.training
         model.eval()
+        net = self.compiler(model, self.data.example_input(self.cfg.eval_batch_size), False,
+                            self.hw, self.hooks.compiled)
         correct1 = torch.zeros((), device=self.hw.device, dtype=torch.long)
         correct5 = torch.zeros((), device=self.hw.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.hw.device)
@@ -353,7 +412,7 @@ class Trainer:
             if max_batches is not None and i >= max_batches:
                 break
             with self.hw.autocast():
-                out = model(x)
+                out = net(x)
             out = out.float()
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             top = out.topk(min(5, out.shape[1]), dim=1).indices

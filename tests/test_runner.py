@@ -198,3 +198,39 @@ def test_a_dense_model_near_chance_is_warned_about(tmp_path, caplog, epochs, war
     assert bool(said) == warned and s["status"] == "ok"
     if warned:
         assert s["val_top1_dense"] < 15 and "pretrain.epochs, now 0" in said[0]
+
+
+def test_hardware_compile_compiles_the_train_and_eval_steps_and_times_it_apart(tmp_path):
+    """hardware.compile on CPU: the train and eval steps run through torch.compile (recompiled
+    after the compaction), the compile seconds are their own phase (time_compile_s), and the run
+    prunes as the eager one does."""
+    base = ["method=oneshot", *LENET, "method.granularity=filter", "method.finetune_epochs=1",
+            "hardware.latency.enabled=false", "pretrain.cache=false"]
+    eager = run(make_cfg(base), tmp_path / "eager", show=False)
+    compiled = run(make_cfg([*base, "hardware.compile=true"]), tmp_path / "compiled", show=False)
+    assert eager["time_compile_s"] == 0 and compiled["time_compile_s"] > 0
+    assert compiled["compacted"] and compiled["sparsity"] == pytest.approx(eager["sparsity"])
+    assert compiled["top1"] == pytest.approx(eager["top1"], abs=3.0)
+    assert compiled["time_total_s"] >= compiled["time_compile_s"]
+
+
+def test_the_compiler_warm_up_leaves_the_model_as_it_found_it():
+    """Compiling ahead (to time it) runs a forward and backward on a batch: the gradients are
+    dropped and BatchNorm's statistics restored, so training is what it would have been."""
+    from prunekit.hardware import setup_hardware
+    from prunekit.train import Compiler
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = []
+    hw = setup_hardware(make_cfg(["hardware=cpu"]).hardware, False)
+    compiler = Compiler(True)
+    net = compiler(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append)
+    assert len(seconds) == 1 and seconds[0] > 0 and net is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert compiler(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append) is net
+    assert len(seconds) == 1  # compiled once per shapes
+    assert Compiler(False)(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append) is model
