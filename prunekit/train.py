@@ -126,8 +126,10 @@ class Compiler:
     def shapes(model: nn.Module) -> tuple:
         return tuple(tuple(p.shape) for p in model.parameters())
 
-    def __call__(self, model: nn.Module, example: torch.Tensor, train: bool, hw: Hardware,
-                 compiled: Optional[Callable[[float], None]]) -> nn.Module:
+    def __call__(self, model: nn.Module, example: Callable[[], torch.Tensor], train: bool,
+                 hw: Hardware, compiled: Optional[Callable[[float], None]]) -> nn.Module:
+        """`model` compiled for training (`train`) or evaluation; `example()` gives the batch it
+        is compiled ahead on (asked only when it compiles)."""
         if not self.enabled:
             return model
         entry = self.wrappers.get(model)
@@ -138,7 +140,7 @@ class Compiler:
             entry = self.wrappers[model] = [torch.compile(model), self.shapes(model), set()]
         if train not in entry[2]:  # a training and an eval graph, each compiled once
             started = time.perf_counter()
-            self.warm(entry[0], model, example, train, hw)
+            self.warm(entry[0], model, example(), train, hw)
             entry[2].add(train)
             if compiled is not None:
                 compiled(time.perf_counter() - started)
@@ -239,8 +241,9 @@ class Trainer:
             self.progress.advance(task, first * len(loader))
         step = first * len(loader)
         model.train()
-        net = self.compiler(self.parallel(model), self.data.example_input(self.cfg.batch_size),
-                            True, self.hw, hooks.compiled)
+        net = self.compiler(self.parallel(model),
+                            lambda: self.data.example_input(self.cfg.batch_size), True, self.hw,
+                            hooks.compiled)
         fit_started = time.perf_counter()
         try:
             for epoch in range(first, epochs):
@@ -402,8 +405,8 @@ class Trainer:
         loader = getattr(self.data, split)
         was_training = model.training
         model.eval()
-        net = self.compiler(model, self.data.example_input(self.cfg.eval_batch_size), False,
-                            self.hw, self.hooks.compiled)
+        net = self.compiler(model, lambda: self.data.example_input(self.cfg.eval_batch_size),
+                            False, self.hw, self.hooks.compiled)
         correct1 = torch.zeros((), device=self.hw.device, dtype=torch.long)
         correct5 = torch.zeros((), device=self.hw.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.hw.device)

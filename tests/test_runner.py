@@ -227,10 +227,11 @@ def test_the_compiler_warm_up_leaves_the_model_as_it_found_it():
     seconds = []
     hw = setup_hardware(make_cfg(["hardware=cpu"]).hardware, False)
     compiler = Compiler(True)
-    net = compiler(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append)
+    net = compiler(model, lambda: torch.randn(8, 1, 8, 8), True, hw, seconds.append)
     assert len(seconds) == 1 and seconds[0] > 0 and net is not model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    assert compiler(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append) is net
+    assert compiler(model, lambda: torch.randn(8, 1, 8, 8), True, hw, seconds.append) is net
     assert len(seconds) == 1  # compiled once per shapes
-    assert Compiler(False)(model, torch.randn(8, 1, 8, 8), True, hw, seconds.append) is model
+    x = torch.randn(8, 1, 8, 8)
+    assert Compiler(False)(model, lambda: x, True, hw, seconds.append) is model
