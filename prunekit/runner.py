@@ -175,7 +175,8 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
     if fit_state is None or fit_state["epochs_done"] < cfg.pretrain.epochs:
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay,
-                    hooks=FitHooks(checkpoint=epoch_end), resume=fit_state)
+                    hooks=FitHooks(checkpoint=epoch_end, report_epoch=epoch_log),
+                    resume=fit_state)
         trainer.hw.sync()
         if not cfg.pretrain.cache and last:
             checkpoint(last, force=True)
@@ -416,8 +417,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
     with Trainer(data, cfg.train, hw, progress=distributed.current().main) as trainer:
         epoch_log = epoch_logs(cfg, tracking, trainer)
         dense_log = epoch_log("dense")
-        summary.update(obtain_dense(cfg, model, trainer.with_hooks(FitHooks(
-            report_epoch=dense_log)), user_state, dense_log, checkpointer))
+        summary.update(obtain_dense(cfg, model, trainer, user_state, dense_log, checkpointer))
         dense, dense_val = dense_reference(cfg, model, trainer)
         ctx = method_context(cfg, model, dense, dense_val, trainer, recorder,
                              Replay(journal, checkpointer), epoch_log)

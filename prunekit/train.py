@@ -182,7 +182,7 @@ class Trainer:
         self.epoch_lines = bool(progress and train_cfg.progress and not CONSOLE.is_terminal)
         self.log_level = logging.INFO  # of the lines each fit() logs
         self.hooks = hooks or FitHooks()  # of every fit (the run's per-epoch report)
-        self.compiler = Compiler(bool(getattr(hw, "compile", False)))
+        self.compiler = Compiler(hw.compile)
 
     def with_data(self, data: Data, log_level: int = logging.INFO,
                   hooks: Optional[FitHooks] = None) -> "Trainer":
