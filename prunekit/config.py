@@ -124,6 +124,7 @@ class LatencyConfig:
     max_spread: float = 1.5  # p95/median above this on either side: the machine was busy
     max_over_flops: float = 1.25  # a real speedup above this × the FLOPs ratio is not believed
     max_cpu_wait: float = 0.1  # CPU: waiting for a core longer than this share, others held them
+    graphed: bool = True  # CUDA: also time both models captured in a CUDA graph (deployed form)
 
 
 @schema("hardware")
@@ -135,7 +136,7 @@ class HardwareConfig:
     precision: str = "fp32"  # autocast dtype for training and evaluation on CUDA
     channels_last: bool = False
     cudnn_benchmark: bool = True
-    compile: bool = False  # torch.compile both models for the latency measurement
+    compile: bool = False  # torch.compile the train/eval steps and both models' latency
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
     # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA, else 1)
     channel_multiple: Optional[int] = None

@@ -94,23 +94,32 @@ def target_rows(t: Table, s: dict) -> None:
 
 
 def latency_rows(t: Table, s: dict) -> None:
-    """One row per batch size measured: dense and pruned latency, and what the ratio is."""
+    """One row per timing mode (eager; CUDA-graphed where measured) and batch size: dense and
+    pruned latency, and what the ratio is."""
+    for mode in ("", "graphed_"):
+        prefix = f"latency_{mode}ms_bs"
+        batches = sorted(int(k[len(prefix):]) for k in s if k.startswith(prefix))
+        if mode and not batches:
+            continue
+        for bs in batches or [s.get("latency_batch_size", 1)]:
+            dense, pruned = s.get(f"latency_{mode}ms_dense_bs{bs}"), s.get(f"{prefix}{bs}")
+            if not batches:
+                dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
+            speedup = s.get(f"measured_speedup_{mode}bs{bs}", s.get("measured_speedup"))
+            t.add_row(f"latency{' graphed' if mode else ''} (ms, batch {bs})", _fmt(dense, ".3f"),
+                      _fmt(pruned, ".3f"),
+                      latency_ratio(s, speedup, s.get(f"latency_{mode}reliable_bs{bs}")))
+
+
+def latency_ratio(s: dict, speedup, reliable) -> str:
+    """What a latency row's ratio is: measured, unreliable, slower, or none (dense kernels)."""
     kind = s.get("speedup_kind")
-    batches = sorted(int(k[len("latency_ms_bs"):]) for k in s if k.startswith("latency_ms_bs"))
-    for bs in batches or [s.get("latency_batch_size", 1)]:
-        dense, pruned = s.get(f"latency_ms_dense_bs{bs}"), s.get(f"latency_ms_bs{bs}")
-        if not batches:
-            dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
-        speedup = s.get(f"measured_speedup_bs{bs}", s.get("measured_speedup"))
-        if s.get(f"latency_reliable_bs{bs}") is False:
-            ratio = "unreliable (busy machine)"
-        elif kind == "theoretical":
-            ratio = "– (dense kernels)"
-        else:
-            ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
-            if speedup is not None and speedup < 1.0:
-                ratio += ": slower"
-        t.add_row(f"latency (ms, batch {bs})", _fmt(dense, ".3f"), _fmt(pruned, ".3f"), ratio)
+    if reliable is False:
+        return "unreliable (busy machine)"
+    if kind == "theoretical":
+        return "– (dense kernels)"
+    ratio = _ratio(speedup, "(2:4 kernels)" if kind == "sparse_kernels" else "(measured)")
+    return ratio + (": slower" if speedup is not None and speedup < 1.0 else "")
 
 
 def summary_table(s: dict, headline: Sequence[Tuple[str, object, str]] = ()) -> Table:

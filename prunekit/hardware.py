@@ -3,12 +3,14 @@
 Latency protocol: the model in eval mode under `torch.inference_mode`, a random input of each batch
 size, `warmup` untimed forwards, then `repeats` timed ones (CUDA events on a GPU, perf_counter
 around a synchronised call elsewhere); median and p95 in milliseconds, their ratio (the spread),
-throughput in images/s. The dense and the pruned model are measured side by side, in alternating
-rounds, under identical settings (`hardware.compile`: both compiled; `hardware.sparse_2of4`: both
-in the autocast dtype, the pruned one with its 2:4 layers on PyTorch's semi-structured sparse
-kernels), within a time budget. A measurement that waited for a CPU core, whose spread is large,
-or whose real speedup beats the FLOPs ratio by a clear margin is reported as unreliable
-(`latency_doubts`), with no speedup.
+throughput in images/s. On CUDA a model is timed twice: eager, and captured in a CUDA graph whose
+replays are timed (`graphed`), the form a deployment runs, where a small network's forward is no
+longer the cost of launching its kernels one by one from Python. The dense and the pruned model
+are measured side by side, in alternating rounds, under identical settings (`hardware.compile`:
+both compiled; `hardware.sparse_2of4`: both in the autocast dtype, the pruned one with its 2:4
+layers on PyTorch's semi-structured sparse kernels), within a time budget. A measurement that
+waited for a CPU core, whose spread is large, or whose real speedup beats the FLOPs ratio by a
+clear margin is reported as unreliable (`latency_doubts`), with no speedup.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,10 +46,12 @@ class Hardware:
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def autocast(self):
+    def autocast(self, cache: bool = True):
+        """The precision's autocast (none for fp32). `cache=False` for a CUDA-graph capture: a
+        cached cast would be freed when the context ends, under the graph's feet."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
     def sync(self) -> None:
         if self.is_cuda:
@@ -206,15 +210,42 @@ def channel_multiple(hw_cfg, device: torch.device) -> int:
     return CUDA_CHANNEL_MULTIPLE if device.type == "cuda" else 1
 
 
+def graph_captured(run: Callable, x: torch.Tensor, hw: Hardware, amp: Callable,
+                   warmup: int) -> Callable:
+    """`run(x)` captured in a CUDA graph: a callable that replays it and returns its (static)
+    output, for the captured input (the latency protocol's input never changes). Warm-up and capture share one side stream, so
+    cuDNN's and cuBLAS's lazy set-up (handles, benchmarked algorithms) happens before the
+    capture; `amp()` enters the precision's autocast without its cast cache."""
+    stream = torch.cuda.Stream(hw.device)
+    stream.wait_stream(torch.cuda.current_stream(hw.device))
+    with torch.cuda.stream(stream), amp():
+        for _ in range(max(warmup, 3)):
+            run(x)
+    torch.cuda.current_stream(hw.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream), amp():
+        out = run(x)
+
+    def replay(_x):
+        graph.replay()
+        return out
+    return replay
+
+
 @torch.inference_mode()
 def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
                       batch_sizes: List[int], warmup: int, repeats: int,
-                      max_seconds: Optional[float] = None) -> List[Dict[int, Dict[str, float]]]:
+                      max_seconds: Optional[float] = None,
+                      graphed: bool = False) -> List[Dict[int, Dict[str, float]]]:
     """Per model, {batch size: latency_stats} (see module docstring), the models measured side by
     side: after `warmup` untimed forwards each, `repeats` rounds time one forward of every model,
     in alternating order (A B, B A, ...), so a machine that gets busier or quieter on the way
     weighs on all of them alike. `max_seconds` bounds the whole measurement: the rounds of a
-    batch size stop when its share is spent (never below MIN_ROUNDS)."""
+    batch size stop when its share is spent (never below MIN_ROUNDS). `graphed` (CUDA only):
+    each forward is captured in a CUDA graph per batch size and its replays are timed; a model
+    that cannot be captured raises the capture's RuntimeError."""
+    if graphed and not hw.is_cuda:
+        raise ValueError(f"CUDA graphs need a CUDA device, not {hw.device}")
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
@@ -228,20 +259,26 @@ def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(bs, *input_shape, generator=gen)
         inputs = [x.to(hw.device, dtype=dt, memory_format=fmt) for dt in dtypes]
-        contexts = [hw.autocast() if dt == torch.float32 else contextlib.nullcontext()
-                    for dt in dtypes]
-        for run, xi, ctx in zip(runs, inputs, contexts):
-            with ctx:
-                for _ in range(warmup):
-                    run(xi)
+        # half-precision copies run as they are; fp32 models under the precision's autocast
+        amps = [(lambda: hw.autocast(cache=False)) if dt == torch.float32
+                else contextlib.nullcontext for dt in dtypes]
+        if graphed:
+            calls = [graph_captured(run, xi, hw, amp, warmup)
+                     for run, xi, amp in zip(runs, inputs, amps)]
+        else:
+            calls = runs
+            for run, xi, amp in zip(runs, inputs, amps):
+                with amp():
+                    for _ in range(warmup):
+                        run(xi)
         hw.sync()
         times: List[List[float]] = [[] for _ in models]
         delay0, cpu0 = run_delay_s(), time.process_time()
         for r in range(repeats):
             order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
             for i in order:
-                with contexts[i]:
-                    times[i].append(_timed_call(runs[i], inputs[i], hw))
+                with amps[i]():
+                    times[i].append(_timed_call(calls[i], inputs[i], hw))
             if budget is not None and r + 1 >= MIN_ROUNDS \
                     and time.perf_counter() - started > budget:
                 break

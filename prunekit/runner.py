@@ -33,27 +33,17 @@ from prunekit.artifacts import (
 from prunekit.clock import PhaseClock
 from prunekit.config import validate
 from prunekit.console import CONSOLE, print_summary
-from prunekit.data import Data, build_data
+from prunekit.data import build_data
 from prunekit.errors import ConfigError
 from prunekit.files import atomic_write_text
 from prunekit.hardware import (
-    Hardware,
-    latency_doubts,
-    measure_latencies,
     seed_everything,
     setup_hardware,
-    with_sparse_kernels,
 )
+from prunekit.measurement import measure
 from prunekit.methods import METHODS, Context
-from prunekit.methods.budget import achieved, aim, check_reach, latency_batch_size
+from prunekit.methods.budget import achieved, aim, check_reach
 from prunekit.methods.context import Tally, build_pruner
-from prunekit.metrics import (
-    count_nonzero,
-    count_params,
-    effective_flops,
-    layer_rows,
-    prunable_sparsity,
-)
 from prunekit.models import build_model, load_weights, read_state_dict
 from prunekit.record import Recorder, summary_identity
 from prunekit.resume import (
@@ -68,9 +58,8 @@ from prunekit.resume import (
     set_rng_state,
     stop_now,
 )
-from prunekit.sparsity.units import granularity
 from prunekit.state import cpu_state, load_state
-from prunekit.targets import target_fraction, target_kind
+from prunekit.targets import target_fraction
 from prunekit.tracking import TRACKERS, EpochLog, RunNames, Tracking, run_names
 from prunekit.train import FitHooks, Trainer
 
@@ -195,108 +184,6 @@ def warn_if_untrained(val_top1: float, num_classes: int, epochs: int) -> None:
         log.warning("the dense model is at %.2f%% val top-1, within %g points of chance (%.2f%%): "
                     "pruning it measures nothing; train it longer (pretrain.epochs, now %d) or "
                     "check pretrain.lr", val_top1, CHANCE_MARGIN, chance, epochs)
-
-
-def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
-    """Where a measured speedup can come from: `compacted` (a physically smaller model on dense
-    kernels), `sparse_kernels` (2:4 layers on PyTorch's semi-structured kernels), `theoretical`
-    (masked weights: dense kernels still multiply the zeros, only FLOPs fall) or `none` (dense)."""
-    m = cfg.method
-    if not METHODS[m.name].prunes:
-        return "none"
-    if hw.sparse_2of4 and granularity(m.granularity).one_step and list(m.nm) == [2, 4]:
-        return "sparse_kernels"
-    return "compacted" if compacted else "theoretical"
-
-
-def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
-            data: Data, dense_numel: Dict[str, int], prunable, compacted: bool) -> tuple:
-    """The final numbers of dense and pruned model, measured side by side; and layers.csv rows."""
-    example = data.example_input(1)
-    test_dense = trainer.evaluate(dense, "test")
-    test = trainer.evaluate(model, "test")
-    params_dense, params, nonzero = count_params(dense), count_params(model), count_nonzero(model)
-    flops_dense, flops = effective_flops(dense, example), effective_flops(model, example)
-    out = {
-        "sparsity": prunable_sparsity(model, dense_numel),
-        "sparsity_total": 1.0 - nonzero / params_dense,
-        "params_dense": params_dense, "params": params, "params_nonzero": nonzero,
-        "compression_ratio": params_dense / max(nonzero, 1),
-        "flops_dense": int(flops_dense["__total__"]), "flops": int(flops["__total__"]),
-        "theoretical_speedup": flops_dense["__total__"] / max(flops["__total__"], 1.0),
-        "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
-        "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
-        "speedup_kind": speedup_kind(cfg, compacted, hw),
-    }
-    # rank 0 alone measures latency (the others would share its cores, and write nothing)
-    if cfg.hardware.latency.enabled and distributed.current().main:
-        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out))
-    else:
-        out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
-                   latency_reliable=None, latency_warning=None, latency_slower=None)
-    dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
-                    if isinstance(m, (nn.Conv2d, nn.Linear))}
-    rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
-    return out, rows
-
-
-def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
-            counted: dict) -> dict:
-    """The latency keys: both models timed side by side at every batch size (the target's
-    too). A masked model runs the same dense kernels as its dense model, so its measured ratio
-    would be noise passed off as speed; nor is one believed from a busy machine
-    (latency_doubts)."""
-    lat, out = cfg.hardware.latency, {}
-    batch_sizes = list(lat.batch_sizes)
-    if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
-        batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
-    kind, timed_dense, timed = counted["speedup_kind"], dense, model
-    if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
-        timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
-        timed, out["sparse_kernel_layers"] = with_sparse_kernels(model, hw.amp_dtype)
-        if not out["sparse_kernel_layers"]:
-            out["speedup_kind"] = kind = "theoretical"
-    ld, lp = measure_latencies([timed_dense, timed], shape, hw, batch_sizes=batch_sizes,
-                               warmup=lat.warmup, repeats=lat.repeats,
-                               max_seconds=lat.max_seconds)
-    real = kind in ("compacted", "sparse_kernels")
-    doubts = {bs: latency_doubts(ld[bs], lp[bs], counted["theoretical_speedup"], real,
-                                 lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
-              for bs in batch_sizes}
-    speedup = {bs: ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs] else None
-               for bs in batch_sizes}
-    first = lat.batch_sizes[0]
-    warning = "; ".join(f"batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d)
-    out.update(latency_batch_size=first, latency_ms_dense=ld[first]["median_ms"],
-               latency_ms=lp[first]["median_ms"], measured_speedup=speedup[first],
-               latency_reliable=not warning, latency_warning=warning or None,
-               latency_slower=slower_than_dense(ld, lp, speedup))
-    for bs in batch_sizes:
-        out.update({f"latency_ms_dense_bs{bs}": ld[bs]["median_ms"],
-                    f"latency_ms_bs{bs}": lp[bs]["median_ms"],
-                    f"latency_p95_ms_dense_bs{bs}": ld[bs]["p95_ms"],
-                    f"latency_p95_ms_bs{bs}": lp[bs]["p95_ms"],
-                    f"latency_rounds_bs{bs}": lp[bs]["repeats"],
-                    f"latency_cpu_wait_bs{bs}": lp[bs]["cpu_wait"],
-                    f"throughput_bs{bs}": lp[bs]["throughput"],
-                    f"measured_speedup_bs{bs}": speedup[bs],
-                    f"latency_reliable_bs{bs}": not doubts[bs]})
-    if warning:  # the summary table says it on the console; the log file keeps it too
-        logging.getLogger("prunekit.trace").warning(
-            "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
-    return out
-
-
-def slower_than_dense(dense: dict, pruned: dict, speedup: dict) -> Optional[str]:
-    """One line with the figures where a reliably measured pruned model is slower than its dense
-    one (never a quiet ratio below 1), else None; it is logged as a warning too."""
-    slow = [f"batch {bs}: {pruned[bs]['median_ms']:.3f} ms vs dense {dense[bs]['median_ms']:.3f} "
-            f"ms ({s:.2f}x)" for bs, s in speedup.items() if s is not None and s < 1.0]
-    if not slow:
-        return None
-    line = "the pruned model is slower than the dense one (" + "; ".join(slow) + ")"
-    log.warning("%s", line)
-    return line
 
 
 def epoch_logs(cfg: DictConfig, tracking: Tracking, trainer: Trainer):

@@ -23,6 +23,7 @@ LAYERS = [
     ("models",),
     ("resume", "train", "tracking"),
     ("methods",),
+    ("measurement",),
     ("runner", "export", "report"),
     ("cli", ""),  # "": the package's __init__
 ]

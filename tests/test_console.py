@@ -50,16 +50,19 @@ def test_off_a_terminal_the_table_is_printed_whole(capsys):
 
 def test_a_pruned_model_slower_than_its_dense_one_is_said_so(capsys):
     """Never a quiet ratio below 1: the row says slower, summary.json's latency_slower holds the
-    figures (runner.slower_than_dense), and the console prints that line under the table."""
-    from prunekit.runner import slower_than_dense
+    figures (measurement.slower_batches / slower_line), and the console prints that line under
+    the table."""
+    from prunekit.measurement import slower_batches, slower_line
 
-    line = slower_than_dense({1: {"median_ms": 4.91}, 64: {"median_ms": 4.74}},
-                             {1: {"median_ms": 6.31}, 64: {"median_ms": 3.0}},
-                             {1: 4.91 / 6.31, 64: 4.74 / 3.0})
+    slow = slower_batches({1: {"median_ms": 4.91}, 64: {"median_ms": 4.74}},
+                          {1: {"median_ms": 6.31}, 64: {"median_ms": 3.0}},
+                          {1: 4.91 / 6.31, 64: 4.74 / 3.0})
+    line = slower_line(slow)
     assert line == ("the pruned model is slower than the dense one (batch 1: 6.310 ms vs dense "
                     "4.910 ms (0.78x))")
-    assert slower_than_dense({1: {"median_ms": 2.0}}, {1: {"median_ms": 1.0}}, {1: 2.0}) is None
-    assert slower_than_dense({1: {"median_ms": 2.0}}, {1: {"median_ms": 3.0}}, {1: None}) is None
+    assert slower_batches({1: {"median_ms": 2.0}}, {1: {"median_ms": 1.0}}, {1: 2.0}) == []
+    assert slower_batches({1: {"median_ms": 2.0}}, {1: {"median_ms": 3.0}}, {1: None}) == []
+    assert slower_line([]) is None
     slow = {**SUMMARY, "latency_ms_dense": 4.91, "latency_ms": 6.31, "measured_speedup": 0.78,
             "latency_slower": line, "status": "ok"}
     assert "0.78× (measured): slower" in text(summary_table(slow))

@@ -1,0 +1,180 @@
+"""The final measurement: test accuracy, sizes, FLOPs and latency of the dense and the pruned model,
+side by side, as summary.json's keys, and layers.csv's rows."""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from prunekit import distributed
+from prunekit.data import Data
+from prunekit.hardware import Hardware, latency_doubts, measure_latencies, with_sparse_kernels
+from prunekit.methods import METHODS
+from prunekit.methods.budget import latency_batch_size
+from prunekit.metrics import (
+    count_nonzero,
+    count_params,
+    effective_flops,
+    layer_rows,
+    prunable_sparsity,
+)
+from prunekit.sparsity.units import granularity
+from prunekit.targets import target_kind
+from prunekit.train import Trainer
+
+log = logging.getLogger("prunekit.runner")
+
+
+def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
+    """Where a measured speedup can come from: `compacted` (a physically smaller model on dense
+    kernels), `sparse_kernels` (2:4 layers on PyTorch's semi-structured kernels), `theoretical`
+    (masked weights: dense kernels still multiply the zeros, only FLOPs fall) or `none` (dense)."""
+    m = cfg.method
+    if not METHODS[m.name].prunes:
+        return "none"
+    if hw.sparse_2of4 and granularity(m.granularity).one_step and list(m.nm) == [2, 4]:
+        return "sparse_kernels"
+    return "compacted" if compacted else "theoretical"
+
+
+def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
+            data: Data, dense_numel: Dict[str, int], prunable, compacted: bool) -> tuple:
+    """The final numbers of dense and pruned model, measured side by side; and layers.csv rows."""
+    example = data.example_input(1)
+    test_dense = trainer.evaluate(dense, "test")
+    test = trainer.evaluate(model, "test")
+    params_dense, params, nonzero = count_params(dense), count_params(model), count_nonzero(model)
+    flops_dense, flops = effective_flops(dense, example), effective_flops(model, example)
+    out = {
+        "sparsity": prunable_sparsity(model, dense_numel),
+        "sparsity_total": 1.0 - nonzero / params_dense,
+        "params_dense": params_dense, "params": params, "params_nonzero": nonzero,
+        "compression_ratio": params_dense / max(nonzero, 1),
+        "flops_dense": int(flops_dense["__total__"]), "flops": int(flops["__total__"]),
+        "theoretical_speedup": flops_dense["__total__"] / max(flops["__total__"], 1.0),
+        "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
+        "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
+        "speedup_kind": speedup_kind(cfg, compacted, hw),
+    }
+    # rank 0 alone measures latency (the others would share its cores, and write nothing)
+    if cfg.hardware.latency.enabled and distributed.current().main:
+        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out))
+    else:
+        out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
+                   latency_graphed_ms_dense=None, latency_graphed_ms=None,
+                   measured_speedup_graphed=None, latency_graphed_error=None,
+                   latency_reliable=None, latency_warning=None, latency_slower=None)
+    dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear))}
+    rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
+    return out, rows
+
+
+def latency_modes(lat, hw: Hardware) -> Tuple[str, ...]:
+    """How the models are timed: eager everywhere; on CUDA also captured in a CUDA graph (the
+    deployed form) unless `hardware.latency.graphed=false`."""
+    return ("eager", "graphed") if hw.is_cuda and lat.graphed else ("eager",)
+
+
+def latency_key(name: str, mode: str) -> str:
+    """A latency key of a mode: `latency_ms_bs64` eager, `latency_graphed_ms_bs64` graphed."""
+    if mode == "eager":
+        return name
+    if name.startswith("latency_"):
+        return f"latency_{mode}_{name[len('latency_'):]}"
+    base, bs = re.fullmatch(r"(.*?)(_bs\d+)?", name).groups()
+    return f"{base}_{mode}{bs or ''}"
+
+
+def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
+            counted: dict) -> dict:
+    """The latency keys: both models timed side by side at every batch size (the target's
+    too), eager and, on CUDA, CUDA-graphed (`latency_graphed_*`). A masked model runs the same
+    dense kernels as its dense model, so its measured ratio would be noise passed off as speed;
+    nor is one believed from a busy machine (latency_doubts)."""
+    lat, out = cfg.hardware.latency, {}
+    batch_sizes = list(dict.fromkeys(lat.batch_sizes))  # the training batch may be 1
+    if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
+        batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
+    kind, timed_dense, timed = counted["speedup_kind"], dense, model
+    if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
+        timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
+        timed, out["sparse_kernel_layers"] = with_sparse_kernels(model, hw.amp_dtype)
+        if not out["sparse_kernel_layers"]:
+            out["speedup_kind"] = kind = "theoretical"
+    real, first = kind in ("compacted", "sparse_kernels"), lat.batch_sizes[0]
+    warnings: List[str] = []
+    slower: List[str] = []
+    out.update(latency_graphed_ms_dense=None, latency_graphed_ms=None,
+               measured_speedup_graphed=None, latency_graphed_error=None)
+    for mode in latency_modes(lat, hw):
+        try:
+            ld, lp = measure_latencies([timed_dense, timed], shape, hw, batch_sizes=batch_sizes,
+                                       warmup=lat.warmup, repeats=lat.repeats,
+                                       max_seconds=lat.max_seconds, graphed=mode == "graphed")
+        except RuntimeError as e:  # a model that cannot be captured (a host sync, say)
+            if mode == "eager":
+                raise
+            out["latency_graphed_error"] = str(e).strip().splitlines()[0]
+            log.warning("latency: the models could not be captured in a CUDA graph, timed eager "
+                        "only (%s)", out["latency_graphed_error"])
+            continue
+        doubts = {bs: latency_doubts(ld[bs], lp[bs], counted["theoretical_speedup"], real,
+                                     lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
+                  for bs in batch_sizes}
+        speedup = {bs: ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs]
+                   else None for bs in batch_sizes}
+        label = "" if mode == "eager" else f"{mode} "
+        warnings += [f"{label}batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d]
+        slower += slower_batches(ld, lp, speedup, label)
+        out.update(mode_keys(mode, first, ld, lp, speedup, doubts))
+    warning = "; ".join(warnings)
+    out.update(latency_batch_size=first, latency_reliable=not warning,
+               latency_warning=warning or None, latency_slower=slower_line(slower))
+    if warning:  # the summary table says it on the console; the log file keeps it too
+        logging.getLogger("prunekit.trace").warning(
+            "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
+    return out
+
+
+def mode_keys(mode: str, first: int, dense: dict, pruned: dict, speedup: dict,
+              doubts: dict) -> dict:
+    """The summary keys of one timing mode: the first batch size's figures, and every batch
+    size's in detail."""
+    key = lambda name: latency_key(name, mode)  # noqa: E731
+    out = {key("latency_ms_dense"): dense[first]["median_ms"],
+           key("latency_ms"): pruned[first]["median_ms"],
+           key("measured_speedup"): speedup[first]}
+    for bs in dense:
+        out.update({key(f"latency_ms_dense_bs{bs}"): dense[bs]["median_ms"],
+                    key(f"latency_ms_bs{bs}"): pruned[bs]["median_ms"],
+                    key(f"latency_p95_ms_dense_bs{bs}"): dense[bs]["p95_ms"],
+                    key(f"latency_p95_ms_bs{bs}"): pruned[bs]["p95_ms"],
+                    key(f"latency_rounds_bs{bs}"): pruned[bs]["repeats"],
+                    key(f"latency_cpu_wait_bs{bs}"): pruned[bs]["cpu_wait"],
+                    key(f"throughput_bs{bs}"): pruned[bs]["throughput"],
+                    key(f"measured_speedup_bs{bs}"): speedup[bs],
+                    key(f"latency_reliable_bs{bs}"): not doubts[bs]})
+    return out
+
+
+def slower_batches(dense: dict, pruned: dict, speedup: dict, label: str = "") -> List[str]:
+    """The figures of every batch size where a reliably measured pruned model is slower than
+    its dense one."""
+    return [f"{label}batch {bs}: {pruned[bs]['median_ms']:.3f} ms vs dense "
+            f"{dense[bs]['median_ms']:.3f} ms ({s:.2f}x)"
+            for bs, s in speedup.items() if s is not None and s < 1.0]
+
+
+def slower_line(slow: List[str]) -> Optional[str]:
+    """One line with the figures where the pruned model is slower than the dense one (never a
+    quiet ratio below 1), else None; it is logged as a warning too."""
+    if not slow:
+        return None
+    line = "the pruned model is slower than the dense one (" + "; ".join(slow) + ")"
+    log.warning("%s", line)
+    return line
