@@ -27,6 +27,7 @@ SCOPES = ("layerwise", "global")
 AUGMENTS = ("none", "crop", "crop_flip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -137,6 +138,7 @@ class HardwareConfig:
     channels_last: bool = False
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the train/eval steps and both models' latency
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs too
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
     # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA, else 1)
     channel_multiple: Optional[int] = None
@@ -148,6 +150,7 @@ class HardwareConfig:
         h = cfg.hardware
         choice(cfg, "hardware.device", DEVICES)
         choice(cfg, "hardware.precision", PRECISIONS)
+        choice(cfg, "hardware.compile_mode", COMPILE_MODES)
         choice(cfg, "hardware.distributed", ("auto", "off"))
         at_least(cfg, "hardware.threads", 0)
         at_least(cfg, "hardware.channel_multiple", 1)

@@ -41,6 +41,14 @@ class Hardware:
     channels_last: bool
     compile: bool = False
     sparse_2of4: bool = False
+    compile_mode: str = "default"  # torch.compile's mode
+
+    @property
+    def compiled_graphs(self) -> bool:
+        """Whether torch.compile itself captures CUDA graphs (its reduce-overhead and
+        max-autotune modes): each step then starts a new graph generation."""
+        return self.compile and self.is_cuda and self.compile_mode in ("reduce-overhead",
+                                                                        "max-autotune")
 
     @property
     def is_cuda(self) -> bool:
@@ -74,7 +82,7 @@ class Hardware:
             what = f"CPU, {torch.get_num_threads()} threads"
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
         extras = [x for x, on in (("channels_last", self.channels_last),
-                                  ("torch.compile", self.compile),
+                                  (f"torch.compile ({self.compile_mode})", self.compile),
                                   ("2:4 sparse kernels", self.sparse_2of4)) if on]
         return ", ".join([f"{self.name}: {what}", precision[self.amp_dtype], *extras])
 
@@ -105,7 +113,7 @@ def setup_hardware(hw_cfg, deterministic: bool = True) -> Hardware:
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
     return Hardware(hw_cfg.name, device, amp, bool(hw_cfg.channels_last), bool(hw_cfg.compile),
-                    bool(hw_cfg.sparse_2of4))
+                    bool(hw_cfg.sparse_2of4), hw_cfg.get("compile_mode", "default"))
 
 
 def is_2of4(weight: torch.Tensor) -> bool:
@@ -213,9 +221,10 @@ def channel_multiple(hw_cfg, device: torch.device) -> int:
 def graph_captured(run: Callable, x: torch.Tensor, hw: Hardware, amp: Callable,
                    warmup: int) -> Callable:
     """`run(x)` captured in a CUDA graph: a callable that replays it and returns its (static)
-    output, for the captured input (the latency protocol's input never changes). Warm-up and capture share one side stream, so
-    cuDNN's and cuBLAS's lazy set-up (handles, benchmarked algorithms) happens before the
-    capture; `amp()` enters the precision's autocast without its cast cache."""
+    output, for the captured input (the latency protocol's input never changes). Warm-up and
+    capture share one side stream, so cuDNN's and cuBLAS's lazy set-up (handles, benchmarked
+    algorithms) happens before the capture; `amp()` enters the precision's autocast without its
+    cast cache."""
     stream = torch.cuda.Stream(hw.device)
     stream.wait_stream(torch.cuda.current_stream(hw.device))
     with torch.cuda.stream(stream), amp():
@@ -250,7 +259,7 @@ def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
     for m in models:
         m.eval()
     fmt = torch.channels_last if hw.channels_last else torch.contiguous_format
-    runs = [torch.compile(m) if hw.compile else m for m in models]
+    runs = [torch.compile(m, mode=hw.compile_mode) if hw.compile else m for m in models]
     dtypes = [next(m.parameters()).dtype for m in models]  # half-precision copies get half input
     results: List[Dict[int, Dict[str, float]]] = [{} for _ in models]
     budget = None if max_seconds is None else max_seconds / len(batch_sizes)

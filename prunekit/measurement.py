@@ -76,8 +76,10 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
 
 def latency_modes(lat, hw: Hardware) -> Tuple[str, ...]:
     """How the models are timed: eager everywhere; on CUDA also captured in a CUDA graph (the
-    deployed form) unless `hardware.latency.graphed=false`."""
-    return ("eager", "graphed") if hw.is_cuda and lat.graphed else ("eager",)
+    deployed form) unless `hardware.latency.graphed=false`, or torch.compile graphs them already
+    (`hardware.compile_mode=reduce-overhead`: then the one timing is the graphed one)."""
+    graphed = hw.is_cuda and lat.graphed and not hw.compiled_graphs
+    return ("eager", "graphed") if graphed else ("eager",)
 
 
 def latency_key(name: str, mode: str) -> str:

@@ -118,8 +118,8 @@ class Compiler:
     to eager after a few). The warm-up leaves the model as it found it: gradients dropped,
     BatchNorm statistics restored, no random number drawn."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, mode: str = "default"):
+        self.enabled, self.mode = enabled, mode
         self.wrappers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     @staticmethod
@@ -137,7 +137,8 @@ class Compiler:
             if entry is not None:
                 torch._dynamo.reset()  # a compacted model: its old graphs are useless
                 self.wrappers.clear()
-            entry = self.wrappers[model] = [torch.compile(model), self.shapes(model), set()]
+            net = torch.compile(model, mode=self.mode)
+            entry = self.wrappers[model] = [net, self.shapes(model), set()]
         if train not in entry[2]:  # a training and an eval graph, each compiled once
             started = time.perf_counter()
             self.warm(entry[0], model, example(), train, hw)
@@ -182,7 +183,7 @@ class Trainer:
         self.epoch_lines = bool(progress and train_cfg.progress and not CONSOLE.is_terminal)
         self.log_level = logging.INFO  # of the lines each fit() logs
         self.hooks = hooks or FitHooks()  # of every fit (the run's per-epoch report)
-        self.compiler = Compiler(hw.compile)
+        self.compiler = Compiler(hw.compile, hw.compile_mode)
 
     def with_data(self, data: Data, log_level: int = logging.INFO,
                   hooks: Optional[FitHooks] = None) -> "Trainer":
@@ -283,6 +284,8 @@ class Trainer:
         for x, y in self.data.train:
             if hooks.before_step is not None:
                 hooks.before_step(step)
+            if self.hw.compiled_graphs:  # a new step: the last one's graph outputs are done with
+                torch.compiler.cudagraph_mark_step_begin()
             with self.hw.autocast():
                 out = net(x)
                 loss = (F.cross_entropy(out, y, label_smoothing=smoothing) if hooks.loss is None
@@ -414,6 +417,8 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
+            if self.hw.compiled_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.hw.autocast():
                 out = net(x)
             out = out.float()

@@ -141,3 +141,13 @@ def test_a_graph_replays_the_models_forward_on_cuda():
         assert torch.allclose(replay(x).float(), eager.float(), atol=1e-2)
     res = measure_latencies([model], (3, 16, 16), hw, [1, 8], 2, 5, graphed=True)[0]
     assert res[8]["repeats"] == 5 and res[8]["median_ms"] > 0
+
+
+def test_a_compile_mode_that_graphs_itself_is_timed_once():
+    """torch.compile's reduce-overhead mode captures CUDA graphs itself: capturing it again
+    would nest two captures, so its one timing is the graphed one."""
+    lat = make_cfg(["hardware=cuda"]).hardware.latency
+    hw = CudaClaim("cuda", torch.device("cpu"), None, True, compile=True,
+                   compile_mode="reduce-overhead")
+    assert hw.compiled_graphs and latency_modes(lat, hw) == ("eager",)
+    assert latency_modes(lat, replace(hw, compile_mode="default")) == ("eager", "graphed")

@@ -235,3 +235,30 @@ def test_the_compiler_warm_up_leaves_the_model_as_it_found_it():
     assert len(seconds) == 1  # compiled once per shapes
     x = torch.randn(8, 1, 8, 8)
     assert Compiler(False)(model, lambda: x, True, hw, seconds.append) is model
+
+
+def test_the_compile_mode_reaches_torch_compile_and_graphed_modes_mark_their_steps(monkeypatch):
+    """hardware.compile_mode is torch.compile's mode for the train / eval steps; the modes that
+    capture CUDA graphs themselves (reduce-overhead, max-autotune) count on CUDA only, and a bad
+    mode is a one-line error."""
+    from dataclasses import replace
+
+    from prunekit.config import validate
+    from prunekit.errors import ConfigError
+    from prunekit.hardware import setup_hardware
+    from prunekit.train import Compiler
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: (modes.append(mode), m)[1])
+    cfg = make_cfg(["hardware=cpu", "hardware.compile=true",
+                    "hardware.compile_mode=reduce-overhead"])
+    hw = setup_hardware(cfg.hardware, False)
+    assert hw.compile_mode == "reduce-overhead" and not hw.compiled_graphs  # a CPU: no graphs
+    assert replace(hw, device=torch.device("cuda")).compiled_graphs
+    assert not replace(hw, device=torch.device("cuda"), compile_mode="default").compiled_graphs
+    Compiler(True, hw.compile_mode)(torch.nn.Linear(2, 2), lambda: torch.randn(3, 2), False, hw,
+                                    None)
+    assert modes == ["reduce-overhead"]
+    cfg.hardware.compile_mode = "fastest"
+    with pytest.raises(ConfigError, match="hardware.compile_mode"):
+        validate(cfg)
