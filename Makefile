@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop verdicts verdicts-full report-screenshot clean
+        bench-speedup bench-loop bench-gpu verdicts verdicts-full report-screenshot clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -115,6 +115,9 @@ bench-speedup:  ## FLOPs vs measured speedup of filter pruning at 30/50/70% (res
 
 bench-loop:  ## the training loop against plain PyTorch, masked and pruned steps, the data path
 	$(BIN)/python scripts/bench_loop.py --quick
+
+bench-gpu:  ## one GPU: pruned vs dense resnet56 latency eager/graphed, training eager/compiled, into docs/benchmarks.md (--smoke on CPU)
+	$(BIN)/python scripts/bench_gpu.py --json outputs/bench_gpu.json --doc docs/benchmarks.md
 
 clean:  ## run outputs and caches of this checkout (not the dense-model cache)
 	rm -rf outputs/20* outputs/multirun multirun .pytest_cache build *.egg-info
