@@ -70,6 +70,18 @@ def test_ice_baseline_experiment_preset():
         "iterative", "blockwise", "filter")
     assert cfg.method.lr == 0.001 and cfg.train.lr_schedule == "constant"
     assert make_cfg(["experiment=ice_baseline", "sparsity=0.6"]).sparsity == 0.6
+    # as the reference code runs it: distilling at T = 2, plain momentum, one validation a step
+    assert cfg.method.distill and cfg.method.distill_temperature == 2.0
+    assert cfg.train.nesterov is False and cfg.method.validate_pruned is False
+    plain = make_cfg(["experiment=ice_baseline_plain"])
+    validate(plain)
+    assert plain.method.distill is False
+    differ = {k for k in cfg.method if cfg.method[k] != plain.method[k]}
+    assert differ == {"distill"} and plain.train == cfg.train
+    paper = make_cfg(["experiment=ice_paper"])
+    assert paper.method.distill and paper.train.nesterov is False
+    with pytest.raises(ConfigError, match="method.distill_temperature"):
+        validate(make_cfg(["experiment=ice_baseline", "method.distill_temperature=0"]))
 
 
 def test_nm_with_matching_sparsity_is_valid():

@@ -1,5 +1,6 @@
 """ICE-Pruning: its three rules on constructed inputs, the auto-tuning stage, whole runs."""
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from test_pruner import EVERY_MODEL, channels_of, model_of, pruner_for, toleranc
 from conftest import FAST, make_cfg
 from prunekit.config import validate
 from prunekit.errors import ConfigError
-from prunekit.methods.ice_autotune import choose_trial
+from prunekit.methods.ice_autotune import REFERENCE_NAMES, choose_trial, reference_score
 from prunekit.methods.ice_pipeline import (
     freeze_candidates,
     least_changed,
@@ -149,6 +150,45 @@ def test_choose_trial_weighs_normalised_drop_and_time():
     assert choose_trial([-1.0, -3.0], [10.0, 10.0], 0.5) == 1  # the tie goes to the larger gain
 
 
+def test_the_reference_objective_is_one_plus_drop_over_time():
+    """The reference code's objective, T/max(D,T) + D/max(D,T): the same drop at more seconds
+    scores better (its quirk), a larger drop than seconds scores 1 + T/D."""
+    assert reference_score(1.0, 50.0) == pytest.approx(1.02)
+    assert reference_score(1.0, 10.0) == pytest.approx(1.1)
+    assert reference_score(20.0, 10.0) == pytest.approx(1.5)
+    assert reference_score(-2.0, 10.0) == pytest.approx(0.8)  # a gain: below 1
+    assert choose_trial([1.0, 1.0], [50.0, 10.0], 0.5, "reference") == 0  # the slower one
+    assert choose_trial([1.0, 1.0], [50.0, 10.0], 0.5) == 1
+    assert choose_trial([5.0, 0.5], [20.0, 20.0], 0.5, "reference") == 1
+
+
+def test_the_grid_is_searched_in_the_reference_codes_order():
+    """Optuna's GridSampler sorts the parameter names before its seeded shuffle: under the
+    reference's names (thre, fr, base, p, beta, delta) the same seed tries the same 6 points
+    in the same order as the reference; under ours it would try others."""
+    import optuna
+
+    from prunekit.methods.ice import IceGrid
+
+    grid = {k: list(v) for k, v in dataclasses.asdict(IceGrid()).items()}
+    reference = {"thre": [0.5, 1.5], "fr": [0.3, 0.9], "base": [0.001, 0.005],
+                 "p": [0.1, 0.15, 0.2], "beta": [40, 50, 60], "delta": [0.0006, 0.0007, 0.0008]}
+    assert {REFERENCE_NAMES[k]: v for k, v in grid.items()} == reference
+
+    def points(space, names):
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler(space, seed=0))
+        tried = []
+        study.optimize(lambda t: tried.append(tuple(t.suggest_categorical(n, space[n])
+                                                     for n in names)) or 0.0, n_trials=6)
+        return tried
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ours = [REFERENCE_NAMES[k] for k in grid]
+    theirs = points(reference, ours)
+    assert points({REFERENCE_NAMES[k]: v for k, v in grid.items()}, ours) == theirs
+    assert points(grid, list(grid)) != theirs  # our own names: other points
+
+
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("override,key", [
     ("method.granularity=unstructured", "method.granularity"),
@@ -256,3 +296,34 @@ def test_distillation_loss_matches_its_formula():
         kl = (t * (t.log() - torch.log_softmax(out / 2, 1))).sum() / 5  # batch mean, no T^2
         expected = nn.functional.cross_entropy(out, y) + kl
         assert loss(out, y, x).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_ice_baseline_distils_like_the_reference_and_validates_once_a_step(tmp_path,
+                                                                               monkeypatch):
+    """experiment=ice_baseline fine-tunes every block with CE + KL at T = 2 from the dense model
+    and validates once a step (after the fine-tune), as the reference's baseline does;
+    experiment=ice_baseline_plain is the same pipeline on cross-entropy alone; with
+    method.validate_pruned=true it validates the pruned model before each fine-tune too."""
+    from prunekit.methods.context import Context
+    from prunekit.train import Trainer
+
+    temperatures, validations = [], []
+    distil, validate_ = Trainer.distillation_loss, Context.validate
+    monkeypatch.setattr(Trainer, "distillation_loss", lambda self, teacher, t: (
+        temperatures.append(t), distil(self, teacher, t))[1])
+    monkeypatch.setattr(Context, "validate", lambda self, model=None: (
+        validations.append(model is None), validate_(self, model))[1])
+    base = ["model=resnet20", "dataset.subset=0.25", "pretrain.epochs=1", *FAST,
+            "hardware.latency.enabled=false"]
+    s = run(make_cfg(["experiment=ice_baseline", *base]), tmp_path / "kd", show=False)
+    steps = rows_of(tmp_path / "kd" / "steps.csv")
+    assert s["status"] == "ok" and len(steps) == 9 == s["finetune_count"]
+    assert temperatures == [2.0]
+    assert all(r["val_top1_pruned"] == "" and r["val_top1"] for r in steps)
+    kd_validations = validations.count(True)
+    temperatures.clear(), validations.clear()
+    run(make_cfg(["experiment=ice_baseline_plain", "method.validate_pruned=true", *base]),
+        tmp_path / "plain", show=False)
+    plain = rows_of(tmp_path / "plain" / "steps.csv")
+    assert temperatures == [] and all(r["val_top1_pruned"] for r in plain)
+    assert validations.count(True) == kd_validations + 9

@@ -215,6 +215,38 @@ def test_blockwise_steps_and_ceil_ratio():
     assert p.prune_groups(dict(p.steps_in_order())["layer1.0"], 0.3) == 0
 
 
+def test_the_cifar_resnet_family_takes_any_6n_plus_2_depth_and_the_152_layer_one_prunes():
+    """model=resnet152_cifar (the ICE-Pruning reference's network: 25 basic blocks a stage) has
+    75 block-wise steps, prunes every block's inner conv and compacts to the masked model's
+    outputs; the family builds at any depth 6n+2, and refuses others in one line."""
+    from conftest import make_cfg
+    from prunekit.config import model_label, validate
+    from prunekit.errors import ConfigError
+
+    cfg = make_cfg(["model=resnet152_cifar"])
+    validate(cfg)
+    assert model_label(cfg.model) == "resnet152_cifar"
+    assert model_label(make_cfg(["model=cifar_resnet", "model.depth=152"]).model) == \
+        "cifar_resnet:152"
+    torch.manual_seed(0)
+    m = build_model(cfg.model, 10, 8)
+    p = pruner_for(m, granularity="filter")
+    steps = p.steps_in_order()
+    assert len(steps) == 75 and steps[-1][0] == "layer3.24"
+    for _, groups in steps:
+        p.prune_groups(groups, 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    assert p.compact(check_input=x) < tolerance(m, x)
+    assert [m.layer1[0].conv1.out_channels, m.layer2[24].conv1.out_channels,
+            m.layer3[24].conv2.in_channels] == [8, 16, 32]
+    for depth, blocks in ((8, 3), (26, 12)):
+        shallow = build_model(make_cfg(["model=cifar_resnet", f"model.depth={depth}"]).model,
+                              10, 8)
+        assert len(list(residual_blocks(shallow))) == blocks
+    with pytest.raises(ConfigError, match=r"model.depth=100 is not 6n\+2.*98 or 104"):
+        validate(make_cfg(["model=cifar_resnet", "model.depth=100"]))
+
+
 def test_bottleneck_and_vgg_step_units():
     m = model_of("resnet50")
     p = pruner_for(m, granularity="filter")

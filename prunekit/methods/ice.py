@@ -14,12 +14,12 @@ from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from prunekit.config import MethodConfig
 from prunekit.errors import ConfigError, at_least, choice, positive
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
-from prunekit.methods.ice_autotune import autotune
+from prunekit.methods.ice_autotune import OBJECTIVES, autotune
 from prunekit.methods.ice_pipeline import IceKnobs, ice_prune, least_changed, probe_weight_changes
+from prunekit.methods.steps import DistillingConfig
 from prunekit.sparsity.criteria import CRITERIA
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ class IceAutotuneConfig:
     train_fraction: float = 0.02  # of the train split, per trial (the paper: 2% of CIFAR-10)
     val_fraction: float = 0.04  # of the val split, per trial (the paper: 200 images)
     accuracy_weight: float = 0.5  # objective: w * drop + (1 - w) * time, each over its max
+    objective: str = "normalised"  # reference: the reference code's T/max(D,T) + D/max(D,T)
     grid: IceGrid = field(default_factory=IceGrid)
     reference_trial: bool = False  # also try the configured knobs, for reporting (not timed)
 
 
 @dataclass
-class IceConfig(MethodConfig):
+class IceConfig(DistillingConfig):
     granularity: str = "filter"
     lr: float = 1e-3  # the pruning-aware LR's base (and the constant lr without it)
     threshold: float = 1.5  # fine-tune when dense val top-1 - val top-1 >= this (points)
@@ -63,8 +64,6 @@ class IceConfig(MethodConfig):
     use_threshold: bool = True  # ablation: false fine-tunes after every step
     use_freeze: bool = True  # ablation: false freezes nothing (and skips the probe)
     use_adaptive_lr: bool = True  # ablation: false fine-tunes at the constant `lr`
-    distill: bool = False  # fine-tune with CE + KL to the dense model (the paper's ResNet runs)
-    distill_temperature: float = 2.0
     val_fraction: float = 1.0  # of the val split used for the fine-tune decisions
     autotune: IceAutotuneConfig = field(default_factory=IceAutotuneConfig)
 
@@ -92,8 +91,9 @@ class Ice(Method):
             raise ConfigError(f"method.granularity={m.granularity}: ICE-Pruning removes filters "
                               "block by block; use method.granularity=filter")
         super().check(cfg)
-        for key in ("probe_lr", "lr_beta", "distill_temperature"):
+        for key in ("probe_lr", "lr_beta"):
             positive(cfg, f"method.{key}")
+        cls.schema.check_distillation(cfg)
         choice(cfg, "method.probe_data", ("trials", "train"))
         for key in ("threshold", "lr_delta"):
             at_least(cfg, f"method.{key}", 0)
@@ -103,6 +103,7 @@ class Ice(Method):
             value = OmegaConf.select(m, key)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"method.{key}={value} must be in (0, 1]: the fraction used")
+        choice(cfg, "method.autotune.objective", OBJECTIVES)
         if not 0.0 <= m.autotune.accuracy_weight <= 1.0:
             raise ConfigError(f"method.autotune.accuracy_weight={m.autotune.accuracy_weight} "
                               "must be in [0, 1]")

@@ -20,9 +20,31 @@ from prunekit.train import DivergenceError
 log = logging.getLogger(__name__)
 
 
-def choose_trial(drops: Sequence[float], times: Sequence[float], accuracy_weight: float) -> int:
+# The reference code's names for the grid's knobs. Optuna's GridSampler sorts the names before
+# its seeded shuffle, so the grid is searched under these: with the same seed, the same points
+# in the same order as the reference (our names sort differently, and would try other points).
+REFERENCE_NAMES = {"threshold": "thre", "freeze_ratio": "fr", "lr": "base", "lr_p": "p",
+                   "lr_beta": "beta", "lr_delta": "delta"}
+OBJECTIVES = ("normalised", "reference")
+
+
+def reference_score(drop: float, seconds: float) -> float:
+    """The reference code's objective, minimised: T/max(D, T) + D/max(D, T), D in points and T
+    in seconds, i.e. 1 + D/T where D < T (so of two equally accurate trials the slower wins)."""
+    hi = max(drop, seconds)
+    return (drop + seconds) / hi if hi > 0 else 0.0
+
+
+def choose_trial(drops: Sequence[float], times: Sequence[float], accuracy_weight: float,
+                 objective: str = "normalised") -> int:
     """Index of the trial with the lowest weighted sum of drop and time, each as a fraction of
-    the largest over the trials (a drop below zero, a gain, counts as none)."""
+    the largest over the trials (a drop below zero, a gain, counts as none); with
+    `objective="reference"`, the lowest `reference_score` (the first of equal ones, as Optuna's
+    best trial)."""
+    if objective == "reference":
+        scores = [reference_score(d, t) for d, t in zip(drops, times)]
+        return min(range(len(scores)), key=lambda i: scores[i])
+
     def normalised(values: Sequence[float]) -> List[float]:
         values = [max(v, 0.0) for v in values]
         hi = max(values)
@@ -81,7 +103,8 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
     task = progress.add_task("ICE autotune", total=n_trials, info="")
 
     def objective(trial: "optuna.Trial"):
-        knobs = given.with_values(**{k: trial.suggest_categorical(k, v) for k, v in grid.items()})
+        knobs = given.with_values(**{k: trial.suggest_categorical(REFERENCE_NAMES[k], v)
+                                     for k, v in grid.items()})
         row = {"trial": trial.number + 1, **knobs.as_dict()}
         try:
             row.update(bench.trial(knobs))
@@ -99,13 +122,15 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize", "minimize"],
-                                sampler=optuna.samplers.GridSampler(grid, seed=ctx.cfg.seed))
+                                sampler=optuna.samplers.GridSampler(
+                                    {REFERENCE_NAMES[k]: v for k, v in grid.items()},
+                                    seed=ctx.cfg.seed))
     try:
         study.optimize(objective, n_trials=n_trials)
     finally:
         progress.remove_task(task)
 
-    chosen = chosen_knobs(ctx, given, rows, a.accuracy_weight)
+    chosen = chosen_knobs(ctx, given, rows, a.accuracy_weight, a.objective)
     if a.reference_trial:
         reference_trial(ctx, bench, given, rows)
     ctx.tally.report(autotune_trials=n_trials, autotune_dense_val_top1=bench.dense_top1,
@@ -114,15 +139,16 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
     return chosen, bench.changes
 
 
-def chosen_knobs(ctx: Context, given: IceKnobs, rows: List[dict],
-                 accuracy_weight: float) -> IceKnobs:
+def chosen_knobs(ctx: Context, given: IceKnobs, rows: List[dict], accuracy_weight: float,
+                 objective: str = "normalised") -> IceKnobs:
     """The knobs of the trial `choose_trial` picks (marked `chosen` in trials.csv), or the given
     ones if every trial diverged."""
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         log.warning("ICE autotune: every trial diverged; running with the given values")
         return given
-    best = choose_trial([r["drop"] for r in ok], [r["time_s"] for r in ok], accuracy_weight)
+    best = choose_trial([r["drop"] for r in ok], [r["time_s"] for r in ok], accuracy_weight,
+                        objective)
     chosen = given.with_values(**{k: ok[best][k] for k in IceKnobs.names()})
     for i, r in enumerate(ok):
         r["chosen"] = i == best

@@ -14,11 +14,15 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from prunekit.methods.context import Context
-from prunekit.methods.steps import FinetunePlan, blockwise_steps, prune_and_finetune
+from prunekit.methods.steps import (
+    FinetunePlan,
+    blockwise_steps,
+    distillation_hooks,
+    prune_and_finetune,
+)
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers
 from prunekit.sparsity.groups import ChannelGroup
-from prunekit.train import FitHooks
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,7 @@ def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
     probe.compact()
     pre = weights()
     probe.finetune(1, cfg.probe_lr, desc="ICE freezing probe", lr_schedule="constant",
-                   hooks=FitHooks(loss=distillation(probe, cfg)))
+                   hooks=distillation_hooks(probe, cfg))
     return weight_change_scores(orig, pre, weights())
 
 
@@ -134,18 +138,13 @@ def frozen_modules(ctx: Context, convs: Sequence[str]) -> List[str]:
     return out
 
 
-def distillation(ctx: Context, cfg: DictConfig):
-    return (ctx.trainer.distillation_loss(ctx.dense_model, cfg.distill_temperature)
-            if cfg.distill else None)
-
-
 def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequence[str],
               log_level: int = logging.INFO) -> float:
     """The pruning loop with the three rules; returns the final val top-1."""
     ctx.freeze(frozen_modules(ctx, frozen_convs))
     convs = {n: ctx.pruner.dense_numel[n] for n in rule_layers(
         {n: ctx.model.get_submodule(n) for n in ctx.pruner.dense_numel})}
-    fit = dict(hooks=FitHooks(loss=distillation(ctx, cfg)), lr_schedule="constant")
+    fit = dict(hooks=distillation_hooks(ctx, cfg), lr_schedule="constant")
     n_blocks = len(ctx.pruner.steps_in_order())
     val = ctx.dense_val_top1
     for k, block, groups in blockwise_steps(ctx):

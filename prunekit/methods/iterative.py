@@ -10,11 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunekit.config import MethodConfig
 from prunekit.errors import ConfigError, at_least, choice
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
-from prunekit.methods.steps import blockwise_steps, fixed_plan, prune_and_finetune
+from prunekit.methods.steps import (
+    DistillingConfig,
+    blockwise_steps,
+    distillation_hooks,
+    fixed_plan,
+    prune_and_finetune,
+)
 from prunekit.registry import Registry
 from prunekit.sparsity.schedules import iterative_targets
 from prunekit.sparsity.units import granularity
@@ -42,9 +47,10 @@ class Geometric:
         return pruner.max_removed()
 
     @classmethod
-    def run(cls, ctx: Context, c, plan) -> None:
+    def run(cls, ctx: Context, c, plan, fit: dict) -> None:
         for k, target in enumerate(iterative_targets(ctx.target, c.steps, cls.name), 1):
-            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, target=target)
+            prune_and_finetune(ctx, k, lambda: ctx.prune_to(target), plan, fit=fit,
+                               validate_pruned=c.validate_pruned, target=target)
 
 
 @SCHEDULES.register
@@ -74,17 +80,21 @@ class Blockwise(Geometric):
         return pruner.max_removed(pruner.blockwise_groups())
 
     @classmethod
-    def run(cls, ctx: Context, c, plan) -> None:
+    def run(cls, ctx: Context, c, plan, fit: dict) -> None:
         for k, block, groups in blockwise_steps(ctx):
             prune_and_finetune(ctx, k, lambda: ctx.prune_groups(groups, ctx.block_ratio()),
-                               plan, block=block, target=ctx.block_ratio())
+                               plan, fit=fit, validate_pruned=c.validate_pruned, block=block,
+                               target=ctx.block_ratio())
 
 
 @dataclass
-class IterativeConfig(MethodConfig):
+class IterativeConfig(DistillingConfig):
     steps: int = 5
     schedule: str = "geometric"  # geometric, linear, blockwise
     finetune_epochs: int = 1  # after every step
+    # also validate after pruning, before the fine-tune (steps.csv's val_top1_pruned); the
+    # ICE-Pruning reference's baseline does not (experiment=ice_baseline: false)
+    validate_pruned: bool = True
 
 
 @register
@@ -105,6 +115,7 @@ class Iterative(Method):
         at_least(cfg, "method.steps", 1)
         choice(cfg, "method.schedule", tuple(SCHEDULES))
         SCHEDULES[cfg.method.schedule].check(cfg)
+        cls.schema.check_distillation(cfg)
 
     def reach(self, ctx: Context) -> None:
         SCHEDULES[self.cfg.schedule].reach(ctx)
@@ -113,5 +124,6 @@ class Iterative(Method):
         return SCHEDULES[self.cfg.schedule].max_removed(pruner)
 
     def run(self, ctx: Context) -> None:
-        SCHEDULES[self.cfg.schedule].run(ctx, self.cfg, fixed_plan(self.cfg.finetune_epochs,
-                                                                   self.cfg.lr))
+        SCHEDULES[self.cfg.schedule].run(ctx, self.cfg,
+                                         fixed_plan(self.cfg.finetune_epochs, self.cfg.lr),
+                                         dict(hooks=distillation_hooks(ctx, self.cfg)))

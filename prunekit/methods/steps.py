@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from prunekit.config import MethodConfig
+from prunekit.errors import positive
 from prunekit.sparsity.groups import ChannelGroup
+from prunekit.train import FitHooks
 
 if TYPE_CHECKING:
     from prunekit.methods.context import Context
@@ -19,6 +22,26 @@ class FinetunePlan:
     epochs: int
     lr: float
     row: Dict[str, Any] = field(default_factory=dict)  # extra steps.csv columns
+
+
+@dataclass
+class DistillingConfig(MethodConfig):
+    """A pipeline whose fine-tunes may distil from the dense model (ICE's ResNet runs, and the
+    standard pipeline its reference code compares with)."""
+
+    distill: bool = False  # fine-tune with CE + KL(student || dense model) at the temperature
+    distill_temperature: float = 2.0
+
+    @staticmethod
+    def check_distillation(cfg) -> None:
+        positive(cfg, "method.distill_temperature")
+
+
+def distillation_hooks(ctx: Context, cfg) -> FitHooks:
+    """A fine-tune's hooks: the distillation loss from the dense model where `cfg.distill`
+    (the ICE-Pruning reference's form, `Trainer.distillation_loss`), else plain cross-entropy."""
+    return FitHooks(loss=ctx.trainer.distillation_loss(ctx.dense_model, cfg.distill_temperature)
+                    if cfg.distill else None)
 
 
 def fixed_plan(epochs: int, lr: float) -> Callable[[float], FinetunePlan]:
@@ -34,20 +57,21 @@ def blockwise_steps(ctx: Context) -> Iterator[Tuple[int, str, List[ChannelGroup]
 
 
 def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],
-                       plan: Callable[[float], FinetunePlan], *, fit: Optional[dict] = None,
-                       **row) -> float:
+                       plan: Callable[[Optional[float]], FinetunePlan], *,
+                       fit: Optional[dict] = None, validate_pruned: bool = True, **row) -> float:
     """One step of a prune-finetune pipeline: prune, compact (filters), validate, fine-tune as
     `plan(val top-1 after pruning)` says (`fit`: extra Trainer.fit arguments), validate, and
-    record the step. Returns the val top-1."""
+    record the step. Returns the val top-1. Without `validate_pruned` (a plan that does not read
+    it) the pruned model is not validated before its fine-tune (its val top-1 is None)."""
     started = time.perf_counter()
     prune()
     ctx.compact()
-    val_pruned = ctx.validate()
+    val_pruned = ctx.validate() if validate_pruned else None
     # The plan is journaled: it may read the model (ICE's lr and remaining fraction), which a
     # resumed run restores only where replay ends, after this decision was made.
     p = FinetunePlan(**ctx.op(lambda: dataclasses.asdict(plan(val_pruned))))
     ctx.finetune(p.epochs, p.lr, desc=f"step {step} fine-tune", **(fit or {}))
-    val = ctx.validate() if p.epochs > 0 else val_pruned
+    val = ctx.validate() if p.epochs > 0 or val_pruned is None else val_pruned
     ctx.tally.count_step()
     ctx.record_step(step=step, **row, sparsity=ctx.sparsity(), val_top1_pruned=val_pruned,
                     val_top1=val, finetuned=p.epochs > 0, epochs=p.epochs,

@@ -1,15 +1,20 @@
 """The built-in models: torchvision ResNets, VGG-16 and MobileNetV2 with small-input stems, the
-CIFAR ResNets of He et al., LeNet-5. Randomly initialised; weights come from dense training."""
+CIFAR ResNets of He et al. (resnet20 ... resnet110, and `model=cifar_resnet model.depth=6n+2` at
+any depth, e.g. `model=resnet152_cifar`, the ICE-Pruning reference's 75-block network), LeNet-5.
+Randomly initialised; weights come from dense training."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prunekit.models.build import classic, kaiming_conv
+from prunekit.config import ModelConfig, schema
+from prunekit.errors import ConfigError, at_least
+from prunekit.models.build import MODELS, ModelRequest, classic, kaiming_conv
 
 
 def _torchvision_resnet(name: str) -> Callable:
@@ -120,6 +125,30 @@ class CifarResNet(nn.Module):
 CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)  # n = 3, 5, 7, 9, 18 blocks per stage
 
 
+@schema("model", "cifar_resnet")
+@dataclass
+class CifarResNetConfig(ModelConfig):
+    """The CIFAR ResNet family at any depth 6n+2 (n BasicBlocks a stage, 3 stages)."""
+
+    depth: int = 56
+    label_key = "depth"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        at_least(cfg, "model.depth", 8)
+        depth = cfg.model.depth
+        if (depth - 2) % 6:
+            lower = depth - (depth - 2) % 6
+            raise ConfigError(f"model.depth={depth} is not 6n+2 (n basic blocks a stage): "
+                              f"e.g. {lower} or {lower + 6}")
+
+
+@MODELS.register("cifar_resnet")
+def build_cifar_resnet(r: ModelRequest) -> nn.Module:
+    return CifarResNet(int(r.get("depth", 56)), r.num_classes, r.in_channels)
+
+
 def _cifar_resnet(depth: int) -> Callable:
     def build(num_classes: int, in_channels: int, image_size: int,
               small_input: bool) -> nn.Module:
@@ -159,4 +188,6 @@ for _name in ("resnet18", "resnet50"):
     classic(_name)(_torchvision_resnet(_name))
 for _depth in CIFAR_RESNET_DEPTHS:
     classic(f"resnet{_depth}")(_cifar_resnet(_depth))
+# the ICE-Pruning reference's CIFAR network, named apart from torchvision's ImageNet ResNet-152
+classic("resnet152_cifar")(_cifar_resnet(152))
 
