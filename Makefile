@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop bench-gpu verdicts verdicts-full report-screenshot clean
+        bench-speedup bench-loop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -104,8 +104,11 @@ compare:  ## all methods x seeds 0,1,2 x sparsities 0.5/0.75/0.9 -> outputs/comp
 verdicts:  ## each seed paper's claim on Fashion-MNIST with a verdict -> docs/results.md (CPU: dense ~45 min once, then <1 h)
 	$(BIN)/python scripts/verdicts.py
 
-verdicts-full:  ## the same at paper scale (resnet56, 28x28, more epochs): one GPU, ~8 min after the dense models
+verdicts-full:  ## the GPU tier at paper scale, every job in one go (one GPU; the jobs add up to over an hour)
 	$(BIN)/python scripts/verdicts.py --full
+
+verdicts-gpu:  ## one job of the GPU tier, merged into outputs/verdicts-full/results.json: make verdicts-gpu JOB=ice56
+	$(BIN)/python scripts/verdicts.py --full --job $(JOB)
 
 bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U update, quick evaluation
 	$(BIN)/python scripts/bench_admm.py

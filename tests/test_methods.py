@@ -163,3 +163,23 @@ def test_every_filter_pruning_method_keeps_the_channel_multiple(tmp_path, name):
               if isinstance(m, torch.nn.Conv2d)}
     assert any(pruned[n] < dense[n] for n in dense), "nothing pruned"
     assert all(pruned[n] % 8 == 0 or pruned[n] == dense[n] for n in dense), pruned
+
+
+def test_agp_ends_its_schedule_at_end_fraction_of_the_steps():
+    """method.end_fraction places the schedule's end (end_step null): 0.5 of 6 epochs leaves 3
+    epochs of training at the final sparsity; a fraction outside (0, 1] is a one-line error."""
+    from prunekit.methods.gradual import Gradual
+
+    class Steps:
+        steps_per_epoch = 20
+
+    cfg = make_cfg(["method=gradual", "method.epochs=6", "method.end_fraction=0.5",
+                    "method.frequency=5"])
+    validate(cfg)
+    ctx = type("Ctx", (), {"trainer": Steps(), "target": 0.9})()
+    sched = Gradual(cfg.method).schedule(ctx)
+    assert sched.end_step == 60 == sched.last_update  # of 120 steps: 60 at the final sparsity
+    assert sched.sparsity_at(60) == pytest.approx(0.9) and sched.sparsity_at(30) < 0.85
+    cfg.method.end_fraction = 1.5
+    with pytest.raises(ConfigError, match="method.end_fraction"):
+        validate(cfg)

@@ -113,11 +113,18 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
     for title in ("ICE-Pruning vs", "SLR vs ADMM", "AutoCompress vs", "Gradual (AGP) vs"):
         assert title in text
     assert "reference (the paper's defaults)" in text and "| yes |" in text  # trials table
-    assert "has **not been run**" in text  # no GPU figure claimed
+    assert "None of its figures is here" in text  # no GPU figure claimed
+    assert text.count("| setting | here | the paper | matches |") == 4
+    for label in verdicts.ICE_LABELS[:3]:
+        assert f"| {label} |" in text
     results = json.loads((out / "results.json").read_text())
-    assert {"dense_lenet5", "ice_0", "ice_1", "slr_1", "autocompress_2", "gradual_2"} <= set(
-        results["runs"])
-    ice = results["runs"]["ice_1"]
+    assert {"dense_lenet5", "ice_0", "ice_1", "ice_2", "slr_1", "autocompress_2",
+            "gradual_2"} <= set(results["runs"])
+    # the reference's objective: its choice recorded, its run made only where it differs
+    choice = results["reference_objective"]["ice"]
+    assert ("ice_3" in results["runs"]) == (choice["ours"] != choice["reference"])
+    ice = results["runs"]["ice_2"]
+    assert ice["tables"]["trials"] and len(ice["tables"]["steps"]) == ice["steps"]
     assert ice["time_reference_trial_s"] > 0 and ice["probe_images"] == ice["autotune_train_images"]
     assert "| SLR |" in readme.read_text() and "docs/results.md" in readme.read_text()
     doc.unlink()
@@ -168,3 +175,79 @@ def test_the_phase_clock_leaves_out_excluded_time():
         clock.exclude(0.3)  # left out of search
     assert clock.totals["eval"] < 0.05
     assert 0.05 <= clock.totals["search"] < 0.15
+
+
+def test_a_claim_outside_its_regime_is_not_tested_rather_than_refuted():
+    settings = [verdicts.Setting("blocks", "15", "27 / 54 / 75", False),
+                verdicts.Setting("data", "fashion_mnist", "CIFAR-10", False, decisive=False)]
+    verdict, why = verdicts.in_regime(NOT, "slower", settings)
+    assert verdict == verdicts.NOT_TESTED and "missing: blocks: 15 here, 27 / 54 / 75" in why
+    assert "data" not in why.split("missing:")[1]
+    assert verdicts.in_regime(HOLDS, "fast", settings) == (HOLDS, "fast")
+    assert verdicts.in_regime(NOT, "slower", settings[1:]) == (NOT, "slower")
+    # the ICE regime is read from the runs: depth and the baseline's distillation decide
+    base = {"hparams": {"distill": True}, "dataset": "fashion_mnist"}
+    deep = {"steps": 27, "model": "resnet56", "autotune_trials": 6}
+    got = {s.what: s.matches for s in verdicts.regime("ice56", [base, {}, deep])}
+    assert got["residual blocks pruned"] and got["the baseline distils (KL at T = 2)"]
+    shallow = {s.what: s.matches for s in verdicts.regime("ice", [
+        {"hparams": {"distill": False}}, {}, {**deep, "steps": 15}])}
+    assert not shallow["residual blocks pruned"]
+    assert not shallow["the baseline distils (KL at T = 2)"]
+    # AGP: in its regime when the schedule ends early enough to train on at the final sparsity
+    agp = {s.what: s.matches for s in verdicts.regime("gradual", [{}, {}, {
+        "hparams": {"end_fraction": 0.5, "epochs": 6}}])}
+    assert all(agp[k] for k in ("the schedule ends", "training at the final sparsity"))
+    late = {s.what: s.matches for s in verdicts.regime("gradual", [{}, {}, {
+        "hparams": {"end_fraction": 0.75, "epochs": 2}}])}
+    assert not late["training at the final sparsity"]
+
+
+def test_the_depth_table_and_plot_come_from_every_ice_depth(tmp_path):
+    tier = verdicts.gpu_tier()
+
+    def side(label, seconds, top1, steps, finetunes):
+        return {"label": label, "time_total_s": seconds, "top1": top1, "steps": steps,
+                "finetune_count": finetunes}
+
+    runs = {}
+    for key, blocks, ice_s in (("ice56", 27, 200.0), ("ice110", 54, 300.0)):
+        runs[f"{key}_0"] = side("base", 600.0, 92.0, blocks, blocks)
+        runs[f"{key}_1"] = side("plain", 540.0, 91.5, blocks, blocks)
+        runs[f"{key}_2"] = side("ice", ice_s, 91.8, blocks, blocks // 3)
+    points = verdicts.ice_depths({"runs": runs}, tier)
+    assert [p["blocks"] for p in points] == [27, 54]
+    assert points[0]["speedup"] == pytest.approx(3.0) and points[1]["finetuned"] == 18 / 54
+    lines = "\n".join(verdicts.depth_lines({"runs": runs}, tier))
+    assert "| resnet56 | 27 | 3.00x | 2.70x | -0.20 | 33% |" in lines
+    assert "img/ice_depth_full.png" in lines
+    png = tmp_path / "img" / "ice_depth_full.png"
+    assert verdicts.depth_plot({"runs": runs}, tier, png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    one = {k: v for k, v in runs.items() if k.startswith("ice56")}
+    assert not verdicts.depth_plot({"runs": one}, tier, tmp_path / "no.png")
+
+
+def test_a_job_runs_its_part_and_merges_into_the_results(tmp_path):
+    """Jobs of a tier (the GPU tier's fit one device call each; the smoke tier's are their
+    stand-ins): each merges into one results.json, reuses the dense model an earlier job
+    recorded, and records its wall time; the GPU jobs cover every comparison."""
+    out, doc = tmp_path / "out", tmp_path / "results.md"
+    cmd = [sys.executable, str(ROOT / "scripts" / "verdicts.py"), "--tier", "smoke", "--out",
+           str(out), "--doc", str(doc), "--readme", ""]
+    r = subprocess.run([*cmd, "--job", "dense"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((out / "results.json").read_text())
+    assert set(first["runs"]) == {"dense_lenet5"} and first["jobs"]["dense"]["wall_s"] > 0
+    r = subprocess.run([*cmd, "--job", "slr-admm"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    merged = json.loads((out / "results.json").read_text())
+    assert set(merged["runs"]) == {"dense_lenet5", "slr_0"}
+    assert merged["runs"]["dense_lenet5"] == first["runs"]["dense_lenet5"]  # not run again
+    assert set(merged["jobs"]) == {"dense", "slr-admm"}
+    r = subprocess.run([*cmd, "--job", "nosuch"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--job nosuch" in r.stderr
+    gpu = verdicts.gpu_tier()
+    _, covered = verdicts.selected(gpu, [e for entries in gpu.jobs.values() for e in entries])
+    assert {(c.key, i) for c, i in covered} >= {(c.key, i) for c in gpu.comparisons
+                                                  for i in range(len(c.runs))}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from prunekit.config import MethodConfig
-from prunekit.errors import ConfigError, at_least
+from prunekit.errors import ConfigError, at_least, fraction
 from prunekit.methods.base import Method, register
 from prunekit.methods.context import Context
 from prunekit.sparsity.schedules import AGPSchedule
@@ -21,7 +21,8 @@ class GradualConfig(MethodConfig):
     epochs: int = 10
     initial_sparsity: float = 0.0
     begin_step: int = 0
-    end_step: Optional[int] = None  # None: 75% of the optimiser steps of the run
+    end_step: Optional[int] = None  # None: end_fraction of the optimiser steps of the run
+    end_fraction: float = 0.75  # where the schedule ends when end_step is null; then training on
     frequency: int = 100  # Δt: optimiser steps between mask updates
     power: int = 3
 
@@ -41,6 +42,7 @@ class Gradual(Method):
         at_least(cfg, "method.begin_step", 0)
         at_least(cfg, "method.power", 1)
         at_least(cfg, "method.epochs", 1, " (gradual pruning happens during training)")
+        fraction(cfg, "method.end_fraction")
         final = target_fraction(cfg)
         if not 0.0 <= m.initial_sparsity <= final:
             raise ConfigError(f"method.initial_sparsity={m.initial_sparsity} must be in "
@@ -52,7 +54,7 @@ class Gradual(Method):
     def schedule(self, ctx: Context) -> AGPSchedule:
         c = self.cfg
         total = c.epochs * ctx.trainer.steps_per_epoch
-        end = c.end_step if c.end_step is not None else int(0.75 * total)
+        end = c.end_step if c.end_step is not None else int(c.end_fraction * total)
         sched = AGPSchedule(c.initial_sparsity, ctx.target, c.begin_step, end, c.frequency, c.power)
         problem = sched.problem(total)
         if problem:
