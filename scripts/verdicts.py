@@ -212,11 +212,14 @@ def gpu_tier() -> Tier:
     return Tier(
         name="full",
         common=["dataset=fashion_mnist", "pretrain.epochs=30", "seed=0", "hardware=cuda",
-                "dataset.batch_size=256", "dataset.in_memory=true"],
+                "hardware.channel_multiple=1", "dataset.batch_size=256",
+                "dataset.in_memory=true"],
         budget="jobs of under 8 minutes each on one H200 (`make verdicts-gpu JOB=...`)",
         notes=["Native 28x28 images; ICE at the paper's depths, resnet56 (27 blocks), resnet110 "
                "(54) and resnet152_cifar (75, the reference's network); resnet56 for the other "
-               "three comparisons."],
+               "three comparisons.",
+               "`hardware.channel_multiple=1`: the papers' kept channel counts (ceil(0.7 C) "
+               "removed), not the multiples of 8 a GPU deployment would keep."],
         comparisons=comparisons(Budget(
             {"ice56": "resnet56", "ice110": "resnet110", "ice152": "resnet152_cifar"},
             "resnet56", slr_epochs=10, filter_sparsity=0.95, filter_epochs=12, agp_epochs=12)),
