@@ -180,7 +180,7 @@ def cpu_tier() -> Tier:
                "run). The paper prunes 27 to 75 blocks: the GPU tier's jobs.",
                "resnet20 for the other three: their claims do not depend on depth, and its "
                "epoch costs about 0.6 of resnet32's."],
-        comparisons=comparisons(Budget({"ice": "resnet32"}, "resnet20")))
+        comparisons=comparisons(Budget({"ice": "resnet32"}, "resnet20", agp_epochs=4)))
 
 
 # The GPU tier's jobs on one H200, estimated from what the first GPU runs measured (dense
