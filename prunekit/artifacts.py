@@ -42,10 +42,14 @@ NOT_IN_DENSE_KEY = {
     "dataset": {"root", "download",  # where the files are, not what they hold
                 "num_workers",  # streaming workers: the samples are seeded, not per worker
                 "batch_size", "pretrain_epochs"},  # read through train.batch_size, pretrain.epochs
-    "pretrain": {"cache"},
+    "pretrain": {"cache", "momentum", "nesterov"},  # the last two: under train (below)
     "train": {"eval_batch_size", "val_max_batches", "progress",  # evaluation and display
               "weight_decay", "lr_schedule"},  # fine-tuning's: dense training uses pretrain.*
 }
+# Dense training's SGD momentum and Nesterov are pretrain.*'s; the key keeps them where it kept
+# train.*'s before they were the dense recipe's own, so the caches of the default recipe keep
+# their keys, and a fine-tuning setting (ICE's presets: no Nesterov) does not change the key.
+DENSE_SGD_KEYS = ("momentum", "nesterov")
 
 
 def dense_key(cfg) -> dict:
@@ -55,6 +59,7 @@ def dense_key(cfg) -> dict:
     for section, left_out in NOT_IN_DENSE_KEY.items():
         values = OmegaConf.to_container(cfg[section], resolve=True)
         key[section] = {k: v for k, v in values.items() if k not in left_out}
+    key["train"].update({k: cfg.pretrain.get(k, cfg.train[k]) for k in DENSE_SGD_KEYS})
     if cfg.hardware.precision != "fp32":  # dense training runs under its autocast (CUDA); an
         key["precision"] = cfg.hardware.precision  # fp32 key stays what it was before this key
     path = key["dataset"].get("path")

@@ -191,6 +191,8 @@ class PretrainConfig:
     lr: float = 0.05
     lr_schedule: str = "cosine"
     weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
     cache: bool = True
 
 

@@ -164,6 +164,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
     if fit_state is None or fit_state["epochs_done"] < cfg.pretrain.epochs:
         trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
                     lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay,
+                    sgd=dict(momentum=cfg.pretrain.momentum, nesterov=cfg.pretrain.nesterov),
                     hooks=FitHooks(checkpoint=epoch_end, report_epoch=epoch_log),
                     resume=fit_state)
         trainer.hw.sync()

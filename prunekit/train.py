@@ -210,20 +210,25 @@ class Trainer:
         self.progress.stop()
 
     # ------------------------------------------------------------------ training
-    def make_optimizer(self, model: nn.Module, lr: float,
-                       weight_decay: Optional[float] = None) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: nn.Module, lr: float, weight_decay: Optional[float] = None,
+                       momentum: Optional[float] = None,
+                       nesterov: Optional[bool] = None) -> torch.optim.Optimizer:
+        """SGD over the parameters that require grad; weight decay, momentum and Nesterov are
+        train.*'s unless given (the dense recipe gives pretrain.*'s)."""
         params = [p for p in model.parameters() if p.requires_grad]
         wd = self.cfg.weight_decay if weight_decay is None else weight_decay
-        return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum,
-                               nesterov=self.cfg.nesterov and self.cfg.momentum > 0,
-                               weight_decay=wd)
+        momentum = self.cfg.momentum if momentum is None else momentum
+        nesterov = self.cfg.nesterov if nesterov is None else nesterov
+        return torch.optim.SGD(params, lr=lr, momentum=momentum,
+                               nesterov=nesterov and momentum > 0, weight_decay=wd)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", hooks: Optional[FitHooks] = None,
             lr_schedule: Optional[str] = None, weight_decay: Optional[float] = None,
-            resume: Optional[dict] = None) -> FitResult:
+            resume: Optional[dict] = None, sgd: Optional[dict] = None) -> FitResult:
         """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
-        decay are `lr_schedule` / `weight_decay` or train.*'s. Only parameters that require grad
+        decay are `lr_schedule` / `weight_decay` or train.*'s, `sgd` other SGD settings
+        (momentum, nesterov) instead of train.*'s. Only parameters that require grad
         are trained (frozen layers stay as they are). `hooks` plug into the loop (FitHooks, over
         the trainer's own); `resume` is a checkpoint hook's fit state, to continue from its next
         epoch."""
@@ -232,7 +237,7 @@ class Trainer:
         hooks = (hooks or FitHooks()).over(self.hooks)
         loader = self.data.train
         opt, sched, scaler = self.optimisation(model, lr, weight_decay, lr_schedule,
-                                               epochs * len(loader))
+                                               epochs * len(loader), sgd or {})
         task = self.progress.add_task(desc, total=epochs * len(loader), info="")
         first, last_loss = 0, float("nan")
         if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
@@ -264,9 +269,9 @@ class Trainer:
         return FitResult(epochs, step, last_loss)
 
     def optimisation(self, model: nn.Module, lr: float, weight_decay: Optional[float],
-                     lr_schedule: Optional[str], total: int):
+                     lr_schedule: Optional[str], total: int, sgd: dict):
         """A fresh optimiser, its LR schedule over `total` steps, and the fp16 loss scaler."""
-        opt = self.make_optimizer(model, lr, weight_decay)
+        opt = self.make_optimizer(model, lr, weight_decay, **sgd)
         if (lr_schedule or self.cfg.lr_schedule) == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:

@@ -80,6 +80,9 @@ def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
     ("seed=1", False), ("pretrain.lr=0.01", False), ("dataset.split_seed=2", False),
     ("train.batch_size=16", False), ("dataset.in_memory=false", False),
     ("model.small_input=false", False), ("train.label_smoothing=0.1", False),
+    # fine-tuning's SGD (ICE's presets: no Nesterov) is not the dense recipe's; pretrain's is
+    ("train.nesterov=false", True), ("train.momentum=0.5", True),
+    ("pretrain.nesterov=false", False), ("pretrain.momentum=0.5", False),
 ])
 def test_the_dense_cache_key_changes_with_what_changes_the_weights(override, shared):
     base = make_cfg(["method=dense", *LENET])
@@ -101,6 +104,27 @@ def test_a_key_added_to_a_dense_section_splits_the_cache_unless_listed(monkeypat
               "dataset": artifacts.NOT_IN_DENSE_KEY["dataset"] | {"new_option"}}
     monkeypatch.setattr(artifacts, "NOT_IN_DENSE_KEY", listed)
     assert dense_cache_path(with_new) == dense_cache_path(cfg)
+
+
+def test_the_ice_presets_share_the_dense_model_and_dense_training_uses_pretrains_sgd(
+        monkeypatch, tmp_path):
+    """experiment=ice_baseline / ice_paper fine-tune without Nesterov (as the reference), but
+    their dense model is every other method's: dense training takes pretrain.momentum and
+    pretrain.nesterov, and the key keeps them where train.*'s stood (so default caches keep
+    their keys)."""
+    from prunekit.train import Trainer
+
+    dense = dense_cache_path(make_cfg(["method=dense", "model=resnet20"]))
+    for preset in ("ice_baseline", "ice_baseline_plain", "ice_paper"):
+        assert dense_cache_path(make_cfg([f"experiment={preset}", "model=resnet20"])) == dense
+    assert dense_key(make_cfg(["method=dense"]))["train"]["nesterov"] is True
+    made = []
+    real = Trainer.make_optimizer
+    monkeypatch.setattr(Trainer, "make_optimizer", lambda self, *a, **kw: (
+        made.append((kw.get("momentum"), kw.get("nesterov"))), real(self, *a, **kw))[1])
+    run(make_cfg(["method=dense", *LENET, "train.nesterov=false", "pretrain.momentum=0.8",
+                  "pretrain.epochs=1", "pretrain.cache=false"]), tmp_path, show=False)
+    assert made[0] == (0.8, True)
 
 
 def test_the_dense_cache_key_holds_the_training_precision():
