@@ -30,6 +30,7 @@ def ice_pair(base_s, ice_s, base_top1, ice_top1, reference_s=0.0):
     (1000, 700, -0.2, PART),    # faster, but not 2x
     (1000, 400, -3.0, PART),    # 2.5x but 3 points worse
     (1000, 1200, -0.1, NOT),    # slower
+    (1000, 960, 0.0, NOT),      # 1.04x: within the ~10 % noise of wall times, not faster
     (1000, 900, -2.0, NOT),     # a little faster and worse
 ])
 def test_ice_verdict(base_s, ice_s, gap, verdict):
