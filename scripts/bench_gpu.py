@@ -43,8 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from benchutil import alternate
+from benchutil import alternate, plain_epoch
 from omegaconf import OmegaConf
 
 from prunekit.config import TrainConfig
@@ -144,28 +143,11 @@ def layer_section(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, hw
 
 
 def plain_loop(model: nn.Module, batches, hw: Hardware, mode) -> callable:
-    """A minimal hand-written loop (SGD with momentum, cross entropy, the precision's autocast),
-    under torch.compile's `mode` unless None: returns a function timing one epoch per step."""
+    """A minimal hand-written loop (benchutil.plain_epoch) under torch.compile's `mode` unless
+    None: returns a function timing one epoch, per step."""
     net = model if mode is None else torch.compile(model, mode=mode)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
     graphs = mode in ("reduce-overhead", "max-autotune") and hw.is_cuda
-
-    def epoch() -> float:
-        model.train()
-        hw.sync()
-        t0 = time.perf_counter()
-        for x, y in batches:
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with hw.autocast():
-                loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        hw.sync()
-        return (time.perf_counter() - t0) / len(batches)
-    return epoch
+    return lambda: plain_epoch(model, net, batches, hw, graphs)
 
 
 def prunekit_loop(model: nn.Module, data: Batches, hw: Hardware, batch: int) -> callable:

@@ -24,10 +24,9 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
-from benchutil import alternate, emit
+from benchutil import alternate, emit, plain_epoch
 from omegaconf import OmegaConf
 
 from prunekit.config import TrainConfig
@@ -78,18 +77,7 @@ def main() -> None:
     trainer = Trainer(data, train_cfg, hw, progress=True)
 
     def plain(m) -> float:
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
-                              weight_decay=5e-4)
-        m.train()
-        hw.sync()
-        t0 = time.perf_counter()
-        for x, y in batches:
-            loss = F.cross_entropy(m(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        hw.sync()
-        return (time.perf_counter() - t0) / len(batches)
+        return plain_epoch(m, m, batches, hw)
 
     def prunekit_fit(m, masks=None) -> float:
         hw.sync()
