@@ -40,6 +40,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -70,7 +71,7 @@ class Batches:
 
 
 def pruned_copy(dense: nn.Module, example: torch.Tensor, ratio: float, multiple: int,
-                flops_x: float = None):
+                flops_x: Optional[float] = None):
     """The standard pipeline's result shapes: block by block, ceil(ratio · C) of each block's
     inner filters removed by L1 norm (a multiple of `multiple` kept), then compacted. With
     `flops_x`, the ratio is the one that reaches that FLOPs reduction (the pipeline's
