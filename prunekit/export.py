@@ -9,7 +9,7 @@ what a deployment takes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -17,13 +17,21 @@ from omegaconf import OmegaConf
 
 from prunekit.artifacts import MODEL_FORMAT
 from prunekit.errors import ConfigError
-from prunekit.models import build_model, resize_to_state
+from prunekit.models import MODELS, build_model, resize_to_state
 from prunekit.state import load_state
 
 
-def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
+def load_pruned(path: Union[str, Path], map_location: str = "cpu",
+                model: Optional[Callable[..., nn.Module]] = None,
+                trust_code: bool = False) -> nn.Module:
     """The pruned model of a run's model.pt: the architecture rebuilt at its pruned size, the
-    weights loaded (weights_only), eval mode."""
+    weights loaded (weights_only), eval mode.
+
+    The file chooses the architecture only among prunekit's registry builders (a named model, a
+    torchvision or timm architecture by its library's name). A `model=custom` file names a
+    factory to import and call, which a file must not choose: pass `model=` (your factory,
+    called with the file's num_classes, in_channels and model.kwargs as `model=custom` calls
+    it), or `trust_code=True` to import the factory the file names."""
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -32,24 +40,33 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu") -> nn.Module:
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise ConfigError(f"{path} is not a prunekit model.pt (format {MODEL_FORMAT}): give the "
                           "model.pt a run wrote")
-    model = build_model(OmegaConf.create(blob["model"]), blob["num_classes"], blob["image_size"],
-                        pretrained=False)  # the architecture only: the weights are in the file
+    cfg = OmegaConf.create(blob["model"])
+    builder = MODELS.choose(cfg.get("name"), f"{path}: model.name")
+    if model is None and getattr(builder, "imports_code", False) and not trust_code:
+        named = cfg.get("target") or cfg.get("name")
+        raise ConfigError(f"{path} names code to import and run ({named}), and a file cannot "
+                          "choose code: load it with prunekit.load_pruned(path, model=<your "
+                          "factory>), or trust_code=True if you trust whoever made the file")
+    net = build_model(cfg, blob["num_classes"], blob["image_size"], pretrained=False,
+                      factory=model)  # the architecture only: the weights are in the file
     state = blob["state_dict"]
-    resize_to_state(model, state)
-    load_state(model, state)
-    model.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])
-    return model.eval()
+    resize_to_state(net, state)
+    load_state(net, state)
+    net.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])
+    return net.eval()
 
 
 ONNX_INLINE_LIMIT = 1 << 30  # bytes of weights kept inside the .onnx file (protobuf: < 2 GiB)
 
 
 def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
-                input_shape: Optional[Sequence[int]] = None, batch_size: int = 1) -> Path:
+                input_shape: Optional[Sequence[int]] = None, batch_size: int = 1,
+                trust_code: bool = False) -> Path:
     """Write `model` (a module, or the path of a run's model.pt) to ONNX at `out`, traced on a
     (batch_size, *input_shape) input; a model.pt knows its own input shape. A model whose
     weights exceed ONNX_INLINE_LIMIT keeps them in `out` + ".data" beside it. Needs the `onnx`
-    extra (onnx, onnxscript): pip install "prunekit[onnx]"."""
+    extra (onnx, onnxscript): pip install "prunekit[onnx]". A model.pt of a `model=custom` run
+    is refused unless `trust_code` (see load_pruned): pass the module load_pruned built instead."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -57,7 +74,7 @@ def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
         raise ConfigError('ONNX export needs the onnx and onnxscript packages: pip install '
                           '"prunekit[onnx]"') from None
     if not isinstance(model, nn.Module):
-        model = load_pruned(model)
+        model = load_pruned(model, trust_code=trust_code)
     shape = tuple(input_shape or getattr(model, "input_shape", ()))
     if not shape:
         raise ConfigError("export_onnx: give input_shape=(channels, height, width) for a module")

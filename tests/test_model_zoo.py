@@ -378,8 +378,11 @@ def test_a_custom_module_defined_here_runs_end_to_end_and_reloads(tmp_path):
                       "+model.kwargs.width=16", *ONESHOT, *TINY]), tmp_path, show=False)
     assert s["status"] == "ok" and s["compacted"] and s["params"] < s["params_dense"]
     assert s["model"] == "custom:test_model_zoo:tiny_net"
-    loaded = prunekit.load_pruned(tmp_path / "model.pt")
-    assert isinstance(loaded, TinyNet) and loaded.features[3].out_channels < 32  # width 2 x 16
+    with pytest.raises(ConfigError, match="a file cannot choose code"):
+        prunekit.load_pruned(tmp_path / "model.pt")  # the file alone names the factory
+    for loaded in (prunekit.load_pruned(tmp_path / "model.pt", model=tiny_net),
+                   prunekit.load_pruned(tmp_path / "model.pt", trust_code=True)):
+        assert isinstance(loaded, TinyNet) and loaded.features[3].out_channels < 32  # 2 x 16
 
 
 # ------------------------------------------------------------------------- timm

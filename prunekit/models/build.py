@@ -3,11 +3,13 @@ head adaptations a pretrained network needs, and the one-line error for weights 
 fetched."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 
 from prunekit.config import model_label
 from prunekit.errors import ConfigError, first_line
@@ -52,12 +54,44 @@ def small_input(model_cfg, image_size: int) -> bool:
     return flag if flag is not None else image_size <= 64
 
 
-def build_model(model_cfg, num_classes: int, image_size: int, pretrained: bool = True) -> nn.Module:
-    build = MODELS.choose(model_cfg.name, "model.name")
+def imports_code(builder: Callable) -> Callable:
+    """Mark a builder that imports and calls code its config names (model=custom): a file
+    (model.pt) naming it cannot build it alone (export.load_pruned asks for the factory)."""
+    builder.imports_code = True
+    return builder
+
+
+def build_model(model_cfg, num_classes: int, image_size: int, pretrained: bool = True,
+                factory: Optional[Callable] = None) -> nn.Module:
+    """The network `model_cfg` names; with `factory`, the caller's own (called as `construct`
+    calls it) instead of whatever the config names."""
+    build = (MODELS.choose(model_cfg.name, "model.name") if factory is None
+             else lambda r: construct(factory, r, getattr(factory, "__name__", "the factory")))
     request = ModelRequest(model_cfg, num_classes, int(model_cfg.get("in_channels", 3)),
                            image_size, small_input(model_cfg, image_size), pretrained)
     model = build(request)
     check_forward(model, request)
+    return model
+
+
+def construct(factory: Callable, r: ModelRequest, what: str) -> nn.Module:
+    """`factory(**kwargs)`: `num_classes` and `in_channels` where its signature takes them,
+    then `model.kwargs` (plain data) over them; `what` names the factory in errors."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory: no signature to read
+        params = {}
+    open_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("num_classes", r.num_classes), ("in_channels", r.in_channels))
+              if k in params or open_kwargs}
+    extra = r.get("kwargs", {})
+    kwargs.update(OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else dict(extra))
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what} returned a {type(model).__name__}, not an nn.Module")
     return model
 
 

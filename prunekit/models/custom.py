@@ -5,16 +5,14 @@ The factory is given `num_classes` and `in_channels` when its signature takes th
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch.nn as nn
-from omegaconf import OmegaConf
 
 from prunekit.config import ModelConfig, schema
 from prunekit.errors import ConfigError
-from prunekit.models.build import MODELS, ModelRequest
+from prunekit.models.build import MODELS, ModelRequest, construct, imports_code
 
 
 @schema("model", "custom")
@@ -42,24 +40,11 @@ def resolve(target: str):
     return factory
 
 
+@imports_code
 @MODELS.register("custom")
 def build_custom(r: ModelRequest) -> nn.Module:
     target = r.get("target")
     if target is None:
         raise ConfigError("model.target is not set: model=custom needs "
                           "model.target=package.module:factory")
-    factory = resolve(target)
-    params = inspect.signature(factory).parameters
-    open_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in (("num_classes", r.num_classes), ("in_channels", r.in_channels))
-              if k in params or open_kwargs}
-    extra = r.get("kwargs", {})
-    kwargs.update(OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else dict(extra))
-    try:
-        model = factory(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"model.target={target}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.target={target} returned a {type(model).__name__}, not an "
-                          "nn.Module")
-    return model
+    return construct(resolve(target), r, f"model.target={target}")
