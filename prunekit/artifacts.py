@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +25,8 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from prunekit.errors import first_line
-from prunekit.files import atomic_write
+from prunekit.files import atomic_write, torch_file_problem, write_failure
+from prunekit.settings import environment_keys
 from prunekit.state import cpu_state, load_state
 
 log = logging.getLogger(__name__)
@@ -32,18 +36,23 @@ MODEL_FORMAT = "prunekit-model/1"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+    """torch.save into memory, then one atomic write: a full disk is an OSError with its errno
+    (torch's own writer reports it as an 'enforce fail' with no reason)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), binary=True)
 
 
-# The keys of the dense model's sections that cannot change its weights, and why. Every other key
-# is part of the cache key, so a key added later splits the cache until it is listed here.
+# The keys of the dense model's sections that change a run's results but not the dense weights,
+# and why (keys that change no result, such as dataset.root, are their schemas' `environment()`
+# and left out too). Every other key is part of the cache key, so a key added later splits the
+# cache until it is listed here.
 NOT_IN_DENSE_KEY = {
     "model": {"checkpoint"},  # user weights bypass the cache altogether
-    "dataset": {"root", "download",  # where the files are, not what they hold
-                "num_workers",  # streaming workers: the samples are seeded, not per worker
+    "dataset": {"num_workers",  # streaming workers: the samples are seeded, not per worker
                 "batch_size", "pretrain_epochs"},  # read through train.batch_size, pretrain.epochs
     "pretrain": {"cache", "momentum", "nesterov"},  # the last two: under train (below)
-    "train": {"eval_batch_size", "val_max_batches", "progress",  # evaluation and display
+    "train": {"eval_batch_size", "val_max_batches",  # evaluation
               "weight_decay", "lr_schedule"},  # fine-tuning's: dense training uses pretrain.*
 }
 # Dense training's SGD momentum and Nesterov are pretrain.*'s; the key keeps them where it kept
@@ -54,10 +63,13 @@ DENSE_SGD_KEYS = ("momentum", "nesterov")
 
 def dense_key(cfg) -> dict:
     """Everything that determines the dense model's weights: the model, dataset, pretrain and
-    train sections and the seed, less NOT_IN_DENSE_KEY, and the precision it trains in."""
+    train sections and the seed, less NOT_IN_DENSE_KEY and the environment() keys, and the
+    precision it trains in."""
     key = {"format": CACHE_FORMAT, "seed": cfg.seed}
     for section, left_out in NOT_IN_DENSE_KEY.items():
         values = OmegaConf.to_container(cfg[section], resolve=True)
+        left_out = left_out | {k.partition(".")[2] for k in environment_keys(cfg[section],
+                                                                            section + ".")}
         key[section] = {k: v for k, v in values.items() if k not in left_out}
     key["train"].update({k: cfg.pretrain.get(k, cfg.train[k]) for k in DENSE_SGD_KEYS})
     if cfg.hardware.precision != "fp32":  # dense training runs under its autocast (CUDA); an
@@ -68,23 +80,66 @@ def dense_key(cfg) -> dict:
     return key
 
 
+LOCK_REPORT_S = 300.0  # a job waiting for another's dense model says so this often
+
+
 @contextlib.contextmanager
 def cache_lock(path: Path):
-    """An exclusive lock on a cache entry (a `.lock` file beside it), so parallel jobs that need
-    the same dense model train it once: the others wait, then load it. POSIX only; elsewhere
-    jobs may train it twice (the files are still written atomically)."""
+    """An exclusive lock on a cache entry (a `.lock` file beside it, holding who holds it and
+    since when), so parallel jobs that need the same dense model train it once: the others
+    wait, saying every LOCK_REPORT_S for whom, then load it. POSIX only; elsewhere, or where the
+    cache cannot be written (a read-only cache still serves what it holds), jobs may train it
+    twice (the files are still written atomically)."""
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+    except OSError as e:
+        log.warning("dense cache %s cannot be locked (%s): going on without the lock",
+                    path.parent, write_failure(e))
+        yield
+        return
+    with f:
+        wait_for(f, fcntl, lock)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            f.flush()
+        except OSError:  # a full disk: the lock holds all the same, unlabelled
+            pass
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def wait_for(f, fcntl, lock: Path) -> None:
+    """Take the lock on `f`, saying every LOCK_REPORT_S (and at once) who holds it."""
+    waited, said = time.monotonic(), None
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if said is None or time.monotonic() - said >= LOCK_REPORT_S:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+                   if holder else "another job")
+            log.warning("dense model: waiting %.0f s for %s, which trains it (lock %s)",
+                        time.monotonic() - waited, who, lock)
+            said = time.monotonic()
+        time.sleep(0.5)
 
 
 def dense_cache_path(cfg) -> Path:
@@ -110,6 +165,9 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
+        problem = torch_file_problem(str(path))
+        if problem:
+            raise ValueError(problem)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("format") != CACHE_FORMAT or blob.get("key") != key:
             raise ValueError("it belongs to another configuration")
@@ -123,10 +181,18 @@ def load_dense(path: Path, model: nn.Module, key: dict) -> Optional[dict]:
     return blob["meta"]
 
 
-def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> None:
+def save_dense(path: Path, model: nn.Module, key: dict, meta: dict) -> bool:
+    """Cache the dense model; False, said in one line, where the cache cannot take it (a full
+    or read-only disk): the cache only saves time, and the run goes on with the model it has."""
     state = cpu_state(model)
-    atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state,
-                       "sha256": state_digest(state)}, path)
+    try:
+        atomic_torch_save({"format": CACHE_FORMAT, "key": key, "meta": meta, "state_dict": state,
+                           "sha256": state_digest(state)}, path)
+    except OSError as e:
+        log.warning("dense cache %s not written (%s): the run goes on with the model in memory "
+                    "(the next run trains it again)", path, write_failure(e))
+        return False
+    return True
 
 
 def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_size: int,

@@ -8,8 +8,8 @@ Bad input never shows a traceback; set HYDRA_FULL_ERROR=1 to see one for any fai
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import logging
 import os
 import shlex
@@ -22,6 +22,7 @@ import hydra
 import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import (
@@ -35,6 +36,7 @@ from prunekit import distributed
 from prunekit.config import SCHEMAS, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
+from prunekit.run_dir import check_run_dir, holds_a_result
 from prunekit.tracking import TRACKERS
 
 FAILED: List[str] = []
@@ -145,16 +147,18 @@ def task(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         check_added_keys(cfg, list(hc.overrides.task), hc.runtime.choices)
         validate(cfg)  # before the data and the model: a typo is answered at once
+        finished = check_run_dir(cfg, out_dir)  # another run's folder is left as it is
     except ConfigError as e:
         if full_error:
             raise
-        if world.main:
+        if world.main and not holds_a_result(out_dir):
             write_failed_summary(out_dir, cfg, str(e))
         error_line(str(e))
         FAILED.append(out_dir)
         return
-    if cfg.resume and finished(out_dir):
-        print(f"prune-run: {out_dir} has finished (summary.json says ok): skipped", flush=True)
+    if finished:
+        print(f"prune-run: {out_dir} has finished this configuration (summary.json says ok): "
+              "skipped", flush=True)
         return
     from prunekit.runner import run
 
@@ -213,13 +217,40 @@ def tracking_names(cfg: DictConfig, out_dir: str):
     return run_names(cfg, Path(out_dir), run=run)
 
 
-def finished(out_dir: str) -> bool:
-    """Whether the run in `out_dir` ended ok (resume=true skips it, e.g. in a multirun)."""
+class RunDirCheck(Callback):
+    """A single run's folder checked before Hydra writes its .hydra/ files there
+    (run_dir.check_run_dir): where the run will be refused (another configuration's finished
+    run, an interrupted run's checkpoints), Hydra is told to write no .hydra/ files, so nothing
+    of the run that is there is overwritten; the job then refuses in one line. (Hydra turns a
+    callback's exception into a warning, so refusing is left to the job.) A sweep's jobs are
+    checked with the rest of the batch (validate_sweep)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_run_dir(task_config(config), str(config.hydra.run.dir))
+        except ConfigError:
+            with open_dict(config):
+                config.hydra.output_subdir = None
+        except Exception:  # a config that cannot resolve: the job's own checks say why
+            return
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The job's config of a composed one: the same, less the `hydra` node."""
+    job = copy.deepcopy(config)
+    with open_dict(job):
+        del job["hydra"]
+    return job
+
+
+def job_directory(cfg: DictConfig, num: int) -> Optional[str]:
+    """Where a sweep's job `num` writes (hydra.sweep.dir / subdir), or None if it cannot tell."""
     try:
-        with open(os.path.join(out_dir, "summary.json")) as f:
-            return json.load(f).get("status") == "ok"
-    except (OSError, ValueError):
-        return False
+        with open_dict(cfg):
+            cfg.hydra.job.num, cfg.hydra.job.id = num, str(num)
+        return os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))
+    except Exception:  # a subdir naming what only the launcher knows: the job checks itself
+        return None
 
 
 def composition_error(ex: CompactHydraException) -> str:
@@ -345,17 +376,20 @@ def validate_sweep(validate_batch_is_legal=Sweeper.validate_batch_is_legal):
         validate_batch_is_legal(sweeper, batch)
         loader = getattr(sweeper, "hydra_context", None)
         loader = loader.config_loader if loader is not None else sweeper.config_loader
-        for overrides in batch:
+        first = getattr(sweeper, "job_idx", 0)  # the batch's first job number
+        for i, overrides in enumerate(batch):
             cfg = loader.load_sweep_config(master_config=sweeper.config,
                                            sweep_overrides=list(overrides))
-            with open_dict(cfg):
-                del cfg["hydra"]
+            job_dir = job_directory(cfg, first + i)
+            cfg = task_config(cfg)
             try:
                 check_added_keys(cfg, list(overrides))
             except ConfigError:  # a key of the other swept options: this job fails in its own
                 continue  # run, in one line, and theirs run (loosen_swept_group_keys)
             try:
                 validate(cfg)
+                if job_dir is not None:  # a resumed sweep whose list changed: job N is another
+                    check_run_dir(cfg, job_dir)
             except ConfigError as e:
                 raise ConfigError(f"{e} (in the sweep's job {','.join(overrides)}): no job of "
                                   "this batch was started") from None

@@ -18,9 +18,10 @@ from typing import Any, ClassVar, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from prunekit.errors import ConfigError, at_least, choice, did_you_mean, fraction, positive
+from prunekit.errors import ConfigError, a_path, at_least, choice, did_you_mean, fraction, positive
 from prunekit.files import torch_file_problem
 from prunekit.registry import Registry
+from prunekit.settings import environment
 from prunekit.targets import TargetConfig
 
 SCOPES = ("layerwise", "global")
@@ -74,9 +75,9 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "${oc.env:PRUNEKIT_DATA,'~/.cache/prunekit/data'}"  # where downloads go
+    root: str = environment(default="${oc.env:PRUNEKIT_DATA,'~/.cache/prunekit/data'}")
     path: Optional[str] = None  # a data set's own files (see its YAML), where it reads them
-    download: bool = True
+    download: bool = environment(default=True)
     image_size: Optional[int] = None  # None: the dataset's native size
     val_fraction: float = 0.1  # held out from train; every decision uses it
     test_fraction: float = 0.2  # only for datasets without an official test split
@@ -143,7 +144,7 @@ class HardwareConfig:
     # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA, else 1)
     channel_multiple: Optional[int] = None
     distributed: str = "auto"  # auto: one run over the processes torchrun / SLURM started; off
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    latency: LatencyConfig = environment(default_factory=LatencyConfig)  # how it is timed
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
@@ -179,7 +180,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     lr_schedule: str = "cosine"
     val_max_batches: Optional[int] = None  # cap validation cost for decisions; None: whole split
-    progress: bool = True
+    progress: bool = environment(default=True)
 
 
 @dataclass
@@ -201,6 +202,7 @@ class CheckpointConfig:
     enabled: bool = True  # after pruning steps and fine-tune epochs, for resume=true
     keep: int = 2  # the newest files kept
     min_interval_s: float = 60.0  # at most one per minute (0: after every step and epoch)
+    restart: bool = False  # a fresh run where one was interrupted (its files kept in refused/)
 
 
 @dataclass
@@ -212,17 +214,19 @@ class Config:
     seed: int = 0
     sparsity: float = 0.5
     target: TargetConfig = field(default_factory=TargetConfig)
-    resume: bool = False
+    resume: bool = environment(default=False)
     deterministic: bool = True
-    cache_dir: str = "${oc.env:PRUNEKIT_CACHE,'~/.cache/prunekit'}"
+    cache_dir: str = environment(default="${oc.env:PRUNEKIT_CACHE,'~/.cache/prunekit'}")
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: Any = MISSING  # the trackers' schema (prunekit.tracking), merged by config.yaml
+    checkpoint: CheckpointConfig = environment(default_factory=CheckpointConfig)
+    logger: Any = environment(default=MISSING)  # the trackers' (prunekit.tracking)
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
         at_least(cfg, "checkpoint.keep", 1)
+        a_path(cfg, "cache_dir", "PRUNEKIT_CACHE")
+        a_path(cfg, "dataset.root", "PRUNEKIT_DATA")
         at_least(cfg, "checkpoint.min_interval_s", 0)
         if not 0.0 <= cfg.sparsity < 1.0:
             raise ConfigError(f"sparsity={cfg.sparsity} is out of range: it is the fraction "

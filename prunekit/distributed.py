@@ -39,15 +39,31 @@ class World:
 
 
 def launched() -> World:
-    """The world the launcher describes in the environment (torchrun's, else SLURM's)."""
+    """The world the launcher describes in the environment (torchrun's, else SLURM's); a
+    ConfigError naming the variable when it does not describe one."""
     env = os.environ
-    if "WORLD_SIZE" in env:
-        return World(int(env.get("RANK", 0)), int(env["WORLD_SIZE"]),
-                     int(env.get("LOCAL_RANK", 0)))
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
-        return World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                     int(env.get("SLURM_LOCALID", 0)))
-    return World()
+    names = (("RANK", "WORLD_SIZE", "LOCAL_RANK") if "WORLD_SIZE" in env else
+             ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+             if "SLURM_NTASKS" in env and "SLURM_PROCID" in env else None)
+    if names is None:
+        return World()
+    rank, size, local = (env_int(name, 0 if name != names[1] else None) for name in names)
+    if size < 1 or not 0 <= rank < size or local < 0:
+        raise ConfigError(f"{names[0]}={rank} of {names[1]}={size} is not a process of the "
+                          "launch: the launcher (torchrun, SLURM) sets them; unset them for a "
+                          "single process")
+    return World(rank, size, local)
+
+
+def env_int(name: str, default: Optional[int]) -> int:
+    value = os.environ.get(name)
+    if value is None and default is not None:
+        return default
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={value} is not a whole number: the launcher (torchrun, "
+                          f"SLURM) sets it; unset it for a single process") from None
 
 
 def current() -> World:

@@ -43,6 +43,14 @@ def at_least(cfg, key: str, low, what: str = "") -> None:
         raise ConfigError(f"{key}={value} must be >= {low}{what}")
 
 
+def a_path(cfg, key: str, env: str) -> None:
+    """`key` names a folder: an empty value (its environment variable set to nothing) would
+    put files in the current directory."""
+    if not str(OmegaConf.select(cfg, key) or "").strip():
+        raise ConfigError(f"{key} is empty ({env} is set to nothing?): unset {env} or set it, "
+                          f"or {key}, to a folder")
+
+
 def positive(cfg, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is not None and not value > 0:

@@ -16,7 +16,8 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from prunekit.artifacts import MODEL_FORMAT
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, first_line
+from prunekit.files import torch_file_problem
 from prunekit.models import MODELS, build_model, resize_to_state
 from prunekit.state import load_state
 
@@ -33,10 +34,13 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu",
     called with the file's num_classes, in_channels and model.kwargs as `model=custom` calls
     it), or `trust_code=True` to import the factory the file names."""
     try:
+        problem = torch_file_problem(str(path))
+        if problem:
+            raise ValueError(problem)
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ConfigError(f"{path} cannot be loaded ({type(e).__name__}): give a run's model.pt") \
-            from None
+        raise ConfigError(f"{path} cannot be loaded ({first_line(e, 100)}): give a run's "
+                          "model.pt") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise ConfigError(f"{path} is not a prunekit model.pt (format {MODEL_FORMAT}): give the "
                           "model.pt a run wrote")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Callable, List, Optional
 
@@ -77,12 +79,28 @@ def write_csv(path: Path, rows: List[dict]) -> None:
     atomic_write(path, write)
 
 
+WRITE_FAILURES = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+                  errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
+                  errno.EPERM: "operation not permitted"}
+
+
+def write_failure(e: OSError) -> str:
+    """What stopped a write, in words ("no space left on device", "read-only file system")."""
+    return WRITE_FAILURES.get(e.errno) or e.strerror or str(e)
+
+
+TRUNCATED = "it is truncated (it ends before its zip directory: a partial copy or a full disk)"
+
+
 def torch_file_problem(path: str) -> Optional[str]:
-    """None if the file starts as torch.save writes (a zip archive, or a legacy pickle); else
-    what it is instead, read from its first bytes: a check that costs no torch import."""
+    """None if the file is whole as torch.save writes it (a zip archive with its directory, or a
+    legacy pickle); else what it is instead, read from its bytes: a check that costs no torch
+    import."""
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+    if head.startswith(b"PK\x03\x04"):
+        return None if zipfile.is_zipfile(path) else TRUNCATED
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return None
     if not head:
         return "it is empty"

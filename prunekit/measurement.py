@@ -71,7 +71,19 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
     rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
+    out["empty_layers"] = warn_empty_layers(rows, cfg.sparsity)
     return out, rows
+
+
+def warn_empty_layers(rows: List[dict], sparsity: float) -> int:
+    """How many prunable layers keep no weight at all, said in one line: the network's output
+    no longer depends on its input through them, whatever its accuracy says."""
+    empty = [r["layer"] for r in rows if r.get("prunable") and r["density"] == 0]
+    if empty:
+        log.warning("%d prunable layer(s) keep no weights (%s): the output no longer depends "
+                    "on the input through them; prune less (sparsity=%s)", len(empty),
+                    ", ".join(empty[:4]) + (", ..." if len(empty) > 4 else ""), sparsity)
+    return len(empty)
 
 
 def latency_modes(lat, hw: Hardware) -> Tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -104,27 +104,3 @@ def write_failed_summary(out_dir: Path, cfg: DictConfig, error: str) -> None:
     """A run that stopped before doing anything still says so, in its own summary.json."""
     write_json(Path(out_dir) / "summary.json", {**summary_identity(cfg), "status": "failed",
                                                 "error": error})
-
-
-def flat_keys(d: dict, prefix: str = "") -> Dict[str, Any]:
-    """A nested dict as one level of dotted keys: {"a.b": 1}."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# How this process runs, not what it computes: left out of a checkpoint's identity and of the
-# params a tracker records (a resumed run may change them)
-RUN_CONTROL_KEYS = ("resume", "logger")
-
-
-def experiment_settings(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config less RUN_CONTROL_KEYS, as flat dotted keys."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for key in RUN_CONTROL_KEYS:
-        data.pop(key, None)
-    return flat_keys(data)

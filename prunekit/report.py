@@ -86,7 +86,7 @@ def collect(dirs: Sequence[Path]) -> Tuple[pd.DataFrame, List[dict]]:
                                "error": f"summary.json: {e}"})
                 continue
             row = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
-            row.setdefault("run_dir", str(path.parent))
+            row["run_dir"] = str(path.parent)  # where it is now: a copied or moved run's own
             row["target"] = target_label(row)
             (ok if s.get("status") == "ok" else failed).append(row)
     return pd.DataFrame(ok), failed

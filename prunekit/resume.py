@@ -45,24 +45,16 @@ from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.errors import first_line
-from prunekit.files import atomic_write
-from prunekit.record import experiment_settings
+from prunekit.files import atomic_write, write_failure
+from prunekit.run_dir import DENSE_CHECKPOINT, REFUSED, interrupted_checkpoints
 
 log = logging.getLogger(__name__)
 
 FORMAT = "prunekit-checkpoint/5"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
 # probe; /4: the pruner's and the tally's own state dicts; /5: keyed by the Context's pieces
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """The resolved configuration a checkpoint belongs to (less `resume` and the loggers, which
-    do not change what the run computes)."""
-    settings = experiment_settings(cfg)
-    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]
 
 
 class Journal:
@@ -100,7 +92,7 @@ class Checkpointer:
     `dense.pt`, the dense training's (its fit state and model; one file, overwritten), which a
     resumed run continues from when no cached dense model serves it."""
 
-    DENSE = "dense.pt"
+    DENSE = DENSE_CHECKPOINT
 
     def __init__(self, run_dir: Path, cfg_hash: str, keep: int = 2, min_interval_s: float = 0.0,
                  writes: bool = True):
@@ -111,6 +103,7 @@ class Checkpointer:
         self.min_interval_s = min_interval_s
         self.last = time.perf_counter()
         self.count = 0
+        self.failing: Optional[str] = None  # why the last write failed (a full disk), if it did
 
     def overdue(self) -> bool:
         """Whether the work since the last checkpoint (or the start) is older than the interval."""
@@ -135,9 +128,8 @@ class Checkpointer:
         self.count += 1
         done = len(payload["replay"]["journal"])  # operations done
         path = self.dir / f"ckpt-{done:05d}-{self.count:05d}.pt"
-        self._write(path, payload)
-        if self.writes:
-            for old in self.files()[:-self.keep]:
+        if self._write(path, payload) and self.writes:  # (refused files are in refused/ by
+            for old in self.files()[:-self.keep]:  # now: the rotation reaches this run's own)
                 old.unlink(missing_ok=True)
         self._stop_if_requested(path)
         return path
@@ -149,24 +141,41 @@ class Checkpointer:
         self._stop_if_requested(path)
         return path
 
-    def _write(self, path: Path, payload: dict) -> None:
-        """One file: a JSON header line (format, configuration hash, sha256 of the rest), then
-        the torch-serialised payload, written raw (a second torch.save around the bytes would
-        cost ten times the serialisation)."""
+    def _write(self, path: Path, payload: dict) -> bool:
+        """One file: a JSON header line (format, configuration hash, sha256 and size of the
+        rest), then the torch-serialised payload, written raw (a second torch.save around the
+        bytes would cost ten times the serialisation). A file that cannot be written (a full
+        or read-only disk) is said in one line, and the run goes on: False."""
         buf = io.BytesIO()
         torch.save(payload if self.writes else {}, buf)
         data = buf.getbuffer()
-        header = json.dumps({"format": FORMAT, "config": self.cfg_hash,
+        header = json.dumps({"format": FORMAT, "config": self.cfg_hash, "bytes": len(data),
                              "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
-        if self.writes:
+        self.last = time.perf_counter()
+        if not self.writes:
+            return True
+        try:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: (f.write(header), f.write(data)), binary=True)
-        self.last = time.perf_counter()
+        except OSError as e:
+            if self.failing != write_failure(e):  # once per cause, not at every epoch
+                log.warning("checkpoint %s not written (%s): the run goes on, and a resume "
+                            "would start from the last one written", path, write_failure(e))
+            self.failing = write_failure(e)
+            return False
+        if self.failing is not None:
+            log.warning("checkpoints are written again (%s)", path)
+            self.failing = None
+        return True
 
     def _stop_if_requested(self, path: Path) -> None:
         signal_name = STOP["requested"]
         if signal_name is not None:
-            log.warning("%s: stopped after writing %s", signal_name, path)
+            if self.failing is None:
+                log.warning("%s: stopped after writing %s", signal_name, path)
+            else:  # going on would not save the work either: the job is being stopped
+                log.warning("%s: stopped; %s could not be written (%s)", signal_name, path,
+                            self.failing)
             raise stop_now(signal_name)
 
     def files(self) -> List[Path]:
@@ -203,16 +212,44 @@ class Checkpointer:
                 raise ValueError("not a prunekit checkpoint")
             if header.get("config") != self.cfg_hash:
                 raise ValueError("it belongs to another configuration")
+            if len(data) < header.get("bytes", len(data)):
+                raise ValueError(f"it is truncated ({len(data)} of {header['bytes']} bytes: a "
+                                 "partial copy or a full disk)")
             if hashlib.sha256(data).hexdigest() != header.get("sha256"):
                 raise ValueError("its content hash does not match: the file is corrupt")
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:
-            log.warning("checkpoint %s is unusable (%s): %s", path, first_line(e), instead)
+            log.warning("checkpoint %s is unusable (%s): %s; %s", path, first_line(e), instead,
+                        self.set_aside(path))
             return None
         payload["path"] = str(path)
         return payload
 
+    def set_aside(self, path: Path) -> str:
+        """Move a checkpoint this run does not use into checkpoints/refused/ (never deleted:
+        the rotation of this run's own files cannot reach it); where it went, as words."""
+        if not self.writes:
+            return "kept"
+        refused = self.dir / REFUSED
+        refused.mkdir(exist_ok=True)
+        target, n = refused / path.name, 1
+        while target.exists():
+            target, n = refused / f"{path.stem}.{n}{path.suffix}", n + 1
+        path.replace(target)
+        return f"kept as {target}"
+
+    def set_aside_all(self, why: str) -> None:
+        """A fresh run (checkpoint.restart=true) in a folder with an interrupted run's
+        checkpoints: each is moved to refused/, said in one line."""
+        found = interrupted_checkpoints(self.dir.parent)
+        if found and self.writes:
+            for path in found:
+                self.set_aside(path)
+            log.warning("%s: the %d checkpoint(s) of the run that was here are kept in %s",
+                        why, len(found), self.dir / REFUSED)
+
     def clear(self) -> None:
+        """This run's checkpoints, once it has finished (refused/ stays)."""
         for path in [*self.files(), self.dir / self.DENSE]:
             path.unlink(missing_ok=True)
         if self.dir.is_dir() and not any(self.dir.iterdir()):

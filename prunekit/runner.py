@@ -52,12 +52,13 @@ from prunekit.resume import (
     Journal,
     Replay,
     Terminated,
-    config_hash,
     loaders_of,
     rng_state,
     set_rng_state,
     stop_now,
 )
+from prunekit.run_dir import check_run_dir, read_summary
+from prunekit.settings import config_hash
 from prunekit.state import cpu_state, load_state
 from prunekit.targets import target_fraction
 from prunekit.tracking import TRACKERS, EpochLog, RunNames, Tracking, run_names
@@ -119,8 +120,8 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
             return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
                     "dense_training_s": meta["time_pretrain_s"]}
         seconds, source = train_dense(cfg, model, trainer, epoch_log, checkpointer)
-        if cfg.pretrain.cache and main:
-            save_dense(path, model, key, {"time_pretrain_s": seconds})
+        if cfg.pretrain.cache and main and save_dense(path, model, key,
+                                                      {"time_pretrain_s": seconds}):
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
     distributed.barrier()
     return {"dense_source": source, "time_pretrain_s": seconds, "dense_training_s": seconds}
@@ -324,9 +325,9 @@ def resumable(cfg: DictConfig, out_dir: Path):
                                  min_interval_s=cfg.checkpoint.min_interval_s,
                                  writes=distributed.current().main)
                     if cfg.checkpoint.enabled else None)
-    if not cfg.resume:
-        if checkpointer is not None and distributed.current().main:
-            checkpointer.clear()  # a fresh run in a used directory: old checkpoints are not its
+    if not cfg.resume:  # (check_run_dir refused to start here unless checkpoint.restart)
+        if checkpointer is not None:
+            checkpointer.set_aside_all("checkpoint.restart=true")
         return checkpointer, Journal()
     state = checkpointer.latest() if checkpointer is not None else None
     if state is None:
@@ -385,9 +386,13 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
     summary["versions"] = versions()
     summary["run_dir"] = str(out_dir)
     tracking = Tracking()
+    if check_run_dir(cfg, out_dir):  # before anything is written: another run's folder stays
+        log.info("%s has finished this configuration: skipped (resume=true)", out_dir)
+        return read_summary(out_dir)
     try:
         with stop_signals():
             validate(cfg)
+            summary["config_hash"] = config_hash(cfg)
             if main:
                 atomic_write_text(out_dir / "config_resolved.yaml",
                                   OmegaConf.to_yaml(cfg, resolve=True))

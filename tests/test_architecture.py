@@ -13,13 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
 # Lowest first. A module may import from a lower layer, or from its own package (a method from
 # methods.context, a data set from data.build).
 LAYERS = [
-    ("errors", "files", "clock", "metrics", "state", "sparsity.masks",
+    ("errors", "files", "settings", "clock", "metrics", "state", "sparsity.masks",
      "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),
     ("registry", "distributed", "html_report"),
     ("targets",),
     ("config", "console", "sparsity", "hardware"),
-    ("data", "record", "artifacts"),
+    ("data", "record", "artifacts", "run_dir"),
     ("models",),
     ("resume", "train", "tracking"),
     ("methods",),

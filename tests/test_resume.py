@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, make_cfg, read_summary
+from conftest import FAST, make_cfg, read_summary, run_cli
 from prunekit.config import METHODS
+from prunekit.errors import ConfigError
 from prunekit.record import Recorder
 from prunekit.resume import Checkpointer
 from prunekit.runner import run
@@ -253,9 +254,13 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, monkeypatch,
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(args), tmp_path / "run", show=False)
     undo()
+    refused = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.pt"))
     other = run(make_cfg([*args, "sparsity=0.6", "resume=true"]), tmp_path / "run", show=False)
-    assert "belongs to another configuration" in caplog.text
+    assert "belongs to another configuration" in caplog.text and "kept as" in caplog.text
     assert "resumed_from" not in other and other["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    # never deleted: not by this run's rotation (they sort after its own), nor when it ends
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "refused").iterdir()) == \
+        refused
 
 
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -350,3 +355,80 @@ def test_a_piece_of_context_state_is_checkpointed_and_forked_by_its_declaration_
     assert fork.notes is ctx.notes  # shared, as declared
     assert fork.model is not ctx.model and fork.pruner.model is fork.model
     assert fork.tally is not ctx.tally and fork.cfg is ctx.cfg
+
+
+# ------------------------------------------------------------------------- a run's identity
+QUICK_CLI = ["method=oneshot", "model=lenet5", "dataset.subset=0.3", "pretrain.epochs=1",
+             "method.finetune_epochs=1", "hardware.latency.enabled=false",
+             "train.progress=false"]
+
+
+def test_resume_on_another_configurations_finished_run_exits_1_naming_the_keys(tmp_path):
+    """resume=true where a finished run of another configuration is: one line naming the keys
+    that differ, exit 1, nothing run or overwritten (not even Hydra's .hydra/ files); the same
+    configuration with only its environment changed (another cache path) is skipped."""
+    run_dir = tmp_path / "run"
+    first = run_cli([f"hydra.run.dir={run_dir}", *QUICK_CLI], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
+              and p.suffix != ".log"}
+    other = run_cli([f"hydra.run.dir={run_dir}", *QUICK_CLI, "sparsity=0.9", "seed=7",
+                     "resume=true"], tmp_path)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    line = other.stderr.strip().splitlines()[-1]
+    assert "another configuration" in line and "seed: 0 → 7" in line
+    assert "sparsity: 0.5 → 0.9" in line
+    assert {p: p.read_bytes() for p in before} == before  # summary, config, .hydra: untouched
+    same = run_cli([f"hydra.run.dir={run_dir}", *QUICK_CLI, "resume=true"], tmp_path,
+                   env={"PRUNEKIT_CACHE": str(tmp_path / "elsewhere"),
+                        "PRUNEKIT_DATA": str(tmp_path / "data-elsewhere")})
+    assert same.returncode == 0 and "skipped" in same.stdout, same.stderr[-2000:]
+    assert not (tmp_path / "elsewhere").exists()  # skipped: no dense model looked for
+
+
+def test_a_resumed_sweep_whose_list_changed_is_refused_before_its_first_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra.sweep.dir={sweep}", *QUICK_CLI]
+    first = run_cli([*args, "sparsity=0.5,0.6"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summaries = {p: p.read_bytes() for p in sweep.glob("*/summary.json")}
+    changed = run_cli([*args, "sparsity=0.6,0.7", "resume=true"], tmp_path)
+    assert changed.returncode == 1 and "Traceback" not in changed.stderr
+    line = changed.stderr.strip().splitlines()[-1]
+    assert "sparsity: 0.5 → 0.6" in line and "no job of this batch was started" in line
+    assert {p: p.read_bytes() for p in summaries} == summaries and not (sweep / "2").exists()
+
+
+def test_a_checkpoint_is_accepted_when_only_the_environment_changed(tmp_path, monkeypatch):
+    """A job preempted on one node and resumed on another: another cache path, data root,
+    progress display, checkpoint rhythm and latency protocol resume all the same."""
+    args = ["method=iterative", "method.steps=3", *LENET]
+    undo = stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(args), tmp_path, show=False)
+    undo()
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "other-node-cache"))
+    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path / "other-node-data"))
+    resumed = run(make_cfg([*args, "resume=true", "train.progress=true", "checkpoint.keep=1",
+                            "hardware.latency.repeats=3", "checkpoint.min_interval_s=5"]),
+                  tmp_path, show=False)
+    assert resumed["status"] == "ok" and resumed["resumed_from"] > 0
+
+
+def test_a_fresh_run_does_not_wipe_an_interrupted_runs_checkpoints(tmp_path, monkeypatch):
+    args = ["method=iterative", "method.steps=3", *LENET]
+    undo = stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(args), tmp_path, show=False)
+    undo()
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt"))
+    summary = (tmp_path / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"holds an interrupted run's checkpoints \(of another "
+                       r"configuration: sparsity: 0.5 → 0.6\): resume=true continues it; "
+                       r"checkpoint.restart=true starts over"):
+        run(make_cfg([*args, "sparsity=0.6"]), tmp_path, show=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt")) == kept
+    assert (tmp_path / "summary.json").read_bytes() == summary
+    fresh = run(make_cfg([*args, "checkpoint.restart=true"]), tmp_path, show=False)
+    assert fresh["status"] == "ok" and "resumed_from" not in fresh
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "refused").iterdir()) == kept

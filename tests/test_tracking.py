@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from conftest import FAST, make_cfg, read_summary, run_cli
 from prunekit.errors import ConfigError
 from prunekit.record import Recorder
-from prunekit.resume import config_hash
 from prunekit.runner import run
+from prunekit.settings import config_hash
 from prunekit.tracking import TRACKERS, RunNames, Tracking, run_names
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

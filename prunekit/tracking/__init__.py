@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from prunekit.config import schema
 from prunekit.errors import ConfigError, first_line
 from prunekit.files import write_json
-from prunekit.record import experiment_settings
 from prunekit.registry import Registry, import_all
+from prunekit.settings import experiment_settings
 
 log = logging.getLogger(__name__)
 
