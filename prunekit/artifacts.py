@@ -61,10 +61,11 @@ NOT_IN_DENSE_KEY = {
 DENSE_SGD_KEYS = ("momentum", "nesterov")
 
 
-def dense_key(cfg) -> dict:
+def dense_key(cfg, content: str = "") -> dict:
     """Everything that determines the dense model's weights: the model, dataset, pretrain and
-    train sections and the seed, less NOT_IN_DENSE_KEY and the environment() keys, and the
-    precision it trains in."""
+    train sections and the seed, less NOT_IN_DENSE_KEY and the environment() keys, the
+    precision it trains in, and `content`, the fingerprint of the user's files the data came
+    from (an image folder's names, sizes and mtimes; Data.content)."""
     key = {"format": CACHE_FORMAT, "seed": cfg.seed}
     for section, left_out in NOT_IN_DENSE_KEY.items():
         values = OmegaConf.to_container(cfg[section], resolve=True)
@@ -77,6 +78,8 @@ def dense_key(cfg) -> dict:
     path = key["dataset"].get("path")
     if path:  # the same folder however it is written
         key["dataset"]["path"] = os.path.abspath(os.path.expanduser(path))
+    if content:  # what the user's files hold (Data.content): edited images train anew
+        key["dataset"]["content"] = content
     return key
 
 
@@ -142,8 +145,8 @@ def wait_for(f, fcntl, lock: Path) -> None:
         time.sleep(0.5)
 
 
-def dense_cache_path(cfg) -> Path:
-    key = json.dumps(dense_key(cfg), sort_keys=True)
+def dense_cache_path(cfg, content: str = "") -> Path:
+    key = json.dumps(dense_key(cfg, content), sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(os.path.expanduser(str(cfg.cache_dir))) / "dense"
     return root / f"{cfg.model.name}_{cfg.dataset.name}_seed{cfg.seed}_{digest}.pt"

@@ -105,7 +105,8 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
         return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
                 "dense_training_s": None}
-    key, path = dense_key(cfg), dense_cache_path(cfg)
+    content = trainer.data.content
+    key, path = dense_key(cfg, content), dense_cache_path(cfg, content)
     # In a distributed run rank 0 alone looks up, locks and writes the cache; the other ranks
     # load what it loaded, or train with it (one DDP fit) and wait for its write.
     main = distributed.current().main

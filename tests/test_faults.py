@@ -209,3 +209,94 @@ def test_a_job_waiting_for_the_dense_cache_lock_says_who_holds_it(tmp_path, monk
     assert waited.is_set()
     lines = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert len(lines) >= 2 and f"pid {os.getpid()} on {socket.gethostname()}" in lines[0]
+
+
+# ---------------------------------------------------------------- image folders
+COLOURS = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}
+
+
+def image_folder(root: Path, train=("a", "b", "c"), val=("a", "b", "c"), n=5):
+    """Class folders of solid-colour PNGs: an image's colour says its true class."""
+    from PIL import Image
+
+    for split, classes, count in (("train", train, n), ("val", val, 2)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (10, 10), COLOURS[cls]).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def folder_data(root: Path, in_memory: bool, **keys):
+    from omegaconf import OmegaConf
+
+    from prunekit.data import build_data
+
+    cfg = make_cfg(["dataset=imagefolder", f"dataset.path={root}", "dataset.image_size=8",
+                    f"dataset.in_memory={in_memory}", "dataset.num_workers=0",
+                    *(f"dataset.{k}={v}" for k, v in keys.items())]).dataset
+    return build_data(cfg, OmegaConf.create({"batch_size": 4, "eval_batch_size": 4}),
+                      channels=3)
+
+
+def true_labels(loader):
+    """(label given, label the colour says) of every image a loader yields."""
+    pairs = []
+    for x, y in loader:
+        rgb = x.mean(dim=(2, 3)).argmax(1)  # the brightest channel: red a, green b, blue c
+        pairs += list(zip(y.tolist(), rgb.tolist()))
+    return pairs
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
+def test_a_val_folder_lacking_a_class_keeps_every_label(tmp_path, in_memory):
+    data = folder_data(image_folder(tmp_path, val=("a", "c")), in_memory)
+    pairs = true_labels(data.test)
+    assert pairs and all(given == colour for given, colour in pairs)  # c is 2, not 1
+    assert {given for given, _ in pairs} == {0, 2}
+    assert "val/ lacks 1 class(es) (b)" in data.describe()
+
+
+def test_a_val_class_that_train_lacks_is_one_line(tmp_path):
+    root = image_folder(tmp_path, train=("a", "b"), val=("a", "b", "c"))
+    with pytest.raises(ConfigError, match=r"/val/c is a class that train/ does not have"):
+        folder_data(root, True)
+    with pytest.raises(ConfigError, match=r"dataset.subset=0.01 leaves no image in "):
+        folder_data(image_folder(tmp_path / "small"), True, subset=0.01)
+
+
+def test_a_symlink_loop_does_not_multiply_images(tmp_path, caplog):
+    root = image_folder(tmp_path)
+    (root / "train" / "a" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "train" / "b" / "into_c").symlink_to(root / "train" / "c", target_is_directory=True)
+    data = folder_data(root, True, val_fraction=0.2)
+    assert data.train.num_samples + data.val.num_samples == 15 and data.test.num_samples == 6
+    assert all(given == colour for given, colour in true_labels(data.train))
+    assert "2 directory link(s) not followed" in caplog.text
+
+
+@pytest.mark.parametrize("in_memory, workers", [(True, 0), (False, 0), (False, 1)])
+def test_a_truncated_image_is_named(tmp_path, in_memory, workers):
+    root = image_folder(tmp_path)
+    bad = root / "train" / "b" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(ConfigError, match=f"^{bad} cannot be read as an image") as e:
+        data = folder_data(root, in_memory, num_workers=workers, val_fraction=0.2)
+        for split in (data.train, data.val):
+            for _ in split:
+                pass
+    assert "\n" not in str(e.value)
+
+
+def test_edited_images_are_not_served_a_stale_dense_model(tmp_path):
+    from PIL import Image
+
+    root = image_folder(tmp_path / "images")
+    args = [*QUICK, "dataset=imagefolder", f"dataset.path={root}", "dataset.image_size=8",
+            "model.in_channels=3", "dataset.subset=1.0"]
+    first = run(make_cfg(args), tmp_path / "1", show=False)
+    again = run(make_cfg(args), tmp_path / "2", show=False)
+    assert first["dense_source"] == "trained" and again["dense_source"].startswith("cache")
+    Image.new("RGB", (10, 10), (9, 9, 9)).save(root / "train" / "a" / "0.png")  # edited
+    edited = run(make_cfg(args), tmp_path / "3", show=False)
+    assert edited["dense_source"] == "trained"

@@ -2,6 +2,8 @@
 subset, resizing, channel matching and normalisation."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from typing import Callable, NamedTuple, Tuple
 
 import torch
@@ -77,8 +79,10 @@ def tensor_data(name, train: Images, val: Images, test: Images, num_classes: int
 
 def in_memory_data(name, arrays: Arrays, dataset_cfg, train_cfg, channels: int, device, seed: int,
                channels_last: bool) -> Data:
-    """A data set held as uint8 tensors: resized, channels matched, split, subsampled."""
+    """A data set held as uint8 tensors: resized, channels matched, split, subsampled. Read from
+    the user's files (`dataset.path`), its content is fingerprinted for the dense cache key."""
     train_full, test, num_classes, source = arrays
+    content = images_digest(train_full, test) if dataset_cfg.get("path") else ""
     size = dataset_cfg.image_size
     prepared = []
     for split in (train_full, test):
@@ -90,8 +94,19 @@ def in_memory_data(name, arrays: Arrays, dataset_cfg, train_cfg, channels: int, 
     train, val = train_full.take(train_idx), train_full.take(val_idx)
     s, seed_split = dataset_cfg.subset, dataset_cfg.split_seed
     train, val, test = (subsample(x, s, seed_split) for x in (train, val, test))
-    return tensor_data(name, train, val, test, num_classes, channels, dataset_cfg, train_cfg,
+    data = tensor_data(name, train, val, test, num_classes, channels, dataset_cfg, train_cfg,
                        device, seed, channels_last, source)
+    return dataclasses.replace(data, content=content)
+
+
+def images_digest(*splits: Images) -> str:
+    """sha256 over the splits' images and labels: what the files held."""
+    h = hashlib.sha256()
+    for split in splits:
+        for t in (split.images, split.labels):
+            h.update(f"{tuple(t.shape)}|".encode())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def build_data(dataset_cfg, train_cfg, channels: int, device="cpu", seed: int = 0,

@@ -2,14 +2,21 @@
 decoded into memory when it fits, streamed otherwise."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
-import torch
-
 from prunekit.config import DatasetConfig, schema
 from prunekit.data.build import DATASETS, tensor_data
-from prunekit.data.images import Images, decode_all, stratified_split, subset_indices
+from prunekit.data.image_files import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    class_names,
+    describe_classes,
+    fingerprint,
+    index_split,
+)
+from prunekit.data.images import decode_all, stratified_split, subset_indices
 from prunekit.data.loaders import Data, StreamLoader
 from prunekit.errors import ConfigError
 
@@ -35,51 +42,56 @@ class ImageFolderConfig(DatasetConfig):
 
 @DATASETS.register("imagefolder")
 def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
-    import torchvision  # here, not at import: `prune-run` starts without it
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # here, not at import: `prune-run` starts without it
 
     path = os.path.expanduser(str(cfg.path))
     size = cfg.image_size or 224
-    folder = torchvision.datasets.ImageFolder
-    full = folder(os.path.join(path, "train"))
     test_dir = os.path.join(path, "val")
     if not os.path.isdir(test_dir):
         raise ConfigError(f"dataset.path={cfg.path} has no val/ folder: the test split is "
                           "read from val/ (ImageNet layout)")
-    test_full = folder(test_dir)
-    labels, test_labels = torch.tensor(full.targets), torch.tensor(test_full.targets)
+    names = class_names(os.path.join(path, "train"))
+    classes = {name: i for i, name in enumerate(names)}
+    full = index_split(os.path.join(path, "train"), classes, f"{cfg.path}/train")
+    test_full = index_split(test_dir, classes, f"{cfg.path}/val")
+    if not full.samples:
+        raise ConfigError(f"dataset.path={cfg.path}: train/ holds no images "
+                          f"({', '.join(IMAGE_EXTENSIONS)})")
+    notes = describe_classes(names, test_full, classes, full.skipped_links +
+                             test_full.skipped_links)
+    content = fingerprint([full, test_full], path)
+    labels, test_labels = full.labels, test_full.labels
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
     train_idx = train_idx[subset_indices(labels[train_idx], cfg.subset, cfg.split_seed)]
     val_idx = val_idx[subset_indices(labels[val_idx], cfg.subset, cfg.split_seed)]
     test_idx = subset_indices(test_labels, cfg.subset, cfg.split_seed)
+    part = lambda index, idx: [index.samples[i] for i in idx.tolist()]  # noqa: E731
+    splits = (part(full, train_idx), part(full, val_idx), part(test_full, test_idx))
+    for samples, split in zip(splits, ("train/ (train)", "train/ (validation)", "val/ (test)")):
+        if not samples:
+            raise ConfigError(f"dataset.subset={cfg.subset} leaves no image in {split}: raise "
+                              "dataset.subset or add images")
 
     in_memory = cfg.in_memory
-    estimate = (len(full) + len(test_full)) * 3 * size * size
+    estimate = (len(full.samples) + len(test_full.samples)) * 3 * size * size
     if in_memory is None:
         in_memory = estimate < IN_MEMORY_LIMIT_BYTES
-    gray = channels == 1
     if in_memory:
         resize = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size)]
-                           + ([T.Grayscale()] if gray else []))
-        full.transform = resize
-        test_full.transform = resize
-        decoded = decode_all(torch.utils.data.Subset(full, train_idx.tolist() + val_idx.tolist()))
-        n_train = len(train_idx)
-        train = Images(decoded.images[:n_train], decoded.labels[:n_train])
-        val = Images(decoded.images[n_train:], decoded.labels[n_train:])
-        test = decode_all(torch.utils.data.Subset(test_full, test_idx.tolist()))
-        return tensor_data("imagefolder", train, val, test, len(full.classes), channels, cfg,
+                           + ([T.Grayscale()] if channels == 1 else []))
+        train, val, test = (decode_all(ImageFiles(samples, resize)) for samples in splits)
+        data = tensor_data("imagefolder", train, val, test, len(names), channels, cfg,
                            train_cfg, device, seed, channels_last, path)
+    else:
+        data = streamed(cfg, train_cfg, path, splits, len(names), channels, size, device, seed,
+                        channels_last)
+    return dataclasses.replace(data, content=content, notes=notes)
 
-    return streamed(cfg, train_cfg, path, (train_idx, val_idx, test_idx), len(full.classes),
-                    channels, size, device, seed, channels_last)
 
-
-def streamed(cfg, train_cfg, path: str, indices, classes: int, channels: int, size: int, device,
+def streamed(cfg, train_cfg, path: str, splits, classes: int, channels: int, size: int, device,
              seed: int, channels_last: bool) -> Data:
-    """An image folder too large for memory, streamed through torchvision's DataLoader: random
+    """An image folder too large for memory, streamed through torch's DataLoader: random
     resized crops (and flips) for training, the centre crop for val and test."""
-    import torchvision
     from torchvision import transforms as T
 
     mean, std = ([0.449], [0.226]) if channels == 1 else ([0.485, 0.456, 0.406],
@@ -90,15 +102,13 @@ def streamed(cfg, train_cfg, path: str, indices, classes: int, channels: int, si
                          + ([T.RandomHorizontalFlip()] if cfg.augment == "crop_flip" else [])
                          + [T.ToTensor(), norm])
     eval_tf = T.Compose(g + [T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
-    folder = torchvision.datasets.ImageFolder
-    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "val")
-    train_idx, val_idx, test_idx = indices
-    train_set = torch.utils.data.Subset(folder(train_dir, train_tf), train_idx.tolist())
-    val_set = torch.utils.data.Subset(folder(train_dir, eval_tf), val_idx.tolist())
-    test_set = torch.utils.data.Subset(folder(test_dir, eval_tf), test_idx.tolist())
+    train, val, test = splits
     kw = dict(num_workers=cfg.num_workers, device=device, channels_last=channels_last)
     return Data("imagefolder",
-                StreamLoader(train_set, train_cfg.batch_size, train=True, seed=seed, **kw),
-                StreamLoader(val_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
-                StreamLoader(test_set, train_cfg.eval_batch_size, train=False, seed=seed, **kw),
+                StreamLoader(ImageFiles(train, train_tf), train_cfg.batch_size, train=True,
+                             seed=seed, **kw),
+                StreamLoader(ImageFiles(val, eval_tf), train_cfg.eval_batch_size, train=False,
+                             seed=seed, **kw),
+                StreamLoader(ImageFiles(test, eval_tf), train_cfg.eval_batch_size, train=False,
+                             seed=seed, **kw),
                 classes, channels, size, fast_path=False, source=path)

@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from prunekit.data.image_files import UnreadableImage, unwrap_worker_error
 from prunekit.data.images import Images, subsample
 
 
@@ -225,9 +226,12 @@ class StreamLoader:
 
     def __iter__(self):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        for x, y in self.loader:
-            yield (x.to(self.device, non_blocking=True, memory_format=fmt),
-                   y.to(self.device, non_blocking=True))
+        try:
+            for x, y in self.loader:
+                yield (x.to(self.device, non_blocking=True, memory_format=fmt),
+                       y.to(self.device, non_blocking=True))
+        except UnreadableImage as e:  # from a worker: its traceback is in the message
+            raise unwrap_worker_error(e) from None
 
 
 @dataclass
@@ -243,13 +247,16 @@ class Data:
     image_size: int
     fast_path: bool
     source: str = ""  # where the images came from: a folder, a package
+    content: str = ""  # a fingerprint of the user's files it read (the dense cache keys it)
+    notes: str = ""  # what the data line adds (a class val/ lacks, links not followed)
 
     def describe(self) -> str:
         path = "in-memory tensors" if self.fast_path else "streaming DataLoader"
         return (f"{self.name}: {self.train.num_samples} train / {self.val.num_samples} val / "
                 f"{self.test.num_samples} test, {self.num_classes} classes, {self.channels}x"
                 f"{self.image_size}x{self.image_size}, {path}"
-                + (f", from {self.source}" if self.source else ""))
+                + (f", from {self.source}" if self.source else "")
+                + (f"; {self.notes}" if self.notes else ""))
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """The first val images (the same on every rank of a distributed run)."""
