@@ -18,10 +18,12 @@ far and the whole state, as the Context's own field declarations say (`methods.c
 
 `resume=true` runs the method again from the start, in replay. Journaled operations before the
 checkpoint return their recorded results without doing anything, so the method's control flow
-(its decisions included) retraces the interrupted run exactly. At the checkpoint, the state is
-restored and the run goes on live; a fit in progress continues from its next epoch with its
-optimiser. With deterministic kernels, the resumed run ends with the numbers an uninterrupted run
-would have.
+(its decisions included) retraces the interrupted run exactly. When the last of them has
+returned, the state is restored (so the code between it and the next operation, e.g. the
+constraints a method builds from the model, sees the checkpoint's model) and the run goes on
+live; a fit in progress continues from its next epoch, or mid-epoch from its next batch, with
+its optimiser and its place in the epoch's data. With deterministic kernels, the resumed run
+ends with the numbers an uninterrupted run would have.
 
 Operations nested inside another (validations inside a fit's epoch hook, the trials of a search
 wrapped in `once`) are not journaled: the outer operation is the unit of replay.
@@ -41,7 +43,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,6 +79,30 @@ class Terminated(KeyboardInterrupt):
 # (SIGTERM, SIGINT) or None; `checkpointer` is the run's while checkpoints can still come (set by
 # the runner: the dense training and the method), else None and a signal stops the run at once.
 STOP: dict = {"requested": None, "checkpointer": None}
+
+
+STOP_VOTE_STEPS = 16  # a distributed run's ranks agree on a mid-epoch stop this often
+
+
+def vote(stop: bool, timed: bool) -> Tuple[bool, bool]:
+    """The ranks of a distributed run agree: a stop asked on any rank (SIGTERM to one process)
+    is asked on all, and rank 0's clock says whether a checkpoint is due."""
+    votes = distributed.sum_(torch.tensor([float(stop), float(timed)]))
+    if votes[0] > 0 and STOP["requested"] is None:
+        STOP["requested"] = "SIGTERM"  # another rank's: a cluster stops every process
+    return bool(votes[0] > 0), bool(votes[1] > 0)
+
+
+def stop_asked(step: int) -> bool:
+    """Whether a fit stops after optimiser step `step` (the Trainer's FitHooks.stop): a stop
+    signal came while a checkpoint can still be written. A single process asks at every step
+    (a dict lookup); a distributed run's ranks vote every STOP_VOTE_STEPS steps (one small
+    all-reduce), so that all stop after the same step."""
+    if STOP["checkpointer"] is None:
+        return False
+    if not distributed.current().distributed:
+        return STOP["requested"] is not None
+    return step % STOP_VOTE_STEPS == 0 and vote(STOP["requested"] is not None, False)[0]
 
 
 def stop_now(signal_name: Optional[str]) -> KeyboardInterrupt:
@@ -117,11 +143,8 @@ class Checkpointer:
         world = distributed.current()
         if not world.distributed:
             return STOP["requested"] is not None or timed
-        votes = distributed.sum_(torch.tensor([float(STOP["requested"] is not None),
-                                               float(timed and world.main)]))
-        if votes[0] > 0 and STOP["requested"] is None:
-            STOP["requested"] = "SIGTERM"  # another rank's: a cluster stops every process
-        return STOP["requested"] is not None or bool(votes[1] > 0)
+        stop, timed = vote(STOP["requested"] is not None, timed and world.main)
+        return stop or timed
 
     def save(self, payload: dict) -> Path:
         """A method checkpoint (the oldest beyond `keep` go)."""
@@ -349,6 +372,8 @@ class Replay:
             i = j.position
             j.position += 1
             if j.pending is not None and i < j.resume_at:  # replay: the recorded result
+                if i == j.resume_at - 1:  # the last one before the checkpoint: the state it
+                    self.finish(ctx)  # holds from here, for the code up to the next operation
                 return j.results[i]
             self.finish(ctx)
         j.depth += 1

@@ -55,6 +55,7 @@ from prunekit.resume import (
     loaders_of,
     rng_state,
     set_rng_state,
+    stop_asked,
     stop_now,
 )
 from prunekit.run_dir import check_run_dir, read_summary
@@ -240,7 +241,8 @@ def method_context(cfg: DictConfig, model: nn.Module, dense: nn.Module, dense_va
     with clock.phase("prune"):
         pruner = build_pruner(cfg, model, example)
     report = epoch_log("epoch", lambda: tally.finetune_epochs, clock.exclude)
-    hooks = FitHooks(report_epoch=report, compiled=lambda s: clock.reassign(s, "compile"))
+    hooks = FitHooks(report_epoch=report, compiled=lambda s: clock.reassign(s, "compile"),
+                     stop=trainer.hooks.stop)
     return Context(cfg=cfg, model=model, dense_model=dense, data=trainer.data,
                    trainer=trainer.with_hooks(hooks), pruner=pruner,
                    recorder=recorder, clock=clock, hw=trainer.hw, target=target_fraction(cfg),
@@ -304,7 +306,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
     check_reach(cfg, unit(cfg.method), model, data.example_input(1))
     checkpointer, journal = resumable(cfg, out_dir)
     STOP["checkpointer"] = checkpointer  # a stop signal waits for the next checkpoint
-    with Trainer(data, cfg.train, hw, progress=distributed.current().main) as trainer:
+    with Trainer(data, cfg.train, hw, progress=distributed.current().main,
+                 hooks=FitHooks(stop=stop_asked)) as trainer:
         epoch_log = epoch_logs(cfg, tracking, trainer)
         dense_log = epoch_log("dense")
         summary.update(obtain_dense(cfg, model, trainer, user_state, dense_log, checkpointer))
@@ -342,10 +345,10 @@ def resumable(cfg: DictConfig, out_dir: Path):
 @contextlib.contextmanager
 def stop_signals():
     """While the run lasts, SIGTERM and Ctrl-C stop it. With checkpoints on, SIGTERM stops it at
-    the next checkpoint (the next epoch end or pruning step: the work since the last one is
-    kept), and so does Ctrl-C when a checkpoint is due (else at once: the last one is recent); a
-    second signal stops it at once, as does one where no checkpoint lies ahead. Either way the
-    summary says `interrupted`."""
+    the next checkpoint (after the training step under way, mid-epoch, or the pruning step:
+    the work since the last one is kept), and so does Ctrl-C when a checkpoint is due (else at
+    once: the last one is recent); a second signal stops it at once, as does one where no
+    checkpoint lies ahead. Either way the summary says `interrupted`."""
     def handler(signum, frame):
         name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
         checkpointer = STOP["checkpointer"]
@@ -353,8 +356,8 @@ def stop_signals():
                 name == "SIGTERM" or checkpointer.overdue()):
             STOP["requested"] = name
             key = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
-            log.warning("%s: stopping at the next checkpoint, at the end of this epoch or "
-                        "pruning step (%s again stops at once)", key, key)
+            log.warning("%s: stopping at the next checkpoint, after the training step or "
+                        "pruning step under way (%s again stops at once)", key, key)
             return
         raise stop_now(name)
 

@@ -63,8 +63,10 @@ class FitHooks:
     top-1 it measured or None (tracking.EpochLog); and `checkpoint(fit state)` last, with what a
     resumed fit needs (the epochs done, optimiser, scheduler, scaler; pass it back as
     `fit(resume=...)`); `compiled(seconds)` after `hardware.compile` compiled a step (the
-    method's clock counts them as its compile phase). A Trainer's own hooks (given when it is
-    made) serve every fit and evaluation; a fit's hooks replace them one by one."""
+    method's clock counts them as its compile phase); `stop(step)` after each optimiser step:
+    whether a stop was asked (a signal), when the fit checkpoints at once, mid-epoch, with its
+    place in the epoch's data (`resume` continues there). A Trainer's own hooks (given when it
+    is made) serve every fit and evaluation; a fit's hooks replace them one by one."""
 
     loss: Optional[LossFn] = None
     before_step: Optional[Callable[[int], None]] = None
@@ -72,6 +74,7 @@ class FitHooks:
     report_epoch: Optional[Callable[[int, float, nn.Module], Optional[float]]] = None
     checkpoint: Optional[Callable[[dict], None]] = None
     compiled: Optional[Callable[[float], None]] = None  # the seconds a (re)compile took
+    stop: Optional[Callable[[int], bool]] = None  # a stop asked before step t's end?
 
     def over(self, standing: "FitHooks") -> "FitHooks":
         """These hooks, with `standing`'s where these have none."""
@@ -231,7 +234,7 @@ class Trainer:
         (momentum, nesterov) instead of train.*'s. Only parameters that require grad
         are trained (frozen layers stay as they are). `hooks` plug into the loop (FitHooks, over
         the trainer's own); `resume` is a checkpoint hook's fit state, to continue from its next
-        epoch."""
+        epoch (or, taken mid-epoch, from its next batch)."""
         if epochs <= 0:
             return FitResult(0, 0, float("nan"))
         hooks = (hooks or FitHooks()).over(self.hooks)
@@ -239,13 +242,16 @@ class Trainer:
         opt, sched, scaler = self.optimisation(model, lr, weight_decay, lr_schedule,
                                                epochs * len(loader), sgd or {})
         task = self.progress.add_task(desc, total=epochs * len(loader), info="")
-        first, last_loss = 0, float("nan")
+        first, last_loss, into = 0, float("nan"), None
         if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
             for part, name in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
                 part.load_state_dict(resume[name])
             first, last_loss = resume["epochs_done"], resume["loss"]
-            self.progress.advance(task, first * len(loader))
-        step = first * len(loader)
+            if resume.get("loader") is not None:  # stopped mid-epoch: its batches and loss so far
+                loader.resume_at(resume["loader"])
+                into = resume
+        step = first * len(loader) + (into["loader"]["batch"] if into else 0)
+        self.progress.advance(task, step)
         model.train()
         net = self.compiler(self.parallel(model),
                             lambda: self.data.example_input(self.cfg.batch_size), True, self.hw,
@@ -254,8 +260,10 @@ class Trainer:
         try:
             for epoch in range(first, epochs):
                 epoch_started = time.perf_counter()
+                place = dict(epoch=epoch, loss=last_loss, optimisation=(opt, sched, scaler))
                 loss_sum, step = self.train_epoch(net, opt, sched, scaler, hooks, masks, step,
-                                                  task)
+                                                  task, place, into)
+                into = None
                 # the one host sync of the epoch; every rank's mean (the same on all ranks)
                 last_loss = float(distributed.sum_(loss_sum)) / len(loader) / \
                     distributed.current().size
@@ -281,10 +289,13 @@ class Trainer:
         return opt, sched, scaler
 
     def train_epoch(self, net: nn.Module, opt, sched, scaler, hooks: FitHooks,
-                    masks: Optional[MaskSet], step: int, task) -> Tuple[torch.Tensor, int]:
-        """One pass over the train loader: the loss summed on the device (no host sync), and the
-        step count after it."""
-        loss_sum = torch.zeros((), device=self.hw.device)
+                    masks: Optional[MaskSet], step: int, task, place: dict,
+                    into: Optional[dict] = None) -> Tuple[torch.Tensor, int]:
+        """One pass over the train loader (`into`: the rest of one stopped mid-way): the loss
+        summed on the device (no host sync), and the step count after it. A stop asked
+        (`hooks.stop`) checkpoints after the step under way, with the pass's place (`place`:
+        the epoch, the last epoch's loss, the optimisation)."""
+        loss_sum = torch.full((), into["loss_sum"] if into else 0.0, device=self.hw.device)
         smoothing = self.cfg.label_smoothing
         for x, y in self.data.train:
             if hooks.before_step is not None:
@@ -305,7 +316,17 @@ class Trainer:
             loss_sum += loss.detach().float()
             step += 1
             self.progress.advance(task)
+            if hooks.stop is not None and hooks.checkpoint is not None and hooks.stop(step):
+                self.checkpoint_mid_epoch(hooks, place, float(loss_sum))
         return loss_sum, step
+
+    def checkpoint_mid_epoch(self, hooks: FitHooks, place: dict, loss_sum: float) -> None:
+        """The fit's state between two steps (its checkpoint hook then stops the run)."""
+        opt, sched, scaler = place["optimisation"]
+        hooks.checkpoint({"epochs_done": place["epoch"], "loss": place["loss"],
+                          "loss_sum": loss_sum, "loader": self.data.train.position(),
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict()})
 
     def end_epoch(self, model: nn.Module, desc: str, epoch: int, epochs: int, first: int,
                   loss: float, hooks: FitHooks, task, seconds: float, fit_started: float,

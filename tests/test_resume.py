@@ -1,6 +1,7 @@
 """Runs that survive: checkpoints, resume=true ends where an uninterrupted run ends, integrity."""
 import csv
 import dataclasses
+import io
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FAST, make_cfg, read_summary, run_cli
 from prunekit.config import METHODS
@@ -190,13 +192,16 @@ def resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method, ov
     key = " ".join(args)
     if key not in REFERENCES:  # one uninterrupted run per configuration
         ref_dir = tmp_path_factory.mktemp("reference")
-        REFERENCES[key] = (run(make_cfg(args), ref_dir, show=False), rows(ref_dir))
-    reference, reference_rows = REFERENCES[key]
+        REFERENCES[key] = (run(make_cfg(args), ref_dir, show=False), rows(ref_dir), ref_dir)
+    reference, reference_rows, ref_dir = REFERENCES[key]
     with monkeypatch.context() as m:
         struck = interrupt(m, where, how, row, fit)
         with pytest.raises((KeyboardInterrupt, Killed)):
             run(make_cfg(args), tmp_path, show=False)
     assert struck["struck"]
+    if where == "fit" and how != "kill":  # a signal mid-epoch: checkpointed after that step
+        fit_state = newest_checkpoint(tmp_path)["fit"]
+        assert fit_state["epochs_done"] == 1 and fit_state["loader"]["batch"] > 0
     stopped = read_summary(tmp_path)
     assert stopped["status"] == ("failed" if how == "kill" else "interrupted")
     if how == "sigint":
@@ -208,7 +213,16 @@ def resumes_to_the_same_rows(tmp_path, tmp_path_factory, monkeypatch, method, ov
         assert resumed[k] == reference[k], k
     assert rows(tmp_path) == reference_rows  # every step, value for value
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
+    ours, theirs = (torch.load(d / "model.pt", weights_only=True)["state_dict"]
+                    for d in (tmp_path, ref_dir))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     return resumed
+
+
+def newest_checkpoint(run_dir: Path) -> dict:
+    """The payload of the checkpoint written last (a method's, or the dense training's)."""
+    path = max((run_dir / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
+    return torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=True)
 
 
 def test_a_resumed_ice_run_replays_its_tuning(tmp_path, monkeypatch):

@@ -63,6 +63,7 @@ class TensorLoader:
         self.rank, self.world = 0, 1
         # BatchNorm cannot train on a batch of one: drop a trailing partial batch when training.
         self.drop_last = train and len(split) > batch_size
+        self.batch, self.started, self.pending = 0, None, None  # the pass under way
 
     @property
     def num_samples(self) -> int:
@@ -111,12 +112,36 @@ class TensorLoader:
         out.drop_last = len(out.split) > self.batch_size  # (BatchNorm: no batch of one)
         return out
 
+    def position(self) -> dict:
+        """Where the pass under way is (resume_at continues it there): its batch and the
+        generators' states at its start and now."""
+        return {"batch": self.batch, "start": self.started,
+                "now": [g.get_state() for g in self.generators()]}
+
+    def resume_at(self, position: dict) -> None:
+        """The next pass continues the one `position` describes: the same order, the same
+        augmentation draws, from its next batch (a run stopped mid-epoch)."""
+        self.pending = position
+
+    def generators(self) -> list:
+        return [self.gen] if self.aug_gen is self.gen else [self.gen, self.aug_gen]
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         device = self.split.images.device
+        resumed, self.pending = self.pending, None
+        if resumed is not None:
+            self.gen.set_state(resumed["start"])
+        self.started, self.batch = self.gen.get_state(), 0
         order = (torch.randperm(n, generator=self.gen, device=device) if self.train
                  else torch.arange(n, device=device))
-        for b in range(len(self)):
+        if resumed is not None:
+            for g, state in zip(self.generators(), resumed["now"]):
+                g.set_state(state)
+            self.batch = resumed["batch"]
+        while self.batch < len(self):
+            b = self.batch
+            self.batch += 1
             idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]
             if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
                 continue
@@ -133,67 +158,95 @@ class TensorLoader:
             yield x, self.split.labels[idx]
 
 
-class ShareOfBatches(torch.utils.data.Sampler):
-    """Rank `rank`'s share (`rank`::`world`) of every batch a BatchSampler draws."""
+def sample_seed(epoch_seed: int, index: int) -> int:
+    """The seed of sample `index`'s augmentation in a pass: its own, whichever worker loads it."""
+    return (epoch_seed * 1_000_003 + index * 7_919) % (1 << 62)
 
-    def __init__(self, batches, rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
+
+class SeededSamples(torch.utils.data.Dataset):
+    """A dataset whose item (index, seed) is drawn with torch's RNG seeded to `seed` (and the
+    caller's RNG left as it was): augmentation depends on the sample and the pass alone, not on
+    the worker count or where a pass was resumed."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class PassPlan(torch.utils.data.Sampler):
+    """The batches of the pass under way (set by StreamLoader before each pass): one
+    DataLoader, with persistent workers, serves every pass."""
+
+    def __init__(self):
+        self.batches: list = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
-        for batch in self.batches:
-            share = batch[self.rank::self.world]
-            if share:
-                yield share
+        return iter(self.batches)
 
 
 class StreamLoader:
-    """A torchvision DataLoader over an image folder, moving batches to the device."""
+    """Image files through a DataLoader's workers, moving batches to the device. A training pass
+    draws its order and its seed from `gen`; each sample is augmented from its own seed
+    (SeededSamples), so a pass is the same with any number of workers, and a pass stopped
+    mid-way continues where it stopped (position / resume_at). In a distributed run every rank
+    draws the same batches and loads its share (`rank`::`world`) of each."""
 
     def __init__(self, dataset, batch_size: int, *, train: bool, num_workers: int, device,
                  seed: int, channels_last: bool = False, share: Tuple[int, int] = (0, 1),
                  drop_last: Optional[bool] = None):
         self.gen = torch.Generator().manual_seed(seed)
+        self.dataset = dataset
         if drop_last is None:  # BatchNorm cannot train on a batch of one
             drop_last = train and len(dataset) > batch_size
-        common = dict(num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-                      persistent_workers=num_workers > 0)
+        self.drop_last = drop_last
+        self.num_workers = num_workers
         self.rank, self.world = share
-        if self.world == 1:
-            self.loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
-                generator=self.gen, **common)
-        else:  # every rank draws the same batches (one seed) and loads its share of each
-            order = (torch.utils.data.RandomSampler(dataset, generator=self.gen) if train
-                     else torch.utils.data.SequentialSampler(dataset))
-            batches = torch.utils.data.BatchSampler(order, batch_size, drop_last)
-            self.loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=ShareOfBatches(batches, self.rank, self.world), **common)
+        self.plan = PassPlan()
+        self.loader = torch.utils.data.DataLoader(  # (its own generator: the workers' base
+            SeededSamples(dataset), batch_sampler=self.plan, num_workers=num_workers,  # seed
+            pin_memory=torch.device(device).type == "cuda", persistent_workers=num_workers > 0,
+            generator=torch.Generator())  # draws none of the run's random numbers)
         self.batch_size = batch_size
         self.device = device
         self.channels_last = channels_last
         self.train = train
+        self.batch, self.pending, self.epoch_seed = 0, None, 0
 
     @property
     def num_samples(self) -> int:
-        return len(self.loader.dataset)
+        return len(self.dataset)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        n, b = len(self.dataset), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
 
     def reseed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
+
+    def position(self) -> dict:
+        """Where the pass under way is: its seed (order and augmentation) and batch."""
+        return {"batch": self.batch, "seed": self.epoch_seed, "now": self.gen.get_state()}
+
+    def resume_at(self, position: dict) -> None:
+        self.pending = position
 
     def subset(self, fraction: float, seed: int) -> "StreamLoader":
         """The same loader over a random `fraction` of the dataset (no labels to stratify by
         without decoding every image)."""
         if fraction >= 1.0:
             return self
-        out = StreamLoader(self._sample(fraction, seed), self.batch_size, train=self.train,
-                           num_workers=self.loader.num_workers, device=self.device, seed=seed,
-                           channels_last=self.channels_last, share=(self.rank, self.world))
+        out = self.like(self._sample(fraction, seed), seed=seed)
         if hasattr(self, "unsharded"):  # as TensorLoader.subset: the whole batches come along
             out.unsharded = self.unsharded.subset(fraction, seed)
         return out
@@ -202,13 +255,18 @@ class StreamLoader:
         """A random `fraction` of the dataset read in order (as TensorLoader.fixed_sample; the
         dataset's own transform still applies)."""
         sample = self._sample(fraction, seed)
-        return StreamLoader(sample, self.batch_size, train=False,
-                            num_workers=self.loader.num_workers, device=self.device, seed=seed,
-                            channels_last=self.channels_last,
-                            drop_last=len(sample) > self.batch_size)
+        return self.like(sample, seed=seed, train=False, share=(0, 1),
+                         drop_last=len(sample) > self.batch_size)
+
+    def like(self, dataset, **changes) -> "StreamLoader":
+        """A loader as this one over `dataset`, with `changes` to its settings."""
+        settings = dict(train=self.train, num_workers=self.num_workers, device=self.device,
+                        seed=self.gen.initial_seed(), channels_last=self.channels_last,
+                        share=(self.rank, self.world))
+        return StreamLoader(dataset, self.batch_size, **{**settings, **changes})
 
     def _sample(self, fraction: float, seed: int):
-        ds = self.loader.dataset
+        ds = self.dataset
         if fraction >= 1.0:
             return ds
         n = max(1, int(round(fraction * len(ds))))
@@ -217,17 +275,34 @@ class StreamLoader:
 
     def shard(self, rank: int, world: int) -> "StreamLoader":
         """This rank's share of every batch, as TensorLoader.shard."""
-        out = StreamLoader(self.loader.dataset, self.batch_size, train=self.train,
-                           num_workers=self.loader.num_workers, device=self.device,
-                           seed=self.gen.initial_seed(), channels_last=self.channels_last,
-                           share=(rank, world))
+        out = self.like(self.dataset, share=(rank, world))
         out.unsharded = self
         return out
 
+    def plan_pass(self) -> None:
+        """This pass's seed and batches (a resumed pass: the stopped one's, from its batch)."""
+        resumed, self.pending = self.pending, None
+        n = len(self.dataset)
+        if resumed is not None:
+            self.epoch_seed, self.batch = resumed["seed"], resumed["batch"]
+            self.gen.set_state(resumed["now"])
+        else:
+            self.batch = 0
+            self.epoch_seed = (int(torch.randint(0, 1 << 62, (1,), generator=self.gen))
+                               if self.train else 0)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.epoch_seed))
+                 if self.train else torch.arange(n)).tolist()
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]
+                   for b in range(self.batch, len(self))]
+        self.plan.batches = [[(i, sample_seed(self.epoch_seed, i)) for i in batch]
+                             for batch in batches if batch]
+
     def __iter__(self):
+        self.plan_pass()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         try:
             for x, y in self.loader:
+                self.batch += 1
                 yield (x.to(self.device, non_blocking=True, memory_format=fmt),
                        y.to(self.device, non_blocking=True))
         except UnreadableImage as e:  # from a worker: its traceback is in the message

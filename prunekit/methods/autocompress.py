@@ -270,6 +270,19 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
                       cooling=s.cooling, evaluations=s.evaluations, rng=rng, on_trial=on_trial)
 
 
+def plain_units(found: Tuple[List[SearchUnit], float, int]) -> list:
+    """search_units' result as the journal keeps it (a round's units: the model's then)."""
+    units, outside, total = found
+    return [[[u.name, list(u.layers), u.size, list(u.schemes), u.lower] for u in units],
+            outside, total]
+
+
+def plain_search(found: Tuple[Action, float, int]) -> list:
+    """search_round's result as the journal keeps it: plain data."""
+    action, value, n_trials = found
+    return [list(action.rates), list(action.schemes), value, n_trials]
+
+
 class RandomState:
     """The search's random.Random as a checkpointed object (ctx.keep_state)."""
 
@@ -285,8 +298,9 @@ class RandomState:
 
 @register
 class Autocompress(ProjectionMethod):
-    """One round is one journaled operation: a resumed run continues after the last finished
-    round (a round's ADMM and fine-tune epochs are not checkpointed one by one)."""
+    """A round is a sequence of journaled operations (the search, ADMM's epochs, the hard prune,
+    purification, the fine-tune's epochs): a resumed run continues inside a round, mid-epoch
+    included, as every other method does."""
 
     name = "autocompress"
     schema = AutocompressConfig
@@ -337,8 +351,7 @@ class Autocompress(ProjectionMethod):
         search, check = self.quick_evaluations(ctx)
         totals = {"search_evaluations": 0, "purified_channels": 0, "purified_columns": 0}
         for i, target in enumerate(round_targets(ctx.target, c.rounds), 1):
-            got = ctx.op(lambda: self.round(ctx, i, target, search, check, rng.rng),
-                         checkpoint=True)
+            got = self.round(ctx, i, target, search, check, rng.rng)
             for k in totals:
                 totals[k] += got[k]
         ctx.tally.report(**totals)
@@ -360,30 +373,42 @@ class Autocompress(ProjectionMethod):
               check: QuickEvaluation, rng: random.Random) -> dict:
         c = self.cfg
         started = time.perf_counter()
-        units, outside, total = search_units(ctx.pruner, tuple(c.granularity.split("+")))
+        units, outside, total = ctx.op(lambda: plain_units(
+            search_units(ctx.pruner, tuple(c.granularity.split("+")))))
+        units = [SearchUnit(u[0], tuple(u[1]), u[2], tuple(u[3]), u[4]) for u in units]
         if not units:
             raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
                               "no layer or channel group that scheme can prune")
-        action, value, n_trials = search_round(ctx, c, i, target, units, outside, total,
-                                               search, rng)
+        found = ctx.once(lambda: plain_search(search_round(ctx, c, i, target, units, outside,
+                                                          total, search, rng)))
+        action, value, n_trials = Action(tuple(found[0]), tuple(found[1])), found[2], found[3]
         log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
                  "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
                  sum(map(by_filter, action.schemes)), len(units))
 
         constraints = constraints_for(ctx.pruner, units, action)
         admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)
-        with ctx.clock.phase("prune"):
-            hard_prune(constraints, ctx.pruner)
-        with ctx.clock.phase("eval"):  # the pruned model's own statistics, as in the search
-            check.recalibrate()
+
+        def prune_hard() -> None:
+            with ctx.clock.phase("prune"):
+                hard_prune(constraints, ctx.pruner)
+            with ctx.clock.phase("eval"):  # the pruned model's own statistics, as in the search
+                check.recalibrate()
+
+        ctx.op(prune_hard)
         val_hard = ctx.validate()
         with ctx.clock.phase("prune"):
-            weakest_channel, weakest_column = weakest(ctx.pruner)
+            weakest_channel, weakest_column = ctx.op(lambda: list(weakest(ctx.pruner)))
         most = None  # under a counted target, purification may pass it by the tolerance only
         if target_kind(ctx.cfg).factor:
             most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
-        got, tau = (purify(ctx, c.purify, check, val_hard, most, round=i) if c.purify.enabled
-                    else (Purified(), None))
+
+        def purified() -> list:
+            got, tau = purify(ctx, c.purify, check, val_hard, most, round=i)
+            return [got.channels, got.columns, tau]
+
+        channels, columns, tau = ctx.op(purified) if c.purify.enabled else (0, 0, None)
+        got = Purified(channels, columns)
         ctx.compact()
         val_purified = ctx.validate()
         ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")

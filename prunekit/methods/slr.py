@@ -127,14 +127,17 @@ class SlrState(PenaltySplit):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "W_prev": to_device(self.W_prev, "cpu"),
                 "Z_prev": to_device(self.Z_prev, "cpu"), "ce_prev": self.ce_prev, "s": self.s,
-                "k": self.k}
+                "k": self.k, "batches": self._batches,  # (a run stopped mid-epoch: its sum so far)
+                "ce_sum": None if self._ce_sum is None else self._ce_sum.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.W_prev = to_device(state["W_prev"], self.device)
         self.Z_prev = to_device(state["Z_prev"], self.device)
         self.ce_prev, self.s, self.k = state["ce_prev"], state["s"], state["k"]
-        self._ce_sum, self._batches = None, 0
+        ce_sum = state.get("ce_sum")
+        self._ce_sum = None if ce_sum is None else ce_sum.to(self.device)
+        self._batches = state.get("batches", 0)
 
 
 def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
