@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
+        bench-speedup bench-loop bench-stop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -118,6 +118,9 @@ bench-speedup:  ## FLOPs vs measured speedup of filter pruning at 30/50/70% (res
 
 bench-loop:  ## the training loop against plain PyTorch, masked and pruned steps, the data path
 	$(BIN)/python scripts/bench_loop.py --quick
+
+bench-stop:  ## SIGTERM mid-epoch on a 224 px image folder: seconds to stop, where, and the resume
+	$(BIN)/python scripts/bench_stop.py --json outputs/bench_stop.json
 
 bench-gpu:  ## one GPU: pruned vs dense resnet56 latency eager/graphed, training eager/compiled, into docs/benchmarks.md (--smoke on CPU)
 	$(BIN)/python scripts/bench_gpu.py --json outputs/bench_gpu.json --doc docs/benchmarks.md

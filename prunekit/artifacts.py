@@ -210,4 +210,5 @@ def save_model(path: Path, model: nn.Module, model_cfg, num_classes: int, image_
         "image_size": image_size,
         "compacted": compacted,
         "state_dict": state,
+        "sha256": state_digest(state),  # load_pruned checks it: a corrupt copy is not loaded
     }, path)

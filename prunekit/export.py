@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from prunekit.artifacts import MODEL_FORMAT
+from prunekit.artifacts import MODEL_FORMAT, state_digest
 from prunekit.errors import ConfigError, first_line
 from prunekit.files import torch_file_problem
 from prunekit.models import MODELS, build_model, resize_to_state
@@ -41,9 +41,15 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu",
     except Exception as e:
         raise ConfigError(f"{path} cannot be loaded ({first_line(e, 100)}): give a run's "
                           "model.pt") from None
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+    blob = blob if isinstance(blob, dict) else {}
+    state = blob.get("state_dict")
+    if blob.get("format") != MODEL_FORMAT or not isinstance(blob.get("model"), dict) or not (
+            isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
         raise ConfigError(f"{path} is not a prunekit model.pt (format {MODEL_FORMAT}): give the "
                           "model.pt a run wrote")
+    if "sha256" in blob and blob["sha256"] != state_digest(state):
+        raise ConfigError(f"{path}: its content hash does not match: the file is corrupt (copy "
+                          "it again)")
     cfg = OmegaConf.create(blob["model"])
     builder = MODELS.choose(cfg.get("name"), f"{path}: model.name")
     if model is None and getattr(builder, "imports_code", False) and not trust_code:
@@ -53,7 +59,6 @@ def load_pruned(path: Union[str, Path], map_location: str = "cpu",
                           "factory>), or trust_code=True if you trust whoever made the file")
     net = build_model(cfg, blob["num_classes"], blob["image_size"], pretrained=False,
                       factory=model)  # the architecture only: the weights are in the file
-    state = blob["state_dict"]
     resize_to_state(net, state)
     load_state(net, state)
     net.input_shape = (blob["model"]["in_channels"], blob["image_size"], blob["image_size"])

@@ -127,5 +127,5 @@ def config_text(run_dir: Path) -> Optional[str]:
     path = Path(run_dir) / "config_resolved.yaml"
     try:
         return path.read_text()
-    except OSError:
+    except (OSError, ValueError):  # missing, unreadable, not text
         return None

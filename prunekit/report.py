@@ -37,8 +37,8 @@ from rich.table import Table
 from prunekit.clock import PHASES
 from prunekit.config import METHODS
 from prunekit.console import CONSOLE, print_table
-from prunekit.errors import ConfigError, did_you_mean
-from prunekit.files import atomic_write, atomic_write_text
+from prunekit.errors import ConfigError, did_you_mean, first_line
+from prunekit.files import atomic_write, atomic_write_text, write_failure
 from prunekit.html_report import config_text, page
 from prunekit.targets import describe
 
@@ -310,12 +310,17 @@ def layer_heatmaps(out: Path, runs: pd.DataFrame) -> List[Path]:
         rows: Dict[str, List[pd.Series]] = {}
         for _, r in of_model.iterrows():
             path = Path(r["run_dir"]) / "layers.csv"
-            if not path.is_file():
+            try:
+                layers = pd.read_csv(path)
+                layers = layers[layers["prunable"].astype(str) == "True"]
+                density = pd.to_numeric(layers.set_index("layer")["density"], errors="raise")
+            except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
+                if path.is_file():  # a missing one is a run that wrote none: nothing to say
+                    log.warning("%s is unreadable (%s): left out of the heatmap", path,
+                                first_line(e))
                 continue
-            layers = pd.read_csv(path)
-            layers = layers[layers["prunable"].astype(str) == "True"]
             rows.setdefault(str(r["method"]), []).append(
-                (1.0 - layers.set_index("layer")["density"]).rename(str(r["method"])))
+                (1.0 - density).rename(str(r["method"])))
         if not rows:
             continue
         matrix = pd.DataFrame({m: pd.concat(v, axis=1).mean(axis=1) for m, v in rows.items()}).T
@@ -431,6 +436,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         got = report(args.dirs, args.out, group_by, args.metric, formats, not args.no_plots)
     except ConfigError as e:
         ap.exit(2, f"prune-report: error: {e}\n")
+    except OSError as e:  # a full or read-only disk: what was written before stays whole
+        ap.exit(1, f"prune-report: error: cannot write {e.filename or 'the report'} "
+                   f"({write_failure(e)})\n")
     if not got["written"]:
         print(f"prune-report: error: no summary.json under {', '.join(map(str, args.dirs))}: "
               "nothing written", file=sys.stderr)

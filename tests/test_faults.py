@@ -240,11 +240,14 @@ def folder_data(root: Path, in_memory: bool, **keys):
 
 
 def true_labels(loader):
-    """(label given, label the colour says) of every image a loader yields."""
+    """(label given, label the colour says) of every image a loader holds: the brightest
+    channel (red a, green b, blue c) of its decoded pixels, before normalisation (which takes
+    the colour out of a split of one colour)."""
+    split = getattr(loader, "split", None)
+    batches = [(split.images.float(), split.labels)] if split is not None else loader
     pairs = []
-    for x, y in loader:
-        rgb = x.mean(dim=(2, 3)).argmax(1)  # the brightest channel: red a, green b, blue c
-        pairs += list(zip(y.tolist(), rgb.tolist()))
+    for x, y in batches:
+        pairs += list(zip(y.tolist(), x.mean(dim=(2, 3)).argmax(1).tolist()))
     return pairs
 
 
