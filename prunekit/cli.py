@@ -8,7 +8,6 @@ Bad input never shows a traceback; set HYDRA_FULL_ERROR=1 to see one for any fai
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -22,7 +21,6 @@ import hydra
 import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
-from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import (
@@ -36,7 +34,7 @@ from prunekit import distributed
 from prunekit.config import SCHEMAS, schema_keys, validate
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.record import write_failed_summary
-from prunekit.run_dir import check_run_dir, holds_a_result
+from prunekit.run_dir import check_run_dir, holds_a_result, task_config
 from prunekit.tracking import TRACKERS
 
 FAILED: List[str] = []
@@ -215,32 +213,6 @@ def tracking_names(cfg: DictConfig, out_dir: str):
         return run_names(cfg, Path(out_dir), root=Path(hc.sweep.dir), run=run,
                          experiment=str(hc.sweep.dir))
     return run_names(cfg, Path(out_dir), run=run)
-
-
-class RunDirCheck(Callback):
-    """A single run's folder checked before Hydra writes its .hydra/ files there
-    (run_dir.check_run_dir): where the run will be refused (another configuration's finished
-    run, an interrupted run's checkpoints), Hydra is told to write no .hydra/ files, so nothing
-    of the run that is there is overwritten; the job then refuses in one line. (Hydra turns a
-    callback's exception into a warning, so refusing is left to the job.) A sweep's jobs are
-    checked with the rest of the batch (validate_sweep)."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            check_run_dir(task_config(config), str(config.hydra.run.dir))
-        except ConfigError:
-            with open_dict(config):
-                config.hydra.output_subdir = None
-        except Exception:  # a config that cannot resolve: the job's own checks say why
-            return
-
-
-def task_config(config: DictConfig) -> DictConfig:
-    """The job's config of a composed one: the same, less the `hydra` node."""
-    job = copy.deepcopy(config)
-    with open_dict(job):
-        del job["hydra"]
-    return job
 
 
 def job_directory(cfg: DictConfig, num: int) -> Optional[str]:

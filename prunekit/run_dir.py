@@ -3,11 +3,13 @@ configuration (resume=true skips it), of another one (refused, naming the keys t
 interrupted run's checkpoints (a fresh run does not wipe them). Nothing here writes."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prunekit.config import validate
 from prunekit.errors import ConfigError
@@ -86,3 +88,31 @@ def holds_a_result(run_dir: Path) -> bool:
     """Whether `run_dir` holds a finished run or an interrupted run's checkpoints: what a
     failed summary must not overwrite."""
     return read_summary(run_dir).get("status") == "ok" or bool(interrupted_checkpoints(run_dir))
+
+
+class RunDirCheck(Callback):
+    """A single run's folder checked before Hydra writes its .hydra/ files there
+    (check_run_dir): where the run will be refused (another configuration's finished
+    run, an interrupted run's checkpoints), Hydra is told to write no .hydra/ files, so nothing
+    of the run that is there is overwritten; the job then refuses in one line. (Hydra turns a
+    callback's exception into a warning, so refusing is left to the job.) A sweep's jobs are
+    checked with the rest of the batch (cli.validate_sweep). It lives here, not in cli.py:
+    Hydra imports it by name, and `python -m prunekit.cli` (torchrun) would run cli.py a
+    second time, replacing its resolvers."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_run_dir(task_config(config), str(config.hydra.run.dir))
+        except ConfigError:
+            with open_dict(config):
+                config.hydra.output_subdir = None
+        except Exception:  # a config that cannot resolve: the job's own checks say why
+            return
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The job's config of a composed one: the same, less the `hydra` node."""
+    job = copy.deepcopy(config)
+    with open_dict(job):
+        del job["hydra"]
+    return job
