@@ -176,8 +176,8 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # (the CPU generator alone: transforms draw
+            torch.random.default_generator.manual_seed(seed)  # there, and CUDA's is the run's)
             return self.dataset[index]
 
 

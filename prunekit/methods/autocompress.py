@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
@@ -270,6 +270,17 @@ def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: Li
                       cooling=s.cooling, evaluations=s.evaluations, rng=rng, on_trial=on_trial)
 
 
+def layer_columns(constraints: Sequence, units: Sequence[SearchUnit],
+                  action: Action) -> Dict[str, Dict[str, object]]:
+    """layers.csv's columns of a round: each constrained layer's scheme and zero structures,
+    and its search unit and rate."""
+    columns = constraint_rows(constraints)
+    for u, rate in zip(units, action.rates):
+        for n in u.layers:
+            columns[n].update(unit=u.name, rate=rate)
+    return columns
+
+
 def plain_units(found: Tuple[List[SearchUnit], float, int]) -> list:
     """search_units' result as the journal keeps it (a round's units: the model's then)."""
     units, outside, total = found
@@ -371,6 +382,9 @@ class Autocompress(ProjectionMethod):
 
     def round(self, ctx: Context, i: int, target: float, search: QuickEvaluation,
               check: QuickEvaluation, rng: random.Random) -> dict:
+        """Round i: its search, ADMM, hard prune, purification and fine-tune. Whatever is
+        computed from the model between operations is journaled (the units, the layer columns):
+        a resumed run's replay must not recompute it from a model not yet restored."""
         c = self.cfg
         started = time.perf_counter()
         units, outside, total = ctx.op(lambda: plain_units(
@@ -385,14 +399,32 @@ class Autocompress(ProjectionMethod):
         log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
                  "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
                  sum(map(by_filter, action.schemes)), len(units))
-
         constraints = constraints_for(ctx.pruner, units, action)
+        columns = ctx.op(lambda: layer_columns(constraints, units, action))
         admm_train(ctx, constraints, c, desc=f"round {i} ADMM", round=i)
+        row = self.prune_and_purify(ctx, i, target, constraints, check)
+        ctx.compact()
+        row["val_top1_purified"] = ctx.validate()
+        ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")
+        val = ctx.validate()
+        ctx.tally.count_step()
+        ctx.record_step(event="round", step=i, round=i, target=target,
+                        nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
+                        sparsity=ctx.sparsity(), val_top1_search=value, **row, val_top1=val,
+                        params=count_params(ctx.model), time_s=time.perf_counter() - started)
+        ctx.tally.layer_columns(columns)
+        ctx.drop_state("admm")  # the round's ADMM is over: nothing of it to checkpoint
+        return {"search_evaluations": n_trials, "purified_channels": row["purified_channels"],
+                "purified_columns": row["purified_columns"]}
 
+    def prune_and_purify(self, ctx: Context, i: int, target: float, constraints: Sequence,
+                         check: QuickEvaluation) -> dict:
+        """Round i's hard prune onto the ADMM sets (BatchNorm re-estimated, as in the search),
+        then purification; the round's row of what they did."""
         def prune_hard() -> None:
             with ctx.clock.phase("prune"):
                 hard_prune(constraints, ctx.pruner)
-            with ctx.clock.phase("eval"):  # the pruned model's own statistics, as in the search
+            with ctx.clock.phase("eval"):
                 check.recalibrate()
 
         ctx.op(prune_hard)
@@ -404,29 +436,11 @@ class Autocompress(ProjectionMethod):
             most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
 
         def purified() -> list:
-            got, tau = purify(ctx, c.purify, check, val_hard, most, round=i)
+            got, tau = purify(ctx, self.cfg.purify, check, val_hard, most, round=i)
             return [got.channels, got.columns, tau]
 
-        channels, columns, tau = ctx.op(purified) if c.purify.enabled else (0, 0, None)
-        got = Purified(channels, columns)
-        ctx.compact()
-        val_purified = ctx.validate()
-        ctx.finetune(c.finetune_epochs, c.lr, desc=f"round {i} fine-tune")
-        val = ctx.validate()
-        ctx.tally.count_step()
-        ctx.record_step(event="round", step=i, round=i, target=target,
-                        nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
-                        sparsity=ctx.sparsity(), val_top1_search=value,
-                        val_top1_hard=val_hard, weakest_channel=weakest_channel,
-                        weakest_column=weakest_column, purify_threshold=tau,
-                        purified_channels=got.channels, purified_columns=got.columns,
-                        val_top1_purified=val_purified, val_top1=val,
-                        params=count_params(ctx.model), time_s=time.perf_counter() - started)
-        columns = constraint_rows(constraints)
-        for u, rate in zip(units, action.rates):
-            for n in u.layers:
-                columns[n].update(unit=u.name, rate=rate)
-        ctx.tally.layer_columns(columns)
-        ctx.drop_state("admm")  # the round's ADMM is over: nothing of it to checkpoint
-        return {"search_evaluations": n_trials, "purified_channels": got.channels,
-                "purified_columns": got.columns}
+        channels, columns, tau = (ctx.op(purified) if self.cfg.purify.enabled
+                                  else (0, 0, None))
+        return {"val_top1_hard": val_hard, "weakest_channel": weakest_channel,
+                "weakest_column": weakest_column, "purify_threshold": tau,
+                "purified_channels": channels, "purified_columns": columns}
