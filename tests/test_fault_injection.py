@@ -352,7 +352,7 @@ KEYS = st.sampled_from(["seed", "sparsity", "method.lr", "train.batch_size", "pr
                         "dataset.image_size", "method.criterion_batches"])
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(overrides=st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=3))
 def test_any_override_value_is_accepted_or_refused_in_one_line(overrides):
     """Composing and validating any value of any key: accepted, or one line (a ConfigError, or

@@ -160,15 +160,31 @@ def test_a_moved_run_is_reported_from_where_it_is(tmp_path):
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE=abc is not a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK=x is not a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 of WORLD_SIZE=2 is not a process of the launch"),
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "-1"}, "SLURM_PROCID=-1 of SLURM_NTASKS=4"),
     ({"PRUNEKIT_CACHE": ""}, "cache_dir is empty (PRUNEKIT_CACHE is set to nothing?)"),
     ({"PRUNEKIT_DATA": " "}, "dataset.root is empty (PRUNEKIT_DATA is set to nothing?)"),
 ])
-def test_environment_variables_are_checked_like_keys(tmp_path, env, says):
-    r = run_cli(["method=oneshot", "model=lenet5", f"hydra.run.dir={tmp_path / 'run'}"],
-                tmp_path, env=env)
+def test_environment_variables_are_checked_like_keys(monkeypatch, env, says):
+    from prunekit import distributed
+    from prunekit.config import validate
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as e:
+        distributed.launched()
+        validate(make_cfg(["method=oneshot"]))
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_a_bad_environment_variable_is_one_line_from_prune_run(tmp_path):
+    r = run_cli(["method=oneshot", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+                env={"WORLD_SIZE": "abc"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"prune-run: error: {says}")
-    assert not (tmp_path / "dense").exists()
+    assert r.stderr.strip().splitlines()[-1] == (
+        "prune-run: error: WORLD_SIZE=abc is not a whole number: the launcher (torchrun, "
+        "SLURM) sets it; unset it for a single process")
 
 
 def test_a_layer_left_without_weights_is_said(tmp_path, caplog):
