@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from prunekit.errors import first_line
 from prunekit.files import atomic_write, torch_file_problem, write_failure
+from prunekit.hardware import training_precision
 from prunekit.settings import environment_keys
 from prunekit.state import cpu_state, load_state
 
@@ -73,8 +74,9 @@ def dense_key(cfg, content: str = "") -> dict:
                                                                             section + ".")}
         key[section] = {k: v for k, v in values.items() if k not in left_out}
     key["train"].update({k: cfg.pretrain.get(k, cfg.train[k]) for k in DENSE_SGD_KEYS})
-    if cfg.hardware.precision != "fp32":  # dense training runs under its autocast (CUDA); an
-        key["precision"] = cfg.hardware.precision  # fp32 key stays what it was before this key
+    precision = training_precision(cfg.hardware).name  # `auto` as this machine resolves it
+    if precision != "fp32":  # dense training runs under its autocast; an fp32 key stays what it
+        key["precision"] = precision  # was before this key
     path = key["dataset"].get("path")
     if path:  # the same folder however it is written
         key["dataset"]["path"] = os.path.abspath(os.path.expanduser(path))

@@ -18,8 +18,9 @@ from typing import Any, ClassVar, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from prunekit.errors import ConfigError, a_path, at_least, choice, did_you_mean, fraction, positive
+from prunekit.errors import ConfigError, a_path, at_least, choice, did_you_mean, positive
 from prunekit.files import torch_file_problem
+from prunekit.latency_config import PRECISIONS, LatencyConfig, check_latency
 from prunekit.registry import Registry
 from prunekit.settings import environment
 from prunekit.targets import TargetConfig
@@ -27,7 +28,7 @@ from prunekit.targets import TargetConfig
 SCOPES = ("layerwise", "global")
 AUGMENTS = ("none", "crop", "crop_flip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+TRAINING_PRECISIONS = ("auto", *PRECISIONS)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -116,27 +117,15 @@ class MethodConfig:
     criterion_batches: int = 4  # train batches a data-driven criterion reads per decision
 
 
-@dataclass
-class LatencyConfig:
-    enabled: bool = True
-    batch_sizes: List[int] = field(default_factory=lambda: [1, 64])
-    warmup: int = 5
-    repeats: int = 20  # rounds of one timed forward per model, dense and pruned alternating
-    max_seconds: float = 20.0  # the whole measurement's budget (rounds stop early, never below 3)
-    max_spread: float = 1.5  # p95/median above this on either side: the machine was busy
-    max_over_flops: float = 1.25  # a real speedup above this × the FLOPs ratio is not believed
-    max_cpu_wait: float = 0.1  # CPU: waiting for a core longer than this share, others held them
-    graphed: bool = True  # CUDA: also time both models captured in a CUDA graph (deployed form)
-
-
 @schema("hardware")
 @dataclass
 class HardwareConfig:
     name: str = MISSING
     device: str = "auto"
     threads: int = 0  # 0: torch's default
-    precision: str = "fp32"  # autocast dtype for training and evaluation on CUDA
-    channels_last: bool = False
+    # training and evaluation's autocast; auto: bf16 on a CPU with bf16 matrix units, else fp32
+    precision: str = "auto"
+    channels_last: Optional[bool] = None  # None: on with the CPU's bf16 mode
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the train/eval steps and both models' latency
     compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs too
@@ -150,24 +139,16 @@ class HardwareConfig:
     def check(cls, cfg: DictConfig) -> None:
         h = cfg.hardware
         choice(cfg, "hardware.device", DEVICES)
-        choice(cfg, "hardware.precision", PRECISIONS)
+        choice(cfg, "hardware.precision", TRAINING_PRECISIONS)
         choice(cfg, "hardware.compile_mode", COMPILE_MODES)
         choice(cfg, "hardware.distributed", ("auto", "off"))
         at_least(cfg, "hardware.threads", 0)
         at_least(cfg, "hardware.channel_multiple", 1)
-        at_least(cfg, "hardware.latency.warmup", 0)
-        at_least(cfg, "hardware.latency.repeats", 1)
-        positive(cfg, "hardware.latency.max_seconds")
-        at_least(cfg, "hardware.latency.max_spread", 1.0, " (p95 / median is never below 1)")
-        at_least(cfg, "hardware.latency.max_over_flops", 1.0)
-        fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
-        if h.sparse_2of4 and h.precision == "fp32":
+        check_latency(cfg)
+        if h.sparse_2of4 and h.precision in ("fp32", "auto"):
             raise ConfigError("hardware.sparse_2of4 needs hardware.precision=fp16 or bf16: "
                               "PyTorch's semi-structured sparse kernels take half-precision "
                               "weights")
-        if not h.latency.batch_sizes or min(h.latency.batch_sizes) < 1:
-            raise ConfigError(f"hardware.latency.batch_sizes={list(h.latency.batch_sizes)} must "
-                              "be a non-empty list of positive batch sizes")
 
 
 @dataclass

@@ -94,21 +94,29 @@ def target_rows(t: Table, s: dict) -> None:
 
 
 def latency_rows(t: Table, s: dict) -> None:
-    """One row per timing mode (eager; CUDA-graphed where measured) and batch size: dense and
-    pruned latency, and what the ratio is."""
-    for mode in ("", "graphed_"):
+    """One row per runtime and timing mode (torch eager; CUDA-graphed and ONNX Runtime where
+    measured) and batch size, with the precision it ran in: dense and pruned latency, and what
+    the ratio is; then how ONNX Runtime's outputs agree with torch's."""
+    for mode, title in (("", "latency"), ("graphed_", "latency graphed"),
+                        ("onnxruntime_", "latency onnxruntime")):
         prefix = f"latency_{mode}ms_bs"
         batches = sorted(int(k[len(prefix):]) for k in s if k.startswith(prefix))
         if mode and not batches:
             continue
+        precision = "fp32" if mode == "onnxruntime_" else s.get("latency_precision", "fp32")
         for bs in batches or [s.get("latency_batch_size", 1)]:
             dense, pruned = s.get(f"latency_{mode}ms_dense_bs{bs}"), s.get(f"{prefix}{bs}")
             if not batches:
                 dense, pruned = s.get("latency_ms_dense"), s.get("latency_ms")
             speedup = s.get(f"measured_speedup_{mode}bs{bs}", s.get("measured_speedup"))
-            t.add_row(f"latency{' graphed' if mode else ''} (ms, batch {bs})", _fmt(dense, ".3f"),
+            t.add_row(f"{title} (ms, batch {bs}, {precision})", _fmt(dense, ".3f"),
                       _fmt(pruned, ".3f"),
                       latency_ratio(s, speedup, s.get(f"latency_{mode}reliable_bs{bs}")))
+    if s.get("onnxruntime_top1_agreement") is not None:
+        t.add_row(f"onnxruntime = torch (top-1 of {s.get('onnxruntime_check_images')} images)",
+                  _fmt(100 * s["onnxruntime_top1_agreement_dense"], ".2f") + "%",
+                  _fmt(100 * s["onnxruntime_top1_agreement"], ".2f") + "%",
+                  f"max |Δ| {s['onnxruntime_max_abs_diff']:.1e}")
 
 
 def latency_ratio(s: dict, speedup, reliable) -> str:

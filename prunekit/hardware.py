@@ -31,6 +31,70 @@ from prunekit import distributed
 from prunekit.errors import ConfigError
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX tiles, or AVX512-BF16), as
+    PyTorch's CPU capability checks say: there oneDNN's bf16 convolutions and matmuls train
+    1.4-1.7x faster than fp32 (2x compiled; issue 44's figures); elsewhere bf16 is emulated
+    and slower than fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def device_type(hw_cfg) -> str:
+    """The device `hardware.device` names, `auto` resolved (CUDA, else an Apple GPU, else
+    the CPU); whether it is present is setup_hardware's check."""
+    if hw_cfg.device != "auto":
+        return hw_cfg.device
+    return ("cuda" if torch.cuda.is_available() else
+            "mps" if torch.backends.mps.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run trains and evaluates in, and why: `name` (fp32, bf16, fp16), `channels_last`,
+    and the reason the data line gives."""
+    name: str
+    channels_last: bool
+    why: str
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        return AMP_DTYPES[self.name]
+
+
+def training_precision(hw_cfg) -> Precision:
+    """`hardware.precision` resolved on this machine. `auto` (the default) is bf16 autocast
+    with channels_last on a CPU with bf16 matrix units, fp32 elsewhere (on CUDA too: hardware=cuda
+    asks for bf16 itself); a named precision is that autocast on CUDA and on the CPU, fp32 on an
+    Apple GPU. `hardware.channels_last` unset follows the CPU's bf16 mode."""
+    kind, asked = device_type(hw_cfg), hw_cfg.precision
+    if kind == "mps":
+        name, why = "fp32", "the Apple GPU trains in fp32"
+    elif asked != "auto":
+        name, why = asked, f"hardware.precision={asked}"
+    elif kind == "cpu" and bf16_matrix_units():
+        name, why = "bf16", "this CPU has bf16 matrix units; hardware.precision=fp32 forces fp32"
+    elif kind == "cpu":
+        name, why = "fp32", "this CPU has no bf16 matrix units (AMX, AVX512-BF16)"
+    else:
+        name, why = "fp32", "hardware.precision=auto is fp32 on CUDA; hardware=cuda trains in bf16"
+    channels_last = hw_cfg.get("channels_last")
+    if channels_last is None:
+        channels_last = kind == "cpu" and name == "bf16"
+    return Precision(name, bool(channels_last), why)
+
+
+def latency_precision(hw_cfg, training: Precision) -> str:
+    """What latency is timed in: `hardware.latency.precision`, or by default fp32 on the CPU
+    (what a CPU deployment runs, whatever the training used) and the training precision
+    elsewhere."""
+    asked = hw_cfg.latency.get("precision")
+    if asked is not None:
+        return asked
+    return "fp32" if device_type(hw_cfg) == "cpu" else training.name
 
 
 @dataclass
@@ -42,6 +106,8 @@ class Hardware:
     compile: bool = False
     sparse_2of4: bool = False
     compile_mode: str = "default"  # torch.compile's mode
+    latency_dtype: Optional[torch.dtype] = None  # the autocast latency is timed under
+    precision_why: str = ""  # why the run trains in its precision (the data line says it)
 
     @property
     def compiled_graphs(self) -> bool:
@@ -54,12 +120,18 @@ class Hardware:
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def autocast(self, cache: bool = True):
-        """The precision's autocast (none for fp32). `cache=False` for a CUDA-graph capture: a
-        cached cast would be freed when the context ends, under the graph's feet."""
-        if self.amp_dtype is None:
+    def autocast(self, cache: bool = True, timing: bool = False):
+        """The precision's autocast (none for fp32); `timing`: the latency precision's.
+        `cache=False` for a CUDA-graph capture: a cached cast would be freed when the context
+        ends, under the graph's feet."""
+        dtype = self.latency_dtype if timing else self.amp_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache)
+
+    @property
+    def latency_precision(self) -> str:
+        return PRECISION_NAMES[self.latency_dtype]
 
     def sync(self) -> None:
         if self.is_cuda:
@@ -80,11 +152,15 @@ class Hardware:
             what = "Apple GPU (mps)"
         else:
             what = f"CPU, {torch.get_num_threads()} threads"
-        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        precision = PRECISION_NAMES[self.amp_dtype]
+        precision = precision if self.amp_dtype is None else precision + " autocast"
+        if self.precision_why:
+            precision += f" ({self.precision_why})"
         extras = [x for x, on in (("channels_last", self.channels_last),
                                   (f"torch.compile ({self.compile_mode})", self.compile),
                                   ("2:4 sparse kernels", self.sparse_2of4)) if on]
-        return ", ".join([f"{self.name}: {what}", precision[self.amp_dtype], *extras])
+        timing = f"latency in {self.latency_precision}"
+        return ", ".join([f"{self.name}: {what}", precision, *extras, timing])
 
 
 def setup_hardware(hw_cfg, deterministic: bool = True) -> Hardware:
@@ -96,8 +172,7 @@ def setup_hardware(hw_cfg, deterministic: bool = True) -> Hardware:
     if wanted == "mps" and not has_mps:
         raise ConfigError("hardware=mps needs an Apple-silicon GPU (torch.backends.mps) and none "
                           "is available: use hardware=cpu or hardware=auto")
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    wanted = device_type(hw_cfg)
     device = torch.device(wanted)
     if wanted == "cuda" and distributed.current().distributed:  # each rank its own GPU
         device = torch.device("cuda", torch.cuda.current_device())  # (distributed.join's)
@@ -107,13 +182,15 @@ def setup_hardware(hw_cfg, deterministic: bool = True) -> Hardware:
                           "newer (Ampere+) for PyTorch's semi-structured sparse kernels")
     if hw_cfg.threads:
         torch.set_num_threads(hw_cfg.threads)
-    amp = AMP_DTYPES[hw_cfg.precision] if device.type == "cuda" else None  # CPU autocast: slower
+    precision = training_precision(hw_cfg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(hw_cfg.cudnn_benchmark) and not deterministic
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
-    return Hardware(hw_cfg.name, device, amp, bool(hw_cfg.channels_last), bool(hw_cfg.compile),
-                    bool(hw_cfg.sparse_2of4), hw_cfg.get("compile_mode", "default"))
+    return Hardware(hw_cfg.name, device, precision.amp_dtype, precision.channels_last,
+                    bool(hw_cfg.compile), bool(hw_cfg.sparse_2of4),
+                    hw_cfg.get("compile_mode", "default"),
+                    AMP_DTYPES[latency_precision(hw_cfg, precision)], precision.why)
 
 
 def is_2of4(weight: torch.Tensor) -> bool:
@@ -241,6 +318,28 @@ def graph_captured(run: Callable, x: torch.Tensor, hw: Hardware, amp: Callable,
     return replay
 
 
+def side_by_side(timed: Sequence[Callable[[], float]], amps: Sequence[Callable],
+                 repeats: int, budget: Optional[float], started: float, on_cpu: bool,
+                 batch_size: int) -> List[Dict[str, float]]:
+    """latency_stats of each `timed()` (milliseconds of one forward, under its `amps[i]()`),
+    in `repeats` rounds of alternating order (A B, B A, ...), stopped when `budget` seconds
+    since `started` are spent (never below MIN_ROUNDS); with the share of its runnable time the
+    process waited for a core (`cpu_wait`, CPU only)."""
+    times: List[List[float]] = [[] for _ in timed]
+    delay0, cpu0 = run_delay_s(), time.process_time()
+    for r in range(repeats):
+        order = range(len(timed)) if r % 2 == 0 else reversed(range(len(timed)))
+        for i in order:
+            with amps[i]():
+                times[i].append(timed[i]())
+        if budget is not None and r + 1 >= MIN_ROUNDS and time.perf_counter() - started > budget:
+            break
+    delay1 = run_delay_s()
+    wait = None if not on_cpu or delay0 is None or delay1 is None else cpu_wait(
+        delay1 - delay0, time.process_time() - cpu0)
+    return [{**latency_stats(t, batch_size), "cpu_wait": wait} for t in times]
+
+
 @torch.inference_mode()
 def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
                       batch_sizes: List[int], warmup: int, repeats: int,
@@ -269,7 +368,7 @@ def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
         x = torch.randn(bs, *input_shape, generator=gen)
         inputs = [x.to(hw.device, dtype=dt, memory_format=fmt) for dt in dtypes]
         # half-precision copies run as they are; fp32 models under the precision's autocast
-        amps = [(lambda: hw.autocast(cache=False)) if dt == torch.float32
+        amps = [(lambda: hw.autocast(cache=False, timing=True)) if dt == torch.float32
                 else contextlib.nullcontext for dt in dtypes]
         if graphed:
             calls = [graph_captured(run, xi, hw, amp, warmup)
@@ -281,21 +380,10 @@ def measure_latencies(models: Sequence[nn.Module], input_shape, hw: Hardware,
                     for _ in range(warmup):
                         run(xi)
         hw.sync()
-        times: List[List[float]] = [[] for _ in models]
-        delay0, cpu0 = run_delay_s(), time.process_time()
-        for r in range(repeats):
-            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
-            for i in order:
-                with amps[i]():
-                    times[i].append(_timed_call(calls[i], inputs[i], hw))
-            if budget is not None and r + 1 >= MIN_ROUNDS \
-                    and time.perf_counter() - started > budget:
-                break
-        delay1 = run_delay_s()
-        wait = None if hw.device.type != "cpu" or delay0 is None or delay1 is None else cpu_wait(
-            delay1 - delay0, time.process_time() - cpu0)
-        for i in range(len(models)):
-            results[i][bs] = {**latency_stats(times[i], bs), "cpu_wait": wait}
+        timed = [lambda i=i: _timed_call(calls[i], inputs[i], hw) for i in range(len(models))]
+        for i, stats in enumerate(side_by_side(timed, amps, repeats, budget, started,
+                                               hw.device.type == "cpu", bs)):
+            results[i][bs] = stats
     for m, mode in zip(models, was_training):
         m.train(mode)
     return results

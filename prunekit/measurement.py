@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.data import Data
+from prunekit.deploy import agreement, deployed, measure_runtime_latencies
+from prunekit.errors import ConfigError, first_line
 from prunekit.hardware import Hardware, latency_doubts, measure_latencies, with_sparse_kernels
 from prunekit.methods import METHODS
 from prunekit.methods.budget import latency_batch_size
@@ -62,7 +64,8 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     }
     # rank 0 alone measures latency (the others would share its cores, and write nothing)
     if cfg.hardware.latency.enabled and distributed.current().main:
-        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out))
+        test = getattr(data.test, "unsharded", data.test)
+        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out, test))
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
                    latency_graphed_ms_dense=None, latency_graphed_ms=None,
@@ -87,11 +90,13 @@ def warn_empty_layers(rows: List[dict], sparsity: float) -> int:
 
 
 def latency_modes(lat, hw: Hardware) -> Tuple[str, ...]:
-    """How the models are timed: eager everywhere; on CUDA also captured in a CUDA graph (the
-    deployed form) unless `hardware.latency.graphed=false`, or torch.compile graphs them already
-    (`hardware.compile_mode=reduce-overhead`: then the one timing is the graphed one)."""
+    """How the models are timed: torch eager everywhere; on CUDA also captured in a CUDA graph
+    (the deployed form) unless `hardware.latency.graphed=false`, or torch.compile graphs them
+    already (`hardware.compile_mode=reduce-overhead`: then the one timing is the graphed one);
+    exported to ONNX Runtime where `hardware.latency.runtimes` names it."""
     graphed = hw.is_cuda and lat.graphed and not hw.compiled_graphs
-    return ("eager", "graphed") if graphed else ("eager",)
+    runtimes = ("onnxruntime",) if "onnxruntime" in lat.runtimes else ()
+    return ("eager", "graphed", *runtimes) if graphed else ("eager", *runtimes)
 
 
 def latency_key(name: str, mode: str) -> str:
@@ -105,12 +110,14 @@ def latency_key(name: str, mode: str) -> str:
 
 
 def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
-            counted: dict) -> dict:
+            counted: dict, test_loader=None) -> dict:
     """The latency keys: both models timed side by side at every batch size (the target's
-    too), eager and, on CUDA, CUDA-graphed (`latency_graphed_*`). A masked model runs the same
-    dense kernels as its dense model, so its measured ratio would be noise passed off as speed;
-    nor is one believed from a busy machine (latency_doubts)."""
-    lat, out = cfg.hardware.latency, {}
+    too), in every mode of every runtime: torch eager, on CUDA torch CUDA-graphed
+    (`latency_graphed_*`), exported to ONNX Runtime (`latency_onnxruntime_*`, with how its
+    outputs agree with torch's on `test_loader`). A masked model runs the same dense kernels as
+    its dense model, so its measured ratio would be noise passed off as speed; nor is one
+    believed from a busy machine (latency_doubts)."""
+    lat, out = cfg.hardware.latency, {"latency_precision": hw.latency_precision}
     batch_sizes = list(dict.fromkeys(lat.batch_sizes))  # the training batch may be 1
     if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
         batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
@@ -127,22 +134,21 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
                measured_speedup_graphed=None, latency_graphed_error=None)
     for mode in latency_modes(lat, hw):
         try:
-            ld, lp = measure_latencies([timed_dense, timed], shape, hw, batch_sizes=batch_sizes,
-                                       warmup=lat.warmup, repeats=lat.repeats,
-                                       max_seconds=lat.max_seconds, graphed=mode == "graphed")
-        except RuntimeError as e:  # a model that cannot be captured (a host sync, say)
-            if mode == "eager":
+            ld, lp = timed_in(mode, [timed_dense, timed], [dense, model], shape, hw,
+                              batch_sizes, lat, test_loader, out)
+        except (RuntimeError, ConfigError) as e:  # not capturable (a host sync), not exportable
+            if mode == "eager" or isinstance(e, ConfigError):
                 raise
-            out["latency_graphed_error"] = str(e).strip().splitlines()[0]
-            log.warning("latency: the models could not be captured in a CUDA graph, timed eager "
-                        "only (%s)", out["latency_graphed_error"])
+            out[f"latency_{mode}_error"] = first_line(e, 200)
+            log.warning("latency: the models could not be %s, so they are not timed there (%s)",
+                        MODE_VERBS[mode], out[f"latency_{mode}_error"])
             continue
         doubts = {bs: latency_doubts(ld[bs], lp[bs], counted["theoretical_speedup"], real,
                                      lat.max_spread, lat.max_over_flops, lat.max_cpu_wait)
                   for bs in batch_sizes}
         speedup = {bs: ld[bs]["median_ms"] / lp[bs]["median_ms"] if real and not doubts[bs]
                    else None for bs in batch_sizes}
-        label = "" if mode == "eager" else f"{mode} "
+        label = "" if mode == "eager" else f"{MODE_LABELS[mode]} "
         warnings += [f"{label}batch {bs}: {', '.join(d)}" for bs, d in doubts.items() if d]
         slower += slower_batches(ld, lp, speedup, label)
         out.update(mode_keys(mode, first, ld, lp, speedup, doubts))
@@ -153,6 +159,38 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
         logging.getLogger("prunekit.trace").warning(
             "latency unreliable, no speedup claimed (%s): measure on an idle machine", warning)
     return out
+
+
+MODE_LABELS = {"eager": "", "graphed": "graphed", "onnxruntime": "onnxruntime"}
+MODE_VERBS = {"graphed": "captured in a CUDA graph",
+              "onnxruntime": "exported to ONNX and loaded in ONNX Runtime"}
+
+
+def timed_in(mode: str, models: List[nn.Module], fp32_models: List[nn.Module], shape: tuple,
+             hw: Hardware, batch_sizes: List[int], lat, test_loader, out: dict) -> list:
+    """Per model, {batch size: latency_stats} in one mode; for ONNX Runtime (which runs the
+    fp32 models, exported) also its provider and its outputs' agreement with torch's, in
+    `out`."""
+    if mode != "onnxruntime":
+        return measure_latencies(models, shape, hw, batch_sizes=batch_sizes, warmup=lat.warmup,
+                                 repeats=lat.repeats, max_seconds=lat.max_seconds,
+                                 graphed=mode == "graphed")
+    try:
+        calls = [deployed(m, shape, hw) for m in fp32_models]
+    except ConfigError:  # the deploy extra is missing
+        raise
+    except Exception as e:  # the exporter's or ONNX Runtime's refusal, whatever its class
+        raise RuntimeError(first_line(e, 200)) from e
+    out["onnxruntime_provider"] = calls[1].provider
+    if test_loader is not None:
+        for side, m, call in (("_dense", fp32_models[0], calls[0]), ("", fp32_models[1],
+                                                                    calls[1])):
+            agree = agreement(m, call, test_loader, lat.check_images, hw)
+            out[f"onnxruntime_max_abs_diff{side}"] = agree["max_abs_diff"]
+            out[f"onnxruntime_top1_agreement{side}"] = agree["top1_agreement"]
+            out["onnxruntime_check_images"] = agree["images"]
+    return measure_runtime_latencies(calls, shape, batch_sizes, lat.warmup, lat.repeats,
+                                     lat.max_seconds, on_cpu=not hw.is_cuda)
 
 
 def mode_keys(mode: str, first: int, dense: dict, pruned: dict, speedup: dict,

@@ -39,6 +39,7 @@ from prunekit.files import atomic_write_text
 from prunekit.hardware import (
     seed_everything,
     setup_hardware,
+    training_precision,
 )
 from prunekit.measurement import measure
 from prunekit.methods import METHODS, Context
@@ -325,7 +326,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
 def resumable(cfg: DictConfig, out_dir: Path):
     """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
     whose state is restored where the method's replay reaches it."""
-    checkpointer = (Checkpointer(out_dir, config_hash(cfg), keep=cfg.checkpoint.keep,
+    machine = {"hardware.precision": training_precision(cfg.hardware).name}
+    checkpointer = (Checkpointer(out_dir, config_hash(cfg, machine), keep=cfg.checkpoint.keep,
                                  min_interval_s=cfg.checkpoint.min_interval_s,
                                  writes=distributed.current().main)
                     if cfg.checkpoint.enabled else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import field
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,9 +77,11 @@ def settings_hash(settings: Dict[str, Any]) -> str:
     return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """The identity of what `cfg` computes: a checkpoint's and a finished run's."""
-    return settings_hash(result_settings(cfg))
+def config_hash(cfg: DictConfig, resolved: Optional[Dict[str, Any]] = None) -> str:
+    """The identity of what `cfg` computes: a finished run's; a checkpoint's with `resolved`,
+    the values this machine gave keys that name no value (`hardware.precision: auto` → bf16),
+    so a state trained in one precision is not continued in another."""
+    return settings_hash({**result_settings(cfg), **(resolved or {})})
 
 
 def differences(old: Dict[str, Any], new: Dict[str, Any], shown: int = 6) -> str:

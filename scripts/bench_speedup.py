@@ -21,7 +21,7 @@ import json
 import torch
 from omegaconf import OmegaConf
 
-from prunekit.config import LatencyConfig
+from prunekit.latency_config import LatencyConfig
 from prunekit.hardware import Hardware, latency_doubts, measure_latencies
 from prunekit.metrics import count_params, layer_flops
 from prunekit.models import build_model, prunable_layers, residual_blocks

@@ -1,0 +1,136 @@
+"""Models as deployments run them: exported to ONNX and timed in ONNX Runtime.
+
+A pruned model that is faster in PyTorch can be slower where it is deployed (oneDNN's blocked
+layouts in ONNX Runtime dislike odd channel counts: issue 44 measured a 5-of-16-channel resnet20
+at 0.74x its dense model at batch 64). `hardware.latency.runtimes=[torch,onnxruntime]` times both
+models in ONNX Runtime too, with the latency protocol of hardware.py (warm-up, alternating
+rounds, median and p95, the busy-machine checks), on the best execution provider installed for
+the run's device (TensorRT, then CUDA, on a GPU; the CPU's elsewhere), with torch's thread
+count. Each model is exported once, in fp32 with a dynamic batch axis (the exporter of
+`prunekit.export_onnx`), and checked against PyTorch on the test images: the largest absolute
+difference of the logits and the share of images whose top-1 class agrees.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from prunekit.errors import ConfigError
+from prunekit.hardware import Hardware, side_by_side
+
+EXTRA = 'pip install "prunekit[deploy]"'  # onnxruntime, onnx, onnxscript
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def onnxruntime():
+    """The onnxruntime module, or one line naming the extra that installs it."""
+    try:
+        import onnx  # noqa: F401  (the exporter writes through them)
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"hardware.latency.runtimes names onnxruntime, which needs the "
+                          f"onnxruntime, onnx and onnxscript packages ({e.name} is missing): "
+                          f"{EXTRA}") from None
+    return ort
+
+
+def onnx_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
+               dynamic_batch: bool = True) -> bytes:
+    """`model` exported to ONNX (the serialised ModelProto): an fp32, contiguous copy on the
+    CPU, traced on a (batch_size, *input_shape) input, its batch axis dynamic."""
+    model = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    example = torch.randn(batch_size, *input_shape)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    # the exporter reports its steps on stdout and warns on its logger: neither is the user's
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(model, (example,), dynamic_shapes=shapes, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+@dataclass
+class Deployed:
+    """One model in ONNX Runtime: its session, and the provider it runs on."""
+    session: object
+    provider: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+
+
+def deployed(model: nn.Module, input_shape: Sequence[int], hw: Hardware) -> Deployed:
+    """`model` exported and loaded in an ONNX Runtime session on the device's best provider."""
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # torch's threads: a fair match
+    options.log_severity_level = 3  # errors only
+    # idle threads sleep: two sessions timed in turn would otherwise spin against each other
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    available = ort.get_available_providers()
+    providers = [p for p in GPU_PROVIDERS if p in available] if hw.is_cuda else []
+    providers.append("CPUExecutionProvider")
+    session = ort.InferenceSession(onnx_model(model, input_shape), options, providers=providers)
+    return Deployed(session, session.get_providers()[0])
+
+
+def _timed(call: Deployed, x: np.ndarray) -> float:
+    """Milliseconds of one ONNX Runtime forward (its run returns when the outputs are on the
+    host)."""
+    t0 = time.perf_counter()
+    call(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def measure_runtime_latencies(calls: Sequence[Deployed], input_shape, batch_sizes: List[int],
+                              warmup: int, repeats: int, max_seconds: Optional[float] = None,
+                              on_cpu: bool = True) -> List[Dict[int, Dict[str, float]]]:
+    """Per model, {batch size: latency_stats} in ONNX Runtime, by hardware.measure_latencies'
+    protocol: the same random input, warm-up, alternating rounds within the time budget."""
+    results: List[Dict[int, Dict[str, float]]] = [{} for _ in calls]
+    budget = None if max_seconds is None else max_seconds / len(batch_sizes)
+    plain = [contextlib.nullcontext for _ in calls]
+    for bs in batch_sizes:
+        started = time.perf_counter()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(bs, *input_shape, generator=gen).numpy()
+        for call in calls:
+            for _ in range(warmup):
+                call(x)
+        timed = [lambda c=c: _timed(c, x) for c in calls]
+        for i, stats in enumerate(side_by_side(timed, plain, repeats, budget, started, on_cpu,
+                                               bs)):
+            results[i][bs] = stats
+    return results
+
+
+@torch.inference_mode()
+def agreement(model: nn.Module, call: Deployed, loader, images: int,
+              hw: Hardware) -> Dict[str, float]:
+    """How the ONNX Runtime model answers against PyTorch's on the first `images` test images
+    (0: all): the largest absolute logit difference and the share of images whose top-1 class
+    agrees; PyTorch in the latency precision's autocast."""
+    was = model.training
+    model.eval()
+    worst, same, seen = 0.0, 0, 0
+    for x, _ in loader:
+        if images:
+            x = x[:images - seen]
+        with hw.autocast(timing=True):
+            ref = model(x).float().cpu()
+        out = torch.from_numpy(call(x.float().cpu().contiguous().numpy()))
+        worst = max(worst, (out - ref).abs().max().item())
+        same += int((out.argmax(1) == ref.argmax(1)).sum())
+        seen += len(x)
+        if images and seen >= images:
+            break
+    model.train(was)
+    return {"max_abs_diff": worst, "top1_agreement": same / max(seen, 1), "images": seen}
+
