@@ -59,6 +59,7 @@ METRICS = [
     ("compression_ratio", "compression ×", ".2f"),
     ("theoretical_speedup", "FLOPs ×", ".2f"),
     ("measured_speedup", "measured ×", ".2f"),
+    ("measured_speedup_onnxruntime", "onnxruntime ×", ".2f"),
     ("time_total_s", "pruning time s", ".1f"),
     (RELATIVE_TIME, f"time / {REFERENCE}", ".2f"),
 ]
@@ -66,7 +67,8 @@ METRIC_TITLES = {title for _, title, _ in METRICS}
 FORMATS = ("md", "csv", "tex", "html")
 REPORT_NOTE = ("Accuracies are test top-1 in %; sparsity counts the prunable weights; FLOPs × is "
                "theoretical; measured × is a real speedup (compacted or sparse kernels) at the "
-               "first latency batch size; pruning time excludes dense training.")
+               "first latency batch size, in torch (onnxruntime ×: in ONNX Runtime); pruning "
+               "time excludes dense training.")
 
 
 # --------------------------------------------------------------------------- collecting
@@ -348,7 +350,8 @@ def _save(fig, path: Path) -> Path:
 
 
 CONSOLE_COLUMNS = ("n", "top-1 %", "Δ top-1", "sparsity", "target error", "compression ×",
-                   "FLOPs ×", "measured ×", "pruning time s", "time / iterative")
+                   "FLOPs ×", "measured ×", "onnxruntime ×", "pruning time s",
+                   "time / iterative")
 
 
 def console_table(table: pd.DataFrame, failed: List[dict]) -> Table:

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import prunekit.hardware as hardware
 from conftest import FAST, make_cfg
 from prunekit.artifacts import dense_cache_path, dense_key
 from prunekit.errors import ConfigError
@@ -127,14 +128,19 @@ def test_the_ice_presets_share_the_dense_model_and_dense_training_uses_pretrains
     assert made[0] == (0.8, True)
 
 
-def test_the_dense_cache_key_holds_the_training_precision():
-    """Dense training runs under hardware.precision's autocast: a bf16 model is not an fp32 one
-    (and fp32, the default, keys as it did before the precision was in the key)."""
-    fp32 = make_cfg(["method=dense", *LENET])
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_the_dense_cache_key_holds_the_training_precision(monkeypatch, bf16_units):
+    """Dense training runs under its precision's autocast: a bf16 model is not an fp32 one, and
+    fp32 keys as it did before the precision was in the key. `auto` keys as what it resolves
+    to on this CPU: an fp32 cache is not served to the bf16 mode, nor the reverse."""
+    monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: bf16_units)
+    fp32 = make_cfg(["method=dense", *LENET, "hardware.precision=fp32"])
     assert "precision" not in dense_key(fp32)
-    paths = {dense_cache_path(make_cfg(["method=dense", *LENET, f"hardware.precision={p}"]))
+    paths = {p: dense_cache_path(make_cfg(["method=dense", *LENET, f"hardware.precision={p}"]))
              for p in ("fp32", "bf16", "fp16")}
-    assert len(paths) == 3 and dense_cache_path(fp32) in paths
+    assert len(set(paths.values())) == 3 and paths["fp32"] == dense_cache_path(fp32)
+    auto = dense_cache_path(make_cfg(["method=dense", *LENET, "hardware=cpu"]))
+    assert auto == paths["bf16" if bf16_units else "fp32"]
 
 
 def test_cached_and_uncached_runs_prune_identically(tmp_path):
