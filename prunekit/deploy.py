@@ -43,17 +43,21 @@ def onnxruntime():
     return ort
 
 
-def onnx_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
-               dynamic_batch: bool = True) -> bytes:
-    """`model` exported to ONNX (the serialised ModelProto): an fp32, contiguous copy on the
-    CPU, traced on a (batch_size, *input_shape) input, its batch axis dynamic."""
-    model = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
-    example = torch.randn(batch_size, *input_shape)
+def exported(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
+             dynamic_batch: bool = True):
+    """`model` exported to ONNX (torch.onnx's ONNXProgram), traced on a (batch_size,
+    *input_shape) input on the model's device, its batch axis dynamic unless asked otherwise."""
+    example = torch.randn(batch_size, *input_shape, device=next(model.parameters()).device)
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    # the exporter reports its steps on stdout and warns on its logger: neither is the user's
+    # the exporter reports its steps on stdout: that is not the user's output
     with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(model, (example,), dynamic_shapes=shapes, verbose=False)
-    return program.model_proto.SerializeToString()
+        return torch.onnx.export(model.eval(), (example,), dynamic_shapes=shapes, verbose=False)
+
+
+def onnx_model(model: nn.Module, input_shape: Sequence[int]) -> bytes:
+    """The serialised ModelProto of an fp32, contiguous CPU copy of `model`, batch dynamic."""
+    model = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    return exported(model, input_shape).model_proto.SerializeToString()
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from prunekit.artifacts import MODEL_FORMAT, state_digest
+from prunekit.deploy import exported
 from prunekit.errors import ConfigError, first_line
 from prunekit.files import torch_file_problem
 from prunekit.models import MODELS, build_model, resize_to_state
@@ -89,11 +90,9 @@ def export_onnx(model: Union[str, Path, nn.Module], out: Union[str, Path],
         raise ConfigError("export_onnx: give input_shape=(channels, height, width) for a module")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(batch_size, *shape, device=next(model.parameters()).device)
-    model.eval()
     # One self-contained file: weights go into a `.onnx.data` sidecar only where protobuf's
     # 2 GiB limit forces them out (the exporter's default splits every model)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    torch.onnx.export(model, (example,), str(out), verbose=False,
-                      external_data=size > ONNX_INLINE_LIMIT)
+    program = exported(model, shape, batch_size, dynamic_batch=False)
+    program.save(str(out), external_data=size > ONNX_INLINE_LIMIT)
     return out

@@ -16,6 +16,12 @@ Every ratio compares two things measured alternately, several rounds each, with 
   Normalize), 32×32 FakeData, data only;
 - `structured_step_speedup`: step time of the dense model over that of its filter-pruned,
   compacted copy at sparsity 0.5: why structured pipelines get faster as they prune.
+
+`--modes` (CPU) adds the precision modes, each trained side by side by the plain loop and by
+Trainer.fit on `--modes-model` (resnet32, 1×16×16 inputs, batch 128: issue 44's measurement):
+fp32, fp32 channels_last, bf16 autocast, bf16 autocast channels_last, and (with `--compile`)
+the compiled step in bf16 channels_last; `mode_<name>_images_s` (plain), `mode_<name>_x_fp32`,
+`mode_<name>_loop_vs_plain`, and which mode `hardware=cpu` chooses here (`default_mode`).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from omegaconf import OmegaConf
 
 from prunekit.config import TrainConfig
 from prunekit.data import Images, TensorLoader
-from prunekit.hardware import Hardware
+from prunekit.hardware import Hardware, bf16_matrix_units, training_precision
 from prunekit.models import build_model, prunable_layers, residual_blocks
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.train import Trainer
@@ -50,6 +56,17 @@ class Batches:
         return len(self.batches)
 
 
+class BenchData:
+    """What Trainer reads of its data here: the training batches, and an example batch (the
+    compiled step is warmed on it)."""
+
+    def __init__(self, batches: Batches):
+        self.train = batches
+
+    def example_input(self, batch_size: int) -> torch.Tensor:
+        return self.train.batches[0][0][:batch_size]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about a minute on 2 CPU cores")
@@ -61,6 +78,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per timed epoch")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison")
     ap.add_argument("--data-size", type=int, default=None, help="images for the data comparison")
+    ap.add_argument("--modes", action="store_true", help="the CPU precision modes too")
+    ap.add_argument("--modes-model", default="resnet32")
+    ap.add_argument("--modes-size", type=int, default=16)
+    ap.add_argument("--modes-batch", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="--modes: the compiled bf16 step too")
     args = ap.parse_args()
     steps, rounds = (10, 3) if args.quick else (30, 5)
     steps, rounds = args.steps or steps, args.rounds or rounds
@@ -71,7 +93,7 @@ def main() -> None:
     model = build_model(cfg, 10, args.image_size).to(device)
     batches = Batches([(torch.randn(args.batch, 3, args.image_size, args.image_size, device=device),
                         torch.randint(0, 10, (args.batch,), device=device)) for _ in range(steps)])
-    data = type("D", (), {"train": batches})()
+    data = BenchData(batches)
     train_cfg = OmegaConf.structured(TrainConfig(batch_size=args.batch, lr_schedule="cosine",
                                                  progress=True))
     trainer = Trainer(data, train_cfg, hw, progress=True)
@@ -139,7 +161,54 @@ def main() -> None:
 
     fast, slow = alternate(rounds, lambda: images_per_s(tensors), lambda: images_per_s(loader))
     out.update(data_tensor_images_s=fast, data_dataloader_images_s=slow, data_speedup=fast / slow)
+    if args.modes:
+        out.update(precision_modes(args, steps, rounds))
     emit(out, args.json)
+
+
+# (name, autocast dtype, channels_last, compiled): issue 44's table, in its order
+MODES = [("fp32", None, False, False), ("fp32_cl", None, True, False),
+         ("bf16", torch.bfloat16, False, False), ("bf16_cl", torch.bfloat16, True, False),
+         ("bf16_cl_compiled", torch.bfloat16, True, True)]
+
+
+def precision_modes(args, steps: int, rounds: int) -> dict:
+    """Images/s of the plain loop and of Trainer.fit in each CPU precision mode, the two
+    alternating within a mode; each mode over fp32's plain loop."""
+    torch.manual_seed(0)
+    cfg = OmegaConf.create({"name": args.modes_model, "in_channels": 1, "small_input": None})
+    dense = build_model(cfg, 10, args.modes_size)
+    x = [(torch.randn(args.modes_batch, 1, args.modes_size, args.modes_size),
+          torch.randint(0, 10, (args.modes_batch,))) for _ in range(steps)]
+    hw_cfg = OmegaConf.create({"device": "cpu", "precision": "auto", "channels_last": None})
+    chosen = training_precision(hw_cfg)
+    out = {"modes_model": args.modes_model, "modes_image_size": args.modes_size,
+           "modes_batch": args.modes_batch, "bf16_matrix_units": bf16_matrix_units(),
+           "default_mode": chosen.name + ("_cl" if chosen.channels_last else "")}
+    for name, dtype, cl, compiled in MODES:
+        if compiled and not args.compile:
+            continue
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        model = copy.deepcopy(dense).to(memory_format=fmt)
+        batches = Batches([(a.contiguous(memory_format=fmt), b) for a, b in x])
+        hw = Hardware("cpu", torch.device("cpu"), dtype, cl, compile=compiled)
+        net = torch.compile(model) if compiled else model
+        train_cfg = OmegaConf.structured(TrainConfig(batch_size=args.modes_batch,
+                                                     lr_schedule="cosine", progress=False))
+        trainer = Trainer(BenchData(batches), train_cfg, hw, progress=False)
+
+        def fit() -> float:
+            t0 = time.perf_counter()
+            trainer.fit(model, 1, 1e-3, desc="bench")
+            return (time.perf_counter() - t0) / len(batches)
+        with trainer:
+            plain_epoch(model, net, batches, hw), fit()  # warm-up (and compilation)
+            t_plain, t_fit = alternate(rounds, lambda: plain_epoch(model, net, batches, hw), fit)
+        out[f"mode_{name}_images_s"] = args.modes_batch / t_plain
+        out[f"mode_{name}_trainer_images_s"] = args.modes_batch / t_fit
+        out[f"mode_{name}_loop_vs_plain"] = t_plain / t_fit
+        out[f"mode_{name}_x_fp32"] = out[f"mode_{name}_images_s"] / out["mode_fp32_images_s"]
+    return out
 
 
 if __name__ == "__main__":
