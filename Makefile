@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-loop bench-stop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
+        bench-speedup bench-deploy bench-loop bench-stop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -116,8 +116,12 @@ bench-admm:  ## ADMM's costs side by side: penalised vs plain training step, Z/U
 bench-speedup:  ## FLOPs vs measured speedup of filter pruning at 30/50/70% (resnet18, vgg16, mobilenet_v2; CPU)
 	$(BIN)/python scripts/bench_speedup.py
 
-bench-loop:  ## the training loop against plain PyTorch, masked and pruned steps, the data path
-	$(BIN)/python scripts/bench_loop.py --quick
+bench-deploy:  ## torch eager vs ONNX Runtime speedups of resnet56/resnet18 at 0.5/0.7, channel multiples 1/8/16
+	$(BIN)/python scripts/bench_speedup.py --models resnet56 resnet18 --sparsity 0.5 0.7 \
+		--multiples 1 8 16 --runtimes torch onnxruntime
+
+bench-loop:  ## the training loop against plain PyTorch, masked and pruned steps, the data path, the CPU precision modes
+	$(BIN)/python scripts/bench_loop.py --quick --modes
 
 bench-stop:  ## SIGTERM mid-epoch on a 224 px image folder: seconds to stop, where, and the resume
 	$(BIN)/python scripts/bench_stop.py --json outputs/bench_stop.json

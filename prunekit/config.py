@@ -124,13 +124,14 @@ class HardwareConfig:
     device: str = "auto"
     threads: int = 0  # 0: torch's default
     # training and evaluation's autocast; auto: bf16 on a CPU with bf16 matrix units, else fp32
-    precision: str = "auto"
+    # (PRUNEKIT_PRECISION sets the default: fp32 pins a cluster of mixed CPUs, and the test suite)
+    precision: str = "${oc.env:PRUNEKIT_PRECISION,auto}"
     channels_last: Optional[bool] = None  # None: on with the CPU's bf16 mode
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the train/eval steps and both models' latency
     compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs too
     sparse_2of4: bool = False  # 2:4 results run PyTorch's semi-structured sparse kernels (CUDA)
-    # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA, else 1)
+    # a structured result keeps a multiple of this per pruned layer (None: 8 on CUDA and CPU)
     channel_multiple: Optional[int] = None
     distributed: str = "auto"  # auto: one run over the processes torchrun / SLURM started; off
     latency: LatencyConfig = environment(default_factory=LatencyConfig)  # how it is timed
@@ -139,7 +140,10 @@ class HardwareConfig:
     def check(cls, cfg: DictConfig) -> None:
         h = cfg.hardware
         choice(cfg, "hardware.device", DEVICES)
-        choice(cfg, "hardware.precision", TRAINING_PRECISIONS)
+        if h.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"hardware.precision={h.precision} is not one of "
+                              f"{', '.join(TRAINING_PRECISIONS)} (its default comes from "
+                              "PRUNEKIT_PRECISION where that is set)")
         choice(cfg, "hardware.compile_mode", COMPILE_MODES)
         choice(cfg, "hardware.distributed", ("auto", "off"))
         at_least(cfg, "hardware.threads", 0)

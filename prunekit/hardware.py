@@ -285,14 +285,19 @@ def cpu_wait(delay_s: Optional[float], cpu_s: float) -> Optional[float]:
     return delay_s / max(delay_s + cpu_s, 1e-9)
 
 
-CUDA_CHANNEL_MULTIPLE = 8  # bf16 tensor cores and channels_last kernels want multiples of 8
+# A structured result keeps a multiple of 8 channels per pruned group by default: bf16 tensor
+# cores and channels_last kernels want it on CUDA, and oneDNN's blocked layouts on a CPU, where
+# ONNX Runtime ran an odd-width resnet18 at 1.19x its dense model and the same model kept at
+# multiples of 8 at 1.71x (torch eager: 1.69x / 1.64x, alike; docs/benchmarks.md, "ONNX
+# Runtime"). Apple GPUs: unmeasured.
+CHANNEL_MULTIPLE = {"cuda": 8, "cpu": 8}
 
 
 def channel_multiple(hw_cfg, device: torch.device) -> int:
-    """`hardware.channel_multiple`, or by default 8 on CUDA and 1 elsewhere."""
+    """`hardware.channel_multiple`, or by default 8 on CUDA and the CPU, 1 elsewhere."""
     if hw_cfg.get("channel_multiple") is not None:
         return int(hw_cfg.channel_multiple)
-    return CUDA_CHANNEL_MULTIPLE if device.type == "cuda" else 1
+    return CHANNEL_MULTIPLE.get(device.type, 1)
 
 
 def graph_captured(run: Callable, x: torch.Tensor, hw: Hardware, amp: Callable,

@@ -42,6 +42,12 @@ def private_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+# Every run of the suite, in-process or a subprocess, trains in fp32 whatever this CPU is: its
+# numeric tolerances are then the same on every CI machine. The tests of hardware.precision=auto
+# set it themselves (test_deploy.py).
+os.environ["PRUNEKIT_PRECISION"] = "fp32"
+
+
 @functools.lru_cache(maxsize=None)
 def composed(overrides: tuple):
     with initialize_config_module(version_base="1.3", config_module="prunekit.conf"):

@@ -12,7 +12,8 @@ def test_bench_loop_writes_its_ratios(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_loop.py"), "--quick",
                         "--model", "lenet5", "--steps", "3", "--rounds", "1", "--data-size", "256",
                         "--modes", "--modes-model", "resnet20", "--modes-size", "8",
-                        "--modes-batch", "8", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                        "--modes-batch", "8", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(out.read_text())
     for key in ("loop_vs_plain", "masked_step_overhead", "data_speedup", "structured_step_speedup"):
@@ -27,7 +28,7 @@ def test_bench_loop_writes_its_ratios(tmp_path):
 def test_bench_speedup_times_every_multiple_in_torch_and_onnx_runtime(tmp_path):
     out = tmp_path / "speedup.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_speedup.py"),
-                        "--models", "resnet20", "--image-size", "8", "--sparsity", "0.5",
+                        "--models", "resnet20", "--image-size", "8", "--sparsity", "0.7",
                         "--multiples", "1", "8", "--runtimes", "torch", "onnxruntime",
                         "--batch-sizes", "1", "--warmup", "1", "--repeats", "2",
                         "--json", str(out)], capture_output=True, text=True, timeout=300)
@@ -37,5 +38,5 @@ def test_bench_speedup_times_every_multiple_in_torch_and_onnx_runtime(tmp_path):
     for row in rows:
         assert row["torch_x_bs1"] > 0 and row["onnxruntime_x_bs1"] > 0
         assert row["compaction_max_abs_diff"] < 1e-3
-    assert rows[0]["flops_x"] > rows[1]["flops_x"]  # a multiple of 8 keeps more of 16 channels
+    assert rows[0]["flops_x"] > rows[1]["flops_x"]  # 8 of 16 kept, not 5
     assert "| onnxruntime × (batch 1) |" in r.stdout

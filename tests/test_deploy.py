@@ -171,6 +171,7 @@ def test_a_missing_deploy_extra_is_one_line_naming_it(monkeypatch):
 def test_auto_precision_follows_the_cpus_bf16_units(monkeypatch, units):
     """bf16 autocast with channels_last where the CPU multiplies bf16 in hardware, fp32
     elsewhere; hardware.precision=fp32 forces fp32; latency stays fp32 on the CPU."""
+    monkeypatch.delenv("PRUNEKIT_PRECISION")  # the suite's pin (conftest): the default here
     monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: units)
     for group in ("cpu", "auto"):
         p = training_precision(make_cfg([f"hardware={group}", "hardware.device=cpu"]).hardware)
@@ -193,6 +194,7 @@ def test_auto_precision_follows_the_cpus_bf16_units(monkeypatch, units):
 def test_a_bf16_run_trains_in_bf16_and_times_latency_in_fp32(tmp_path, monkeypatch):
     """Training and evaluation under bf16 autocast, latency in fp32 (what a CPU deployment
     runs), and the summary says which."""
+    monkeypatch.delenv("PRUNEKIT_PRECISION")
     monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: True)
     seen = set()
     autocast = hardware.Hardware.autocast
@@ -216,3 +218,15 @@ def test_a_checkpoint_of_one_precision_is_not_continued_in_another():
     machine = lambda p: config_hash(cfg, {"hardware.precision": p})  # noqa: E731
     assert machine("bf16") != machine("fp32")
     assert config_hash(cfg) == config_hash(make_cfg(["hardware=cpu"]))
+
+
+def test_prunekit_precision_sets_the_default_and_a_bad_one_is_one_line(monkeypatch):
+    monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: True)
+    monkeypatch.setenv("PRUNEKIT_PRECISION", "fp32")
+    assert training_precision(make_cfg(["hardware=cpu"]).hardware).name == "fp32"
+    assert training_precision(make_cfg(["hardware=cuda", "hardware.device=cpu"]).hardware
+                              ).name == "bf16"  # a target's own precision wins
+    monkeypatch.setenv("PRUNEKIT_PRECISION", "fp64")
+    with pytest.raises(ConfigError, match="hardware.precision=fp64 is not one of auto, fp32, "
+                                          "bf16, fp16 .its default comes from PRUNEKIT_PRECISION"):
+        validate(make_cfg(["hardware=cpu"]))

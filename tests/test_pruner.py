@@ -393,12 +393,13 @@ def test_block_wise_pruning_keeps_the_channel_multiple():
     assert pruner.max_removed() < 1.0
 
 
-def test_the_channel_multiple_defaults_to_8_on_cuda_and_1_elsewhere():
+def test_the_channel_multiple_defaults_to_8_on_cuda_and_the_cpu_and_1_elsewhere():
     from prunekit.hardware import channel_multiple
 
     auto = OmegaConf.create({"channel_multiple": None})
     assert channel_multiple(auto, torch.device("cuda")) == 8
-    assert channel_multiple(auto, torch.device("cpu")) == 1
+    assert channel_multiple(auto, torch.device("cpu")) == 8
+    assert channel_multiple(auto, torch.device("mps")) == 1
     assert channel_multiple(OmegaConf.create({"channel_multiple": 4}), torch.device("cuda")) == 4
 
 

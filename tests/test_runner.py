@@ -133,6 +133,7 @@ def test_the_dense_cache_key_holds_the_training_precision(monkeypatch, bf16_unit
     """Dense training runs under its precision's autocast: a bf16 model is not an fp32 one, and
     fp32 keys as it did before the precision was in the key. `auto` keys as what it resolves
     to on this CPU: an fp32 cache is not served to the bf16 mode, nor the reverse."""
+    monkeypatch.delenv("PRUNEKIT_PRECISION")  # the suite's pin (conftest): auto here
     monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: bf16_units)
     fp32 = make_cfg(["method=dense", *LENET, "hardware.precision=fp32"])
     assert "precision" not in dense_key(fp32)
