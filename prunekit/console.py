@@ -98,12 +98,13 @@ def latency_rows(t: Table, s: dict) -> None:
     measured) and batch size, with the precision it ran in: dense and pruned latency, and what
     the ratio is; then how ONNX Runtime's outputs agree with torch's."""
     for mode, title in (("", "latency"), ("graphed_", "latency graphed"),
-                        ("onnxruntime_", "latency onnxruntime")):
+                        ("onnxruntime_", "latency onnxruntime"),
+                        ("onnxruntime_int8_", "latency onnxruntime")):
         prefix = f"latency_{mode}ms_bs"
         batches = sorted(int(k[len(prefix):]) for k in s if k.startswith(prefix))
         if mode and not batches:
             continue
-        precision = "fp32" if mode == "onnxruntime_" else s.get("latency_precision", "fp32")
+        precision = RUNTIME_PRECISIONS.get(mode) or s.get("latency_precision", "fp32")
         for bs in batches or [s.get("latency_batch_size", 1)]:
             dense, pruned = s.get(f"latency_{mode}ms_dense_bs{bs}"), s.get(f"{prefix}{bs}")
             if not batches:
@@ -112,11 +113,20 @@ def latency_rows(t: Table, s: dict) -> None:
             t.add_row(f"{title} (ms, batch {bs}, {precision})", _fmt(dense, ".3f"),
                       _fmt(pruned, ".3f"),
                       latency_ratio(s, speedup, s.get(f"latency_{mode}reliable_bs{bs}")))
-    if s.get("onnxruntime_top1_agreement") is not None:
-        t.add_row(f"onnxruntime = torch (top-1 of {s.get('onnxruntime_check_images')} images)",
-                  _fmt(100 * s["onnxruntime_top1_agreement_dense"], ".2f") + "%",
-                  _fmt(100 * s["onnxruntime_top1_agreement"], ".2f") + "%",
-                  f"max |Δ| {s['onnxruntime_max_abs_diff']:.1e}")
+    for mode, what in (("onnxruntime", "onnxruntime"), ("onnxruntime_int8", "int8")):
+        if s.get(f"{mode}_top1_agreement") is None:
+            continue
+        images = s.get(f"{mode}_check_images")
+        t.add_row(f"{what} = torch (top-1 of {images} images)",
+                  _fmt(100 * s[f"{mode}_top1_agreement_dense"], ".2f") + "%",
+                  _fmt(100 * s[f"{mode}_top1_agreement"], ".2f") + "%",
+                  f"max |Δ| {s[f'{mode}_max_abs_diff']:.1e}")
+        t.add_row(f"top-1 {what} ({images} test images, %)",
+                  _fmt(s.get(f"{mode}_top1_dense"), ".2f"), _fmt(s.get(f"{mode}_top1"), ".2f"),
+                  _fmt(s[f"{mode}_top1"] - s[f"{mode}_top1_dense"], "+.2f"))
+
+
+RUNTIME_PRECISIONS = {"onnxruntime_": "fp32", "onnxruntime_int8_": "int8"}
 
 
 def latency_ratio(s: dict, speedup, reliable) -> str:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -62,9 +64,10 @@ def onnx_model(model: nn.Module, input_shape: Sequence[int]) -> bytes:
 
 @dataclass
 class Deployed:
-    """One model in ONNX Runtime: its session, and the provider it runs on."""
+    """One model in ONNX Runtime: its session, the provider it runs on, and its ONNX bytes."""
     session: object
     provider: str
+    onnx: bytes = b""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
@@ -72,6 +75,11 @@ class Deployed:
 
 def deployed(model: nn.Module, input_shape: Sequence[int], hw: Hardware) -> Deployed:
     """`model` exported and loaded in an ONNX Runtime session on the device's best provider."""
+    return session_of(onnx_model(model, input_shape), hw)
+
+
+def session_of(onnx: bytes, hw: Hardware) -> Deployed:
+    """An ONNX model loaded in an ONNX Runtime session on the device's best provider."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # torch's threads: a fair match
@@ -81,8 +89,43 @@ def deployed(model: nn.Module, input_shape: Sequence[int], hw: Hardware) -> Depl
     available = ort.get_available_providers()
     providers = [p for p in GPU_PROVIDERS if p in available] if hw.is_cuda else []
     providers.append("CPUExecutionProvider")
-    session = ort.InferenceSession(onnx_model(model, input_shape), options, providers=providers)
-    return Deployed(session, session.get_providers()[0])
+    session = ort.InferenceSession(onnx, options, providers=providers)
+    return Deployed(session, session.get_providers()[0], onnx)
+
+
+def int8(call: Deployed, calibration: List[np.ndarray], hw: Hardware) -> Deployed:
+    """The model of `call` quantized to int8 by ONNX Runtime's static quantization: QDQ format,
+    weights per channel, activation ranges calibrated (min-max) on the `calibration` batches."""
+    onnxruntime()
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    name = call.session.get_inputs()[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(call.onnx)
+        quantize_static(src, dst, Batches(), per_channel=True)
+        return session_of(dst.read_bytes(), hw)
+
+
+def calibration_batches(loader, images: int) -> List[np.ndarray]:
+    """The first `images` images `loader` yields, as fp32 numpy batches (int8 calibration)."""
+    out, seen = [], 0
+    for x, _ in loader:
+        x = x[:images - seen].float().cpu().contiguous().numpy()
+        out.append(x)
+        seen += len(x)
+        if seen >= images:
+            break
+    return out
 
 
 def _timed(call: Deployed, x: np.ndarray) -> float:
@@ -119,22 +162,25 @@ def measure_runtime_latencies(calls: Sequence[Deployed], input_shape, batch_size
 def agreement(model: nn.Module, call: Deployed, loader, images: int,
               hw: Hardware) -> Dict[str, float]:
     """How the ONNX Runtime model answers against PyTorch's on the first `images` test images
-    (0: all): the largest absolute logit difference and the share of images whose top-1 class
-    agrees; PyTorch in the latency precision's autocast."""
+    (0: all): the largest absolute logit difference, the share of images whose top-1 class
+    agrees, and its own top-1 (%) where the loader has labels; PyTorch in the latency
+    precision's autocast."""
     was = model.training
     model.eval()
-    worst, same, seen = 0.0, 0, 0
-    for x, _ in loader:
+    worst, same, right, seen = 0.0, 0, 0, 0
+    for x, y in loader:
         if images:
-            x = x[:images - seen]
+            x, y = x[:images - seen], (None if y is None else y[:images - seen])
         with hw.autocast(timing=True):
             ref = model(x).float().cpu()
         out = torch.from_numpy(call(x.float().cpu().contiguous().numpy()))
         worst = max(worst, (out - ref).abs().max().item())
         same += int((out.argmax(1) == ref.argmax(1)).sum())
+        right += 0 if y is None else int((out.argmax(1) == y.cpu()).sum())
         seen += len(x)
         if images and seen >= images:
             break
     model.train(was)
-    return {"max_abs_diff": worst, "top1_agreement": same / max(seen, 1), "images": seen}
+    return {"max_abs_diff": worst, "top1_agreement": same / max(seen, 1),
+            "top1": 100.0 * right / max(seen, 1), "images": seen}
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from prunekit.errors import ConfigError, at_least, choice, did_you_mean, fraction, positive
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime_int8")
 DEPLOY_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # the `deploy` extra
 
 
@@ -27,9 +27,11 @@ class LatencyConfig:
     graphed: bool = True  # CUDA: also time both models captured in a CUDA graph (deployed form)
     # the autocast latency is timed under (None: fp32 on the CPU, as deployed; else the training's)
     precision: Optional[str] = None
-    # where latency is timed: torch (eager; CUDA-graphed too on a GPU), onnxruntime (exported)
+    # where latency is timed: torch (eager; CUDA-graphed too on a GPU), onnxruntime (exported),
+    # onnxruntime_int8 (exported, then statically quantized to int8)
     runtimes: List[str] = field(default_factory=lambda: ["torch"])
     check_images: int = 1000  # test images an exported model is checked on against torch (0: all)
+    calibration_images: int = 256  # train images onnxruntime_int8 calibrates its ranges on
 
 
 def check_runtimes(runtimes: List[str]) -> None:
@@ -43,8 +45,9 @@ def check_runtimes(runtimes: List[str]) -> None:
         raise ConfigError(f"hardware.latency.runtimes={runtimes} must include torch: the "
                           "deployed runtimes are timed beside it")
     missing = [m for m in DEPLOY_PACKAGES if importlib.util.find_spec(m) is None]
-    if "onnxruntime" in runtimes and missing:
-        raise ConfigError(f"hardware.latency.runtimes=[...,onnxruntime] needs "
+    deployed = [r for r in runtimes if r.startswith("onnxruntime")]
+    if deployed and missing:
+        raise ConfigError(f"hardware.latency.runtimes=[...,{deployed[0]}] needs "
                           f"{', '.join(missing)}: pip install \"prunekit[deploy]\"")
 
 
@@ -57,6 +60,7 @@ def check_latency(cfg: DictConfig) -> None:
     at_least(cfg, "hardware.latency.max_over_flops", 1.0)
     fraction(cfg, "hardware.latency.max_cpu_wait", low_open=False)
     at_least(cfg, "hardware.latency.check_images", 0)
+    at_least(cfg, "hardware.latency.calibration_images", 1)
     if lat.get("precision") is not None:
         choice(cfg, "hardware.latency.precision", PRECISIONS)
     if not lat.batch_sizes or min(lat.batch_sizes) < 1:

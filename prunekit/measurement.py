@@ -7,12 +7,19 @@ import logging
 import re
 from typing import Dict, List, Optional, Tuple
 
+import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.data import Data
-from prunekit.deploy import agreement, deployed, measure_runtime_latencies
+from prunekit.deploy import (
+    agreement,
+    calibration_batches,
+    deployed,
+    int8,
+    measure_runtime_latencies,
+)
 from prunekit.errors import ConfigError, first_line
 from prunekit.hardware import Hardware, latency_doubts, measure_latencies, with_sparse_kernels
 from prunekit.methods import METHODS
@@ -64,8 +71,7 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     }
     # rank 0 alone measures latency (the others would share its cores, and write nothing)
     if cfg.hardware.latency.enabled and distributed.current().main:
-        test = getattr(data.test, "unsharded", data.test)
-        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out, test))
+        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out, data))
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
                    latency_graphed_ms_dense=None, latency_graphed_ms=None,
@@ -95,7 +101,7 @@ def latency_modes(lat, hw: Hardware) -> Tuple[str, ...]:
     already (`hardware.compile_mode=reduce-overhead`: then the one timing is the graphed one);
     exported to ONNX Runtime where `hardware.latency.runtimes` names it."""
     graphed = hw.is_cuda and lat.graphed and not hw.compiled_graphs
-    runtimes = ("onnxruntime",) if "onnxruntime" in lat.runtimes else ()
+    runtimes = tuple(r for r in RUNTIME_MODES if r in lat.runtimes)
     return ("eager", "graphed", *runtimes) if graphed else ("eager", *runtimes)
 
 
@@ -110,11 +116,12 @@ def latency_key(name: str, mode: str) -> str:
 
 
 def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
-            counted: dict, test_loader=None) -> dict:
+            counted: dict, data: Optional[Data] = None) -> dict:
     """The latency keys: both models timed side by side at every batch size (the target's
     too), in every mode of every runtime: torch eager, on CUDA torch CUDA-graphed
-    (`latency_graphed_*`), exported to ONNX Runtime (`latency_onnxruntime_*`, with how its
-    outputs agree with torch's on `test_loader`). A masked model runs the same dense kernels as
+    (`latency_graphed_*`), exported to ONNX Runtime (`latency_onnxruntime_*`) and quantized
+    there (`latency_onnxruntime_int8_*`), with how their outputs agree with torch's on `data`'s
+    test images. A masked model runs the same dense kernels as
     its dense model, so its measured ratio would be noise passed off as speed; nor is one
     believed from a busy machine (latency_doubts)."""
     lat, out = cfg.hardware.latency, {"latency_precision": hw.latency_precision}
@@ -132,10 +139,11 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
     slower: List[str] = []
     out.update(latency_graphed_ms_dense=None, latency_graphed_ms=None,
                measured_speedup_graphed=None, latency_graphed_error=None)
+    sessions: dict = {}
     for mode in latency_modes(lat, hw):
         try:
             ld, lp = timed_in(mode, [timed_dense, timed], [dense, model], shape, hw,
-                              batch_sizes, lat, test_loader, out)
+                              batch_sizes, lat, data, out, sessions)
         except (RuntimeError, ConfigError) as e:  # not capturable (a host sync), not exportable
             if mode == "eager" or isinstance(e, ConfigError):
                 raise
@@ -161,36 +169,54 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
     return out
 
 
-MODE_LABELS = {"eager": "", "graphed": "graphed", "onnxruntime": "onnxruntime"}
+RUNTIME_MODES = ("onnxruntime", "onnxruntime_int8")
+MODE_LABELS = {"eager": "", "graphed": "graphed", "onnxruntime": "onnxruntime",
+               "onnxruntime_int8": "onnxruntime int8"}
 MODE_VERBS = {"graphed": "captured in a CUDA graph",
-              "onnxruntime": "exported to ONNX and loaded in ONNX Runtime"}
+              "onnxruntime": "exported to ONNX and loaded in ONNX Runtime",
+              "onnxruntime_int8": "exported to ONNX and quantized to int8 in ONNX Runtime"}
 
 
 def timed_in(mode: str, models: List[nn.Module], fp32_models: List[nn.Module], shape: tuple,
-             hw: Hardware, batch_sizes: List[int], lat, test_loader, out: dict) -> list:
+             hw: Hardware, batch_sizes: List[int], lat, data: Optional[Data], out: dict,
+             sessions: dict) -> list:
     """Per model, {batch size: latency_stats} in one mode; for ONNX Runtime (which runs the
-    fp32 models, exported) also its provider and its outputs' agreement with torch's, in
-    `out`."""
-    if mode != "onnxruntime":
+    fp32 models, exported, or their int8 quantization) also its provider and how its outputs
+    agree with torch's on the test images, and their top-1, in `out`."""
+    if mode not in RUNTIME_MODES:
         return measure_latencies(models, shape, hw, batch_sizes=batch_sizes, warmup=lat.warmup,
                                  repeats=lat.repeats, max_seconds=lat.max_seconds,
                                  graphed=mode == "graphed")
+    calls = runtime_calls(mode, fp32_models, shape, hw, lat, data, sessions)
+    out[f"{mode}_provider"] = calls[1].provider
+    if data is not None:
+        test = getattr(data.test, "unsharded", data.test)
+        for side, m, call in zip(("_dense", ""), fp32_models, calls):
+            agree = agreement(m, call, test, lat.check_images, hw)
+            out.update({f"{mode}_{k}{side}": agree[k]
+                        for k in ("max_abs_diff", "top1_agreement", "top1")})
+            out[f"{mode}_check_images"] = agree["images"]
+    return measure_runtime_latencies(calls, shape, batch_sizes, lat.warmup, lat.repeats,
+                                     lat.max_seconds, on_cpu=not hw.is_cuda)
+
+
+def runtime_calls(mode: str, fp32_models: List[nn.Module], shape: tuple, hw: Hardware, lat,
+                  data: Optional[Data], sessions: dict) -> list:
+    """Both models in ONNX Runtime: exported once (`sessions` keeps them for the next mode),
+    and for onnxruntime_int8 quantized on `calibration_images` train images."""
     try:
-        calls = [deployed(m, shape, hw) for m in fp32_models]
+        if "onnxruntime" not in sessions:
+            sessions["onnxruntime"] = [deployed(m, shape, hw) for m in fp32_models]
+        if mode == "onnxruntime":
+            return sessions["onnxruntime"]
+        train = getattr(data.train, "unsharded", data.train) if data is not None else [
+            (torch.randn(lat.calibration_images, *shape), None)]
+        calibration = calibration_batches(train, lat.calibration_images)
+        return [int8(call, calibration, hw) for call in sessions["onnxruntime"]]
     except ConfigError:  # the deploy extra is missing
         raise
     except Exception as e:  # the exporter's or ONNX Runtime's refusal, whatever its class
         raise RuntimeError(first_line(e, 200)) from e
-    out["onnxruntime_provider"] = calls[1].provider
-    if test_loader is not None:
-        for side, m, call in (("_dense", fp32_models[0], calls[0]), ("", fp32_models[1],
-                                                                    calls[1])):
-            agree = agreement(m, call, test_loader, lat.check_images, hw)
-            out[f"onnxruntime_max_abs_diff{side}"] = agree["max_abs_diff"]
-            out[f"onnxruntime_top1_agreement{side}"] = agree["top1_agreement"]
-            out["onnxruntime_check_images"] = agree["images"]
-    return measure_runtime_latencies(calls, shape, batch_sizes, lat.warmup, lat.repeats,
-                                     lat.max_seconds, on_cpu=not hw.is_cuda)
 
 
 def mode_keys(mode: str, first: int, dense: dict, pruned: dict, speedup: dict,
