@@ -187,7 +187,9 @@ ITERATIVE = ["method=iterative", "method.steps=3", "method.finetune_epochs=1", "
              "pretrain.cache=false", "pretrain.epochs=4", "hydra.run.dir=outputs/run", *FAST]
 
 
-@pytest.mark.parametrize("how, resume_with", [("SIGTERM", 2), ("SIGTERM", 1), ("SIGKILL", 2)])
+@pytest.mark.parametrize("how, resume_with", [
+    ("SIGTERM", 2), ("SIGTERM", 1),
+    pytest.param("SIGKILL", 2, marks=pytest.mark.slow)])  # CI time: make test-slow runs it
 def test_one_rank_stopped_ends_the_run_and_resume_completes(how, resume_with, tmp_path):
     """SIGTERM to rank 1 reaches every rank at the next checkpoint: all stop after it, the run
     says interrupted. A killed rank 1 ends the run too (the others fail on the lost peer or are

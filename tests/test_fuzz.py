@@ -46,7 +46,7 @@ def assert_one_line_failure(r, run_dir):
         assert json.loads(summary.read_text())["status"] != "ok"
 
 
-@settings(max_examples=14, deadline=None, derandomize=True,
+@settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad=BAD_VALUES, good=GOOD)
 def test_malformed_overrides_fail_in_one_line(tmp_path, bad, good):
