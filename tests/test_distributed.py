@@ -56,7 +56,8 @@ distributed.leave()
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # module scope: torn down and run again when
+# the worker ran another module's test between two of these (94 s each time)
 def every_method_on_two_processes(tmp_path_factory):
     """One torchrun whose two processes run every method in turn (one process start, not ten:
     the CLI's own start under torchrun is the other tests'); {method: (summary, stderr)}."""

@@ -213,7 +213,7 @@ def flip(path: Path, offset: int, xor: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker (module scope rebuilt it)
 def finished(tmp_path_factory):
     """A finished run, its dense cache entry, and an interrupted run's checkpoints."""
     root = tmp_path_factory.mktemp("finished")
