@@ -27,8 +27,8 @@ import torch.nn as nn
 
 from prunekit.errors import ConfigError
 from prunekit.hardware import Hardware, side_by_side
+from prunekit.latency_config import EXTRA
 
-EXTRA = 'pip install "prunekit[deploy]"'  # onnxruntime, onnx, onnxscript
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -64,13 +64,20 @@ def onnx_model(model: nn.Module, input_shape: Sequence[int]) -> bytes:
 
 @dataclass
 class Deployed:
-    """One model in ONNX Runtime: its session, the provider it runs on, and its ONNX bytes."""
+    """One model in ONNX Runtime: its session, the provider it runs on, its ONNX bytes and the
+    name of its input (looked up once, not in every timed call)."""
     session: object
     provider: str
     onnx: bytes = b""
+    input_name: str = ""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def host(x: torch.Tensor) -> np.ndarray:
+    """A batch as ONNX Runtime takes it: fp32, contiguous, on the host."""
+    return x.float().cpu().contiguous().numpy()
 
 
 def deployed(model: nn.Module, input_shape: Sequence[int], hw: Hardware) -> Deployed:
@@ -90,7 +97,7 @@ def session_of(onnx: bytes, hw: Hardware) -> Deployed:
     providers = [p for p in GPU_PROVIDERS if p in available] if hw.is_cuda else []
     providers.append("CPUExecutionProvider")
     session = ort.InferenceSession(onnx, options, providers=providers)
-    return Deployed(session, session.get_providers()[0], onnx)
+    return Deployed(session, session.get_providers()[0], onnx, session.get_inputs()[0].name)
 
 
 def int8(call: Deployed, calibration: List[np.ndarray], hw: Hardware) -> Deployed:
@@ -99,7 +106,7 @@ def int8(call: Deployed, calibration: List[np.ndarray], hw: Hardware) -> Deploye
     onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    name = call.session.get_inputs()[0].name
+    name = call.input_name
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -120,7 +127,7 @@ def calibration_batches(loader, images: int) -> List[np.ndarray]:
     """The first `images` images `loader` yields, as fp32 numpy batches (int8 calibration)."""
     out, seen = [], 0
     for x, _ in loader:
-        x = x[:images - seen].float().cpu().contiguous().numpy()
+        x = host(x[:images - seen])
         out.append(x)
         seen += len(x)
         if seen >= images:
@@ -173,7 +180,7 @@ def agreement(model: nn.Module, call: Deployed, loader, images: int,
             x, y = x[:images - seen], (None if y is None else y[:images - seen])
         with hw.autocast(timing=True):
             ref = model(x).float().cpu()
-        out = torch.from_numpy(call(x.float().cpu().contiguous().numpy()))
+        out = torch.from_numpy(call(host(x)))
         worst = max(worst, (out - ref).abs().max().item())
         same += int((out.argmax(1) == ref.argmax(1)).sum())
         right += 0 if y is None else int((out.argmax(1) == y.cpu()).sum())

@@ -12,6 +12,7 @@ from prunekit.errors import ConfigError, at_least, choice, did_you_mean, fractio
 PRECISIONS = ("fp32", "bf16", "fp16")
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime_int8")
 DEPLOY_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # the `deploy` extra
+EXTRA = 'pip install "prunekit[deploy]"'
 
 
 @dataclass
@@ -48,7 +49,7 @@ def check_runtimes(runtimes: List[str]) -> None:
     deployed = [r for r in runtimes if r.startswith("onnxruntime")]
     if deployed and missing:
         raise ConfigError(f"hardware.latency.runtimes=[...,{deployed[0]}] needs "
-                          f"{', '.join(missing)}: pip install \"prunekit[deploy]\"")
+                          f"{', '.join(missing)}: {EXTRA}")
 
 
 def check_latency(cfg: DictConfig) -> None:

@@ -7,7 +7,6 @@ import logging
 import re
 from typing import Dict, List, Optional, Tuple
 
-import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
@@ -209,8 +208,9 @@ def runtime_calls(mode: str, fp32_models: List[nn.Module], shape: tuple, hw: Har
             sessions["onnxruntime"] = [deployed(m, shape, hw) for m in fp32_models]
         if mode == "onnxruntime":
             return sessions["onnxruntime"]
-        train = getattr(data.train, "unsharded", data.train) if data is not None else [
-            (torch.randn(lat.calibration_images, *shape), None)]
+        if data is None:
+            raise RuntimeError("int8 calibration needs the run's train images")
+        train = getattr(data.train, "unsharded", data.train)
         calibration = calibration_batches(train, lat.calibration_images)
         return [int8(call, calibration, hw) for call in sessions["onnxruntime"]]
     except ConfigError:  # the deploy extra is missing
