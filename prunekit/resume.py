@@ -51,16 +51,17 @@ import torch
 from prunekit import distributed
 from prunekit.errors import first_line
 from prunekit.files import atomic_write, write_failure
+from prunekit.journaled import from_journal, to_journal
 from prunekit.run_dir import DENSE_CHECKPOINT, REFUSED, interrupted_checkpoints
 
 log = logging.getLogger(__name__)
 
-FORMAT = "prunekit-checkpoint/5"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
-# probe; /4: the pruner's and the tally's own state dicts; /5: keyed by the Context's pieces
-
+FORMAT = "prunekit-checkpoint/6"  # /2: fine-tune plans journaled; /3: ICE's tuning keeps its
+# probe; /4: the pruner's and the tally's own state dicts; /5: keyed by the Context's pieces;
+# /6: dataclass results journaled by the journal itself (`journaled`)
 
 class Journal:
-    """The operations of one run, in order, with their (plain-data) results."""
+    """The operations of one run, in order, with their results as plain data (to_journal)."""
 
     def __init__(self, results: Optional[List[Any]] = None, restore: Optional[dict] = None):
         self.results: List[Any] = list(results or [])
@@ -75,34 +76,53 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster preempting the job, `kill`): the run stops like it does on Ctrl-C."""
 
 
-# A stop asked for by a signal, honoured at the next checkpoint: `requested` is the signal's name
-# (SIGTERM, SIGINT) or None; `checkpointer` is the run's while checkpoints can still come (set by
-# the runner: the dense training and the method), else None and a signal stops the run at once.
-STOP: dict = {"requested": None, "checkpointer": None}
-
-
 STOP_VOTE_STEPS = 16  # a distributed run's ranks agree on a mid-epoch stop this often
 
 
-def vote(stop: bool, timed: bool) -> Tuple[bool, bool]:
-    """The ranks of a distributed run agree: a stop asked on any rank (SIGTERM to one process)
-    is asked on all, and rank 0's clock says whether a checkpoint is due."""
-    votes = distributed.sum_(torch.tensor([float(stop), float(timed)]))
-    if votes[0] > 0 and STOP["requested"] is None:
-        STOP["requested"] = "SIGTERM"  # another rank's: a cluster stops every process
-    return bool(votes[0] > 0), bool(votes[1] > 0)
+class StopRequest:
+    """A stop asked for by a signal, honoured at the next checkpoint. `signal` is the signal's
+    name (SIGTERM, SIGINT) or None; `checkpointer` is the run's while checkpoints can still come
+    (armed by the runner for the dense training and the method), else None and a signal stops
+    the run at once. One per run: the signal handler writes it, the checkpointer and the
+    Trainer's stop hook read it."""
 
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self.checkpointer: Optional["Checkpointer"] = None
 
-def stop_asked(step: int) -> bool:
-    """Whether a fit stops after optimiser step `step` (the Trainer's FitHooks.stop): a stop
-    signal came while a checkpoint can still be written. A single process asks at every step
-    (a dict lookup); a distributed run's ranks vote every STOP_VOTE_STEPS steps (one small
-    all-reduce), so that all stop after the same step."""
-    if STOP["checkpointer"] is None:
+    def arm(self, checkpointer: Optional["Checkpointer"]) -> None:
+        self.checkpointer = checkpointer
+
+    def disarm(self) -> None:
+        self.checkpointer = None
+
+    def waits(self, name: str) -> bool:
+        """Whether a signal `name` waits for the next checkpoint (a first SIGTERM, or a first
+        Ctrl-C when a checkpoint is due): recorded, True. Otherwise the run stops now."""
+        c = self.checkpointer
+        if self.signal is None and c is not None and (name == "SIGTERM" or c.overdue()):
+            self.signal = name
+            return True
         return False
-    if not distributed.current().distributed:
-        return STOP["requested"] is not None
-    return step % STOP_VOTE_STEPS == 0 and vote(STOP["requested"] is not None, False)[0]
+
+    def vote(self, timed: bool) -> Tuple[bool, bool]:
+        """The ranks of a distributed run agree: a stop asked on any rank (SIGTERM to one
+        process) is asked on all, and rank 0's clock says whether a checkpoint is due."""
+        votes = distributed.sum_(torch.tensor([float(self.signal is not None), float(timed)]))
+        if votes[0] > 0 and self.signal is None:
+            self.signal = "SIGTERM"  # another rank's: a cluster stops every process
+        return bool(votes[0] > 0), bool(votes[1] > 0)
+
+    def asked(self, step: int) -> bool:
+        """Whether a fit stops after optimiser step `step` (the Trainer's FitHooks.stop): a
+        stop signal came while a checkpoint can still be written. A single process asks at
+        every step (an attribute read); a distributed run's ranks vote every STOP_VOTE_STEPS
+        steps (one small all-reduce), so that all stop after the same step."""
+        if self.checkpointer is None:
+            return False
+        if not distributed.current().distributed:
+            return self.signal is not None
+        return step % STOP_VOTE_STEPS == 0 and self.vote(False)[0]
 
 
 def stop_now(signal_name: Optional[str]) -> KeyboardInterrupt:
@@ -121,8 +141,9 @@ class Checkpointer:
     DENSE = DENSE_CHECKPOINT
 
     def __init__(self, run_dir: Path, cfg_hash: str, keep: int = 2, min_interval_s: float = 0.0,
-                 writes: bool = True):
+                 writes: bool = True, stop: Optional[StopRequest] = None):
         self.dir = Path(run_dir) / "checkpoints"
+        self.stop = stop if stop is not None else StopRequest()  # the run's, from its signals
         self.writes = writes  # False on a distributed run's other ranks: rank 0 writes
         self.cfg_hash = cfg_hash
         self.keep = keep
@@ -142,8 +163,8 @@ class Checkpointer:
         timed = self.overdue()
         world = distributed.current()
         if not world.distributed:
-            return STOP["requested"] is not None or timed
-        stop, timed = vote(STOP["requested"] is not None, timed and world.main)
+            return self.stop.signal is not None or timed
+        stop, timed = self.stop.vote(timed and world.main)
         return stop or timed
 
     def save(self, payload: dict) -> Path:
@@ -192,7 +213,7 @@ class Checkpointer:
         return True
 
     def _stop_if_requested(self, path: Path) -> None:
-        signal_name = STOP["requested"]
+        signal_name = self.stop.signal
         if signal_name is not None:
             if self.failing is None:
                 log.warning("%s: stopped after writing %s", signal_name, path)
@@ -374,7 +395,7 @@ class Replay:
             if j.pending is not None and i < j.resume_at:  # replay: the recorded result
                 if i == j.resume_at - 1:  # the last one before the checkpoint: the state it
                     self.finish(ctx)  # holds from here, for the code up to the next operation
-                return j.results[i]
+                return from_journal(j.results[i])
             self.finish(ctx)
         j.depth += 1
         try:
@@ -382,7 +403,7 @@ class Replay:
         finally:
             j.depth -= 1
         if top:
-            j.results.append(result)
+            j.results.append(to_journal(result))
             if checkpoint:
                 self.checkpoint(ctx)
         return result

@@ -48,15 +48,14 @@ from prunekit.methods.context import Tally, build_pruner
 from prunekit.models import build_model, load_weights, read_state_dict
 from prunekit.record import Recorder, summary_identity
 from prunekit.resume import (
-    STOP,
     Checkpointer,
     Journal,
     Replay,
+    StopRequest,
     Terminated,
     loaders_of,
     rng_state,
     set_rng_state,
-    stop_asked,
     stop_now,
 )
 from prunekit.run_dir import check_run_dir, read_summary
@@ -253,11 +252,11 @@ def method_context(cfg: DictConfig, model: nn.Module, dense: nn.Module, dense_va
                    rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
 
 
-def run_method(ctx: Context, method, journal: Journal) -> dict:
+def run_method(ctx: Context, method, journal: Journal, stop: StopRequest) -> dict:
     """The method, from its target's aim to its last operation; its timing keys."""
     aim(ctx, method)
     method.run(ctx)
-    STOP["checkpointer"] = None  # no checkpoint comes after the method: a signal stops now
+    stop.disarm()  # no checkpoint comes after the method: a signal stops now
     ctx.finish_replay()  # a run stopped after its method's last operation
     ctx.hw.sync()
     out = {"time_total_s": ctx.clock.elapsed(), **ctx.clock.as_summary()}
@@ -294,7 +293,7 @@ def write_outputs(cfg: DictConfig, out_dir: Path, ctx: Context, rows: list,
 
 
 def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
-             tracking: Tracking) -> None:
+             tracking: Tracking, stop: StopRequest) -> None:
     """One run, top to bottom: hardware and data, the model, its dense weights, the method, the
     final measurement of both models, the files."""
     # the user's weights are read first: a file that is no state dict fails before any data
@@ -305,17 +304,17 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
     summary.update(device=str(hw.device))
     unit = METHODS[cfg.method.name]
     check_reach(cfg, unit(cfg.method), model, data.example_input(1))
-    checkpointer, journal = resumable(cfg, out_dir)
-    STOP["checkpointer"] = checkpointer  # a stop signal waits for the next checkpoint
+    checkpointer, journal = resumable(cfg, out_dir, stop)
+    stop.arm(checkpointer)  # a stop signal waits for the next checkpoint
     with Trainer(data, cfg.train, hw, progress=distributed.current().main,
-                 hooks=FitHooks(stop=stop_asked)) as trainer:
+                 hooks=FitHooks(stop=stop.asked)) as trainer:
         epoch_log = epoch_logs(cfg, tracking, trainer)
         dense_log = epoch_log("dense")
         summary.update(obtain_dense(cfg, model, trainer, user_state, dense_log, checkpointer))
         dense, dense_val = dense_reference(cfg, model, trainer)
         ctx = method_context(cfg, model, dense, dense_val, trainer, recorder,
                              Replay(journal, checkpointer), epoch_log)
-        summary.update(run_method(ctx, unit(cfg.method), journal))
+        summary.update(run_method(ctx, unit(cfg.method), journal, stop))
         final_val = trainer.evaluate(ctx.model, "val", cfg.train.val_max_batches).top1
         numbers, rows = measure(cfg, ctx.model, dense, trainer, hw, data, ctx.pruner.dense_numel,
                                 ctx.pruner.layer_names, ctx.tally.compacted)
@@ -323,13 +322,13 @@ def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
     write_outputs(cfg, out_dir, ctx, rows, checkpointer)
 
 
-def resumable(cfg: DictConfig, out_dir: Path):
+def resumable(cfg: DictConfig, out_dir: Path, stop: StopRequest):
     """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
     whose state is restored where the method's replay reaches it."""
     machine = {"hardware.precision": training_precision(cfg.hardware).name}
     checkpointer = (Checkpointer(out_dir, config_hash(cfg, machine), keep=cfg.checkpoint.keep,
                                  min_interval_s=cfg.checkpoint.min_interval_s,
-                                 writes=distributed.current().main)
+                                 writes=distributed.current().main, stop=stop)
                     if cfg.checkpoint.enabled else None)
     if not cfg.resume:  # (check_run_dir refused to start here unless checkpoint.restart)
         if checkpointer is not None:
@@ -351,19 +350,17 @@ def stop_signals():
     the work since the last one is kept), and so does Ctrl-C when a checkpoint is due (else at
     once: the last one is recent); a second signal stops it at once, as does one where no
     checkpoint lies ahead. Either way the summary says `interrupted`."""
+    stop = StopRequest()
+
     def handler(signum, frame):
         name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-        checkpointer = STOP["checkpointer"]
-        if STOP["requested"] is None and checkpointer is not None and (
-                name == "SIGTERM" or checkpointer.overdue()):
-            STOP["requested"] = name
+        if stop.waits(name):
             key = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
             log.warning("%s: stopping at the next checkpoint, after the training step or "
                         "pruning step under way (%s again stops at once)", key, key)
             return
         raise stop_now(name)
 
-    STOP.update(requested=None, checkpointer=None)
     previous = {}
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -371,11 +368,11 @@ def stop_signals():
     except ValueError:  # not the main thread: leave signals to whoever owns them
         pass
     try:
-        yield
+        yield stop
     finally:
         for sig, handler_before in previous.items():
             signal.signal(sig, handler_before)
-        STOP.update(requested=None, checkpointer=None)
+        stop.disarm()
 
 
 def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] = None) -> dict:
@@ -396,7 +393,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
         log.info("%s has finished this configuration: skipped (resume=true)", out_dir)
         return read_summary(out_dir)
     try:
-        with stop_signals():
+        with stop_signals() as stop:
             validate(cfg)
             summary["config_hash"] = config_hash(cfg)
             if main:
@@ -404,7 +401,7 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
                                   OmegaConf.to_yaml(cfg, resolve=True))
                 tracking = Tracking.start(cfg, names or run_names(cfg, out_dir))
                 recorder.listeners.append(tracking.step)
-            pipeline(cfg, out_dir, recorder, summary, tracking)
+            pipeline(cfg, out_dir, recorder, summary, tracking, stop)
         summary["status"] = "ok"
     except Terminated:
         summary.update(status="interrupted", error="terminated (SIGTERM)")

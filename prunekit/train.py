@@ -24,6 +24,7 @@ from prunekit import distributed
 from prunekit.console import CONSOLE, make_progress
 from prunekit.data import Data
 from prunekit.hardware import Hardware
+from prunekit.journaled import journaled
 from prunekit.sparsity.masks import MaskSet
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class Compiler:
         hw.sync()
 
 
+@journaled
 @dataclass
 class FitResult:
     epochs: int

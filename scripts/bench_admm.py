@@ -21,7 +21,7 @@ from benchutil import emit
 from omegaconf import OmegaConf
 
 from prunekit.methods.admm import AdmmState
-from prunekit.methods.autocompress import constraints_for, search_units, undone
+from prunekit.methods.autocompress import constraints_for, search_space, undone
 from prunekit.methods.autocompress_search import initial_action
 from prunekit.methods.slr import SlrState
 from prunekit.models import build_model, prunable_layers, residual_blocks
@@ -85,8 +85,9 @@ def main() -> None:
     slr_round = median_ms(lambda: slr.update(slr.epoch_ce()), max(3, args.repeats // 4),
                           warmup=1)
 
-    units, outside, total = search_units(pruner, ("filter", "column"))
-    action = initial_action(units, args.sparsity, 0.99, outside, total)
+    space = search_space(pruner, ("filter", "column"))
+    units = space.units
+    action = initial_action(space, args.sparsity, 0.99)
 
     def quick_evaluation() -> None:
         with undone(pruner):

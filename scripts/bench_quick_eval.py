@@ -34,7 +34,7 @@ from prunekit.methods.autocompress import (
     action_measure,
     constraints_for,
     round_targets,
-    search_units,
+    search_space,
 )
 from prunekit.methods.autocompress_search import initial_action, neighbour
 from prunekit.runner import run
@@ -44,15 +44,14 @@ DEFAULTS = ["method=autocompress", "model=resnet18", "dataset=digits", "sparsity
             "train.progress=false", "hardware.latency.enabled=false", "checkpoint.enabled=false"]
 
 
-def candidates(ctx, method: Autocompress, units, outside, total, target, n, heat, seed):
+def candidates(ctx, method: Autocompress, space, target, n, heat, seed):
     """The uniform start and n - 1 of its neighbours at T/T0 = heat."""
     s = method.cfg.search
-    measure = action_measure(ctx.pruner, units)
-    start = initial_action(units, target, s.max_rate, outside, total, measure)
+    measure = action_measure(ctx.pruner, space.units)
+    start = initial_action(space, target, s.max_rate, measure)
     rng = random.Random(seed)
-    return [start] + [neighbour(start, units, target, s.max_rate, outside, total,
-                                s.perturbation * heat, s.scheme_flip * heat, rng, measure)
-                      for _ in range(n - 1)]
+    return [start] + [neighbour(start, space, target, s.max_rate, s.perturbation * heat,
+                                s.scheme_flip * heat, rng, measure) for _ in range(n - 1)]
 
 
 def trained_accuracy(ctx, method: Autocompress, units, action, label: str) -> float:
@@ -78,9 +77,10 @@ def probe(args, rows: List[Dict]):
         for i in range(1, args.round):
             self.round(ctx, i, targets[i - 1], search, check, rng)
         target = targets[args.round - 1]
-        units, outside, total = search_units(ctx.pruner, tuple(c.granularity.split("+")))
+        space = search_space(ctx.pruner, tuple(c.granularity.split("+")))
+        units = space.units
         scorers = {n: self.quick_evaluations(ctx, n)[0] for n in [0, *args.calibration]}
-        actions = candidates(ctx, self, units, outside, total, target, args.candidates,
+        actions = candidates(ctx, self, space, target, args.candidates,
                              args.heat, ctx.cfg.seed + args.round)
         for k, action in enumerate(actions):
             row = {"candidate": k, "filter_units": sum(x == "filter" for x in action.schemes),

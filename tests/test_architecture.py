@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
 # Lowest first. A module may import from a lower layer, or from its own package (a method from
 # methods.context, a data set from data.build).
 LAYERS = [
+    ("journaled",),
     ("errors", "files", "settings", "clock", "metrics", "state", "sparsity.masks",
      "sparsity.layernorm", "sparsity.attention",
      "sparsity.schedules", "methods.autocompress_search"),

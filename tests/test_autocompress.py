@@ -14,12 +14,12 @@ from prunekit.errors import ConfigError
 from prunekit.methods.autocompress import round_targets, undone
 from prunekit.methods.autocompress_search import (
     Action,
+    SearchSpace,
     SearchUnit,
     anneal,
     fit_to_target,
     initial_action,
     neighbour,
-    nominal_sparsity,
 )
 from prunekit.runner import run
 from prunekit.sparsity import purify
@@ -50,27 +50,28 @@ def test_fit_to_target_is_exact_and_monotone_in_size(seed):
     total = sum(u.size for u in units) + 500
     for target in (0.35, 0.6, 0.85):
         base = [rng.random() for _ in units]
-        rates = fit_to_target(base, units, target, 0.99, outside=50.0, total=total)
+        space = SearchSpace(units, outside=50.0, total=total)
+        rates = fit_to_target(base, space, target, 0.99)
         assert_rule(rates, units, 0.99)
-        assert nominal_sparsity(rates, units, 50.0, total) == pytest.approx(target, abs=1e-9)
+        assert space.nominal_sparsity(rates) == pytest.approx(target, abs=1e-9)
 
 
 def test_fit_to_target_stops_at_the_bounds_when_the_target_is_out_of_reach():
     units = [SearchUnit("a", ("a",), 10, ("column",)), SearchUnit("b", ("b",), 10, ("column",))]
-    assert fit_to_target([0.1, 0.2], units, 0.999, 0.9) == pytest.approx([0.9, 0.9])
+    assert fit_to_target([0.1, 0.2], SearchSpace(units), 0.999, 0.9) == pytest.approx([0.9, 0.9])
 
 
 def test_neighbours_keep_the_rule_and_the_target_and_shrink_with_temperature():
     units = some_units(1)
-    total = float(sum(u.size for u in units))
-    start = initial_action(units, 0.6, 0.99, 0.0, total)
+    space = SearchSpace(units)
+    start = initial_action(space, 0.6, 0.99)
     rng = random.Random(0)
     hot, cold = [], []
     for _ in range(30):
         for heat, out in ((1.0, hot), (0.05, cold)):
-            a = neighbour(start, units, 0.6, 0.99, 0.0, total, 0.35 * heat, 0.5 * heat, rng)
+            a = neighbour(start, space, 0.6, 0.99, 0.35 * heat, 0.5 * heat, rng)
             assert_rule(a.rates, units, 0.99)
-            assert nominal_sparsity(a.rates, units, 0.0, total) == pytest.approx(0.6, abs=1e-9)
+            assert space.nominal_sparsity(a.rates) == pytest.approx(0.6, abs=1e-9)
             for u, s in zip(units, a.schemes):
                 assert s in u.schemes  # a column-only layer never gets filter
             out.append(max(abs(x - y) for x, y in zip(a.rates, start.rates)))

@@ -446,3 +446,28 @@ def test_a_fresh_run_does_not_wipe_an_interrupted_runs_checkpoints(tmp_path, mon
     fresh = run(make_cfg([*args, "checkpoint.restart=true"]), tmp_path, show=False)
     assert fresh["status"] == "ok" and "resumed_from" not in fresh
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "refused").iterdir()) == kept
+
+
+def test_the_journal_keeps_dataclasses_and_builds_only_the_declared_ones_back():
+    """ctx.op converts what an operation returns: a declared dataclass (nested ones included)
+    comes back from a replay as the same object; an undeclared one cannot be journaled, and a
+    name that no operation returns is refused, not looked up."""
+    from prunekit.journaled import from_journal, to_journal
+    from prunekit.methods.autocompress_search import Action, SearchSpace, SearchUnit
+    from prunekit.methods.steps import FinetunePlan
+
+    space = SearchSpace((SearchUnit("conv1", ("conv1", "conv2"), 10, ("filter",), 0.25),), 3.0)
+    result = (Action((0.5,), ("filter",)), {"plan": FinetunePlan(2, 0.01, {"x": 1})}, [space])
+    buf = io.BytesIO()
+    torch.save(to_journal(result), buf)  # as a checkpoint holds it, read back weights-only
+    back = from_journal(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert back == result and type(back[2][0].units) is tuple
+
+    @dataclasses.dataclass
+    class Undeclared:
+        x: int = 0
+
+    with pytest.raises(TypeError, match="declare it @journaled"):
+        to_journal([Undeclared()])
+    with pytest.raises(ValueError, match="no operation returns"):
+        from_journal({"__journaled__": "os.system", "command": "true"})

@@ -12,7 +12,7 @@ import prunekit.methods.budget as budget
 from conftest import FAST, make_cfg
 from prunekit.config import METHODS, validate
 from prunekit.errors import ConfigError
-from prunekit.methods.autocompress import action_measure, constraints_for, search_units
+from prunekit.methods.autocompress import action_measure, constraints_for, search_space
 from prunekit.methods.autocompress_search import initial_action
 from prunekit.metrics import count_nonzero, count_params, effective_flops
 from prunekit.models import prunable_layers, residual_blocks
@@ -91,9 +91,10 @@ def test_the_block_ratio_meets_a_flops_target_once_every_block_is_pruned():
 def test_autocompress_counts_an_action_as_its_hard_prune_leaves_it(granularity):
     model = model_of("resnet20", size=16)
     pruner, _ = cost_pruner(model, "flops", "filter")
-    units, outside, total = search_units(pruner, tuple(granularity.split("+")))
+    space = search_space(pruner, tuple(granularity.split("+")))
+    units = space.units
     measure = action_measure(pruner, units)
-    action = initial_action(units, 0.5, 0.99, outside, total, measure)
+    action = initial_action(space, 0.5, 0.99, measure)
     if granularity == "filter+column":  # a mix: every third unit by column
         action = type(action)(action.rates, tuple("column" if i % 3 == 0 else s
                                                   for i, s in enumerate(action.schemes)))

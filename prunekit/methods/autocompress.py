@@ -22,12 +22,12 @@ from prunekit.methods.admm import AdmmSolverConfig, ProjectionMethod, admm_train
 from prunekit.methods.autocompress_search import (
     Action,
     Measure,
+    SearchSpace,
     SearchUnit,
     Trial,
     anneal,
     initial_action,
     neighbour,
-    nominal_sparsity,
 )
 from prunekit.methods.base import register
 from prunekit.methods.context import Context
@@ -100,7 +100,7 @@ def removed_fraction(pruner, layers: Sequence[str]) -> Tuple[int, float]:
     return dense, 1.0 - alive / dense
 
 
-def search_units(pruner, schemes: Sequence[str]) -> Tuple[List[SearchUnit], float, float]:
+def search_space(pruner, schemes: Sequence[str]) -> SearchSpace:
     """The units of the search, the weights removed outside them, and the prunable total."""
     units: List[SearchUnit] = []
     covered = set()
@@ -118,7 +118,7 @@ def search_units(pruner, schemes: Sequence[str]) -> Tuple[List[SearchUnit], floa
             units.append(SearchUnit(n, (n,), size, per_layer, lower))
         rest = []
     outside = sum(pruner.dense_numel[n] * removed_fraction(pruner, [n])[1] for n in rest)
-    return units, outside, float(sum(pruner.dense_numel.values()))
+    return SearchSpace(tuple(units), outside, float(sum(pruner.dense_numel.values())))
 
 
 def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List:
@@ -243,28 +243,28 @@ def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float
     return done, chosen
 
 
-def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, units: List[SearchUnit],
-                 outside: float, total: float, score: QuickEvaluation,
-                 rng: random.Random) -> Tuple[Action, float, int]:
+def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, space: SearchSpace,
+                 score: QuickEvaluation, rng: random.Random) -> Tuple[Action, float, int]:
     """Steps 1-3 of round i: anneal over actions scored by quick evaluation (one-shot hard prune,
     `score`, undone); every evaluation is a steps.csv row."""
     s = cfg.search
 
+    units = space.units
     measure = action_measure(ctx.pruner, units)
 
     def propose(action: Action, heat: float) -> Action:
-        return neighbour(action, units, target, s.max_rate, outside, total,
-                         s.perturbation * heat, s.scheme_flip * heat, rng, measure)
+        return neighbour(action, space, target, s.max_rate, s.perturbation * heat,
+                         s.scheme_flip * heat, rng, measure)
 
     def on_trial(t: Trial) -> None:
         ctx.record_step(event="trial", round=i, trial=t.number, temperature=t.temperature,
                         val_top1=t.value, accepted=t.accepted, best_val_top1=t.best,
-                        nominal_sparsity=nominal_sparsity(t.action.rates, units, outside, total),
+                        nominal_sparsity=space.nominal_sparsity(t.action.rates),
                         filter_units=sum(map(by_filter, t.action.schemes)),
                         action=t.action.describe(units))
 
     with ctx.clock.phase("search"):
-        start = initial_action(units, target, s.max_rate, outside, total, measure)
+        start = initial_action(space, target, s.max_rate, measure)
         return anneal(lambda action: score.of_action(units, action).top1, start, propose,
                       temperature=s.temperature, final_temperature=s.final_temperature,
                       cooling=s.cooling, evaluations=s.evaluations, rng=rng, on_trial=on_trial)
@@ -279,19 +279,6 @@ def layer_columns(constraints: Sequence, units: Sequence[SearchUnit],
         for n in u.layers:
             columns[n].update(unit=u.name, rate=rate)
     return columns
-
-
-def plain_units(found: Tuple[List[SearchUnit], float, int]) -> list:
-    """search_units' result as the journal keeps it (a round's units: the model's then)."""
-    units, outside, total = found
-    return [[[u.name, list(u.layers), u.size, list(u.schemes), u.lower] for u in units],
-            outside, total]
-
-
-def plain_search(found: Tuple[Action, float, int]) -> list:
-    """search_round's result as the journal keeps it: plain data."""
-    action, value, n_trials = found
-    return [list(action.rates), list(action.schemes), value, n_trials]
 
 
 class RandomState:
@@ -387,15 +374,13 @@ class Autocompress(ProjectionMethod):
         a resumed run's replay must not recompute it from a model not yet restored."""
         c = self.cfg
         started = time.perf_counter()
-        units, outside, total = ctx.op(lambda: plain_units(
-            search_units(ctx.pruner, tuple(c.granularity.split("+")))))
-        units = [SearchUnit(u[0], tuple(u[1]), u[2], tuple(u[3]), u[4]) for u in units]
+        space = ctx.op(lambda: search_space(ctx.pruner, tuple(c.granularity.split("+"))))
+        units = space.units
         if not units:
             raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
                               "no layer or channel group that scheme can prune")
-        found = ctx.once(lambda: plain_search(search_round(ctx, c, i, target, units, outside,
-                                                          total, search, rng)))
-        action, value, n_trials = Action(tuple(found[0]), tuple(found[1])), found[2], found[3]
+        action, value, n_trials = ctx.once(lambda: search_round(ctx, c, i, target, space, search,
+                                                                rng))
         log.info("AutoCompress round %d/%d: target %.4f, %d evaluations, best val top-1 %.2f%% "
                  "(%d of %d units by filter)", i, c.rounds, target, n_trials, value,
                  sum(map(by_filter, action.schemes)), len(units))
@@ -409,7 +394,7 @@ class Autocompress(ProjectionMethod):
         val = ctx.validate()
         ctx.tally.count_step()
         ctx.record_step(event="round", step=i, round=i, target=target,
-                        nominal_sparsity=nominal_sparsity(action.rates, units, outside, total),
+                        nominal_sparsity=space.nominal_sparsity(action.rates),
                         sparsity=ctx.sparsity(), val_top1_search=value, **row, val_top1=val,
                         params=count_params(ctx.model), time_s=time.perf_counter() - started)
         ctx.tally.layer_columns(columns)

@@ -9,11 +9,14 @@ import random
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from prunekit.journaled import journaled
+
 # (rates, schemes) -> the fraction of the target's cost an action removes (default: its nominal
 # sparsity); a cost target (target.kind=flops|params) counts it exactly
 Measure = Callable[[Sequence[float], Sequence[str]], float]
 
 
+@journaled
 @dataclass(frozen=True)
 class SearchUnit:
     name: str  # the group's root layer, or the layer
@@ -23,6 +26,7 @@ class SearchUnit:
     lower: float = 0.0  # the fraction of its dense weights already removed
 
 
+@journaled
 @dataclass(frozen=True)
 class Action:
     rates: Tuple[float, ...]
@@ -33,20 +37,32 @@ class Action:
                                                                       self.schemes))
 
 
-def nominal_sparsity(rates: Sequence[float], units: Sequence[SearchUnit], outside: float,
-                     total: float) -> float:
-    """Fraction of all prunable weights removed if each unit loses `rate` of its weights;
-    `outside`: weights removed in layers that are not units."""
-    return (outside + sum(u.size * r for u, r in zip(units, rates))) / total
+@journaled
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the search moves over: its units, the weights already removed in the prunable
+    layers that are no unit (`outside`), and the prunable total (default: the units' size)."""
+
+    units: Tuple[SearchUnit, ...]
+    outside: float = 0.0
+    total: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", tuple(self.units))
+        if self.total is None:
+            object.__setattr__(self, "total", float(sum(u.size for u in self.units)))
+
+    def nominal_sparsity(self, rates: Sequence[float]) -> float:
+        """Fraction of all prunable weights removed if each unit loses `rate` of its weights."""
+        return (self.outside + sum(u.size * r for u, r in zip(self.units, rates))) / self.total
 
 
-def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: float,
-                  max_rate: float, outside: float = 0.0, total: Optional[float] = None,
+def fit_to_target(base: Sequence[float], space: SearchSpace, target: float, max_rate: float,
                   schemes: Sequence[str] = (), measure: Optional[Measure] = None) -> List[float]:
     """Rates from `base` under the experience rule, scaled so the action's `measure` (default:
     the nominal sparsity) is `target`."""
+    units = space.units
     n = len(units)
-    total = float(total if total is not None else sum(u.size for u in units))
     order = sorted(range(n), key=lambda i: (units[i].size, i))
     b = sorted(max(0.0, float(x)) for x in base)
     if not any(b):
@@ -65,7 +81,7 @@ def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: fl
     def f(scale: float) -> float:
         if measure is not None:
             return measure(rates_at(scale), schemes)
-        return nominal_sparsity(rates_at(scale), units, outside, total)
+        return space.nominal_sparsity(rates_at(scale))
 
     lo, hi = 0.0, max_rate / min(x for x in b if x > 0)
     if f(lo) >= target:
@@ -83,26 +99,25 @@ def fit_to_target(base: Sequence[float], units: Sequence[SearchUnit], target: fl
     return rates_at(hi if abs(f(hi) - target) <= abs(f(lo) - target) else lo)
 
 
-def initial_action(units: Sequence[SearchUnit], target: float, max_rate: float, outside: float,
-                   total: float, measure: Optional[Measure] = None) -> Action:
+def initial_action(space: SearchSpace, target: float, max_rate: float,
+                   measure: Optional[Measure] = None) -> Action:
     """The uniform start: every unit at the same rate (as far as lower bounds allow), each with
     its preferred scheme."""
-    schemes = tuple(u.schemes[0] for u in units)
-    rates = fit_to_target([target] * len(units), units, target, max_rate, outside, total,
-                          schemes, measure)
+    schemes = tuple(u.schemes[0] for u in space.units)
+    rates = fit_to_target([target] * len(space.units), space, target, max_rate, schemes,
+                          measure)
     return Action(tuple(rates), schemes)
 
 
-def neighbour(action: Action, units: Sequence[SearchUnit], target: float, max_rate: float,
-              outside: float, total: float, step: float, flip: float,
-              rng: random.Random, measure: Optional[Measure] = None) -> Action:
+def neighbour(action: Action, space: SearchSpace, target: float, max_rate: float, step: float,
+              flip: float, rng: random.Random, measure: Optional[Measure] = None) -> Action:
     """A random move of size `step` (rates) and `flip` (scheme probability), re-fitted to the
     target under the experience rule."""
     base = [r + rng.uniform(-step, step) for r in action.rates]
     schemes = tuple(rng.choice([s for s in u.schemes if s != cur]) if len(u.schemes) > 1
-                    and rng.random() < flip else cur for u, cur in zip(units, action.schemes))
-    return Action(tuple(fit_to_target(base, units, target, max_rate, outside, total, schemes,
-                                      measure)), schemes)
+                    and rng.random() < flip else cur for u, cur in zip(space.units,
+                                                                        action.schemes))
+    return Action(tuple(fit_to_target(base, space, target, max_rate, schemes, measure)), schemes)
 
 
 @dataclass

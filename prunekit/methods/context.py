@@ -238,7 +238,8 @@ class Context:
 
     # ------------------------------------------------------------------ journal, checkpoints
     def op(self, fn: Callable[[], Any], checkpoint: bool = False) -> Any:
-        """One journaled operation (see resume.Replay.op): its result must be plain data."""
+        """One journaled operation (see resume.Replay.op): its result is plain data, or
+        dataclasses declared @journaled, which the journal keeps and gives back as they are."""
         return self.replay.op(fn, self, checkpoint)
 
     def once(self, fn: Callable[[], Any]) -> Any:
@@ -289,7 +290,7 @@ class Context:
                  hooks: Optional[FitHooks] = None, **kw) -> FitResult:
         """Train `epochs` epochs (checkpointed after each one when it is a top-level operation;
         a resumed run continues a fit in progress from its next epoch)."""
-        def fit() -> dict:
+        def fit() -> FitResult:
             resume = self.replay.take_fit_state()
             checkpoint = self.checkpoint if self.replay.in_top_level_op() else None
             with self.clock.phase("finetune"):
@@ -297,9 +298,9 @@ class Context:
                     self.model, epochs, lr, masks=self.masks, desc=desc, resume=resume,
                     hooks=dataclasses.replace(hooks or FitHooks(), checkpoint=checkpoint), **kw)
             self.tally.add_finetune(epochs)
-            return dataclasses.asdict(result)
+            return result
 
-        return FitResult(**self.op(fit))
+        return self.op(fit)
 
     def validate(self, model: Optional[nn.Module] = None) -> float:
         """Val top-1 of the model being pruned (or of `model`, e.g. the dense one)."""

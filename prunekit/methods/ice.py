@@ -142,11 +142,11 @@ class Ice(Method):
         if c.autotune.enabled:
             def tune() -> dict:
                 chosen, probe = autotune(ctx, c, knobs)
-                return {"knobs": chosen.as_dict(), "probe": probe}
+                return {"knobs": chosen, "probe": probe}
 
             with ctx.clock.phase("search"):
                 tuned = ctx.once(tune)
-            knobs = IceKnobs(**tuned["knobs"])
+            knobs = tuned["knobs"]
             if c.probe_data == "trials":  # the ranking the trials froze by, on their subset
                 changes = tuned["probe"]
                 ctx.tally.report(probe_images=ctx.tally.results.get("autotune_train_images"))

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from prunekit.journaled import journaled
 from prunekit.methods.context import Context
 from prunekit.methods.steps import (
     FinetunePlan,
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SHORTCUT_NAMES = ("downsample", "shortcut")  # torchvision's and the common CIFAR ResNets' names
 
 
+@journaled
 @dataclass(frozen=True)
 class IceKnobs:
     """The hyperparameters the auto-tuning stage chooses (the paper's grid)."""

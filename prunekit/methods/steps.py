@@ -1,13 +1,13 @@
 """The prune-finetune step every pipeline is made of, and the block-by-block order of steps."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prunekit.config import MethodConfig
 from prunekit.errors import positive
+from prunekit.journaled import journaled
 from prunekit.sparsity.groups import ChannelGroup
 from prunekit.train import FitHooks
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from prunekit.methods.context import Context
 
 
+@journaled
 @dataclass
 class FinetunePlan:
     """What to do after a pruning step, decided from the pruned model's val top-1."""
@@ -69,7 +70,7 @@ def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],
     val_pruned = ctx.validate() if validate_pruned else None
     # The plan is journaled: it may read the model (ICE's lr and remaining fraction), which a
     # resumed run restores only where replay ends, after this decision was made.
-    p = FinetunePlan(**ctx.op(lambda: dataclasses.asdict(plan(val_pruned))))
+    p = ctx.op(lambda: plan(val_pruned))
     ctx.finetune(p.epochs, p.lr, desc=f"step {step} fine-tune", **(fit or {}))
     val = ctx.validate() if p.epochs > 0 or val_pruned is None else val_pruned
     ctx.tally.count_step()
