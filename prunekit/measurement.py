@@ -114,6 +114,18 @@ def latency_key(name: str, mode: str) -> str:
     return f"{base}_{mode}{bs or ''}"
 
 
+def timed_pair(kind: str, dense: nn.Module, model: nn.Module, hw: Hardware, out: dict):
+    """(kind, dense, pruned) as they are timed: as they are, or under `sparse_kernels` both in
+    half precision and the pruned one on sparse kernels (`theoretical` where no layer took them,
+    said in `out`)."""
+    if kind != "sparse_kernels":
+        return kind, dense, model
+    timed, out["sparse_kernel_layers"] = with_sparse_kernels(model, hw.amp_dtype)
+    if not out["sparse_kernel_layers"]:
+        out["speedup_kind"] = kind = "theoretical"
+    return kind, copy.deepcopy(dense).to(hw.amp_dtype), timed
+
+
 def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
             counted: dict, data: Optional[Data] = None) -> dict:
     """The latency keys: both models timed side by side at every batch size (the target's
@@ -127,12 +139,7 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
     batch_sizes = list(dict.fromkeys(lat.batch_sizes))  # the training batch may be 1
     if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
         batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
-    kind, timed_dense, timed = counted["speedup_kind"], dense, model
-    if kind == "sparse_kernels":  # both in half precision, the pruned one on sparse kernels
-        timed_dense = copy.deepcopy(dense).to(hw.amp_dtype)
-        timed, out["sparse_kernel_layers"] = with_sparse_kernels(model, hw.amp_dtype)
-        if not out["sparse_kernel_layers"]:
-            out["speedup_kind"] = kind = "theoretical"
+    kind, timed_dense, timed = timed_pair(counted["speedup_kind"], dense, model, hw, out)
     real, first = kind in ("compacted", "sparse_kernels"), lat.batch_sizes[0]
     warnings: List[str] = []
     slower: List[str] = []

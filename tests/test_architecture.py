@@ -144,3 +144,15 @@ def test_the_architecture_map_quotes_todays_sizes(tmp_path):
     stale.write_text(text.replace(" functions, ", " functions (stale), ", 1))
     bad = subprocess.run([*script, "--check", str(stale)], capture_output=True, text=True)
     assert bad.returncode == 1 and "not today's" in bad.stderr
+
+
+def test_no_function_is_longer_than_fifty_lines():
+    """A function longer than 50 lines (def to last line, as scripts/code_stats.py counts) does
+    more than one job: none in prunekit/."""
+    long = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 50:
+                    long.append(f"{module_name(path)}:{node.name}")
+    assert long == []
