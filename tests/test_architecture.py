@@ -111,6 +111,19 @@ def test_a_concept_is_asked_not_switched_on_by_its_name(registry, home):
     assert len(found) <= 4 and all(me == home for me, _, _ in found), found
 
 
+def test_a_members_role_is_an_object_not_a_string():
+    """A channel group's members say their role (sparsity.groups.Role) and the group answers
+    outputs(), inputs(), norms(): no role is compared by its name, nor a `kind` string read."""
+    from prunekit.sparsity.groups import Role
+
+    assert string_tests({r.value for r in Role}) == []
+    reads = [(module_name(path), node.lineno) for path in SOURCES
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute) and node.attr == "kind"
+             and isinstance(node.value, ast.Name) and node.value.id in ("m", "mem", "member")]
+    assert reads == []
+
+
 def test_config_keeps_only_what_is_common():
     """config.py holds the shared schemas and validation: no logger, model or data set is named
     there (each declares its own schema and checks beside its code), and it stays small."""

@@ -23,6 +23,7 @@ from prunekit.methods.autocompress_search import (
 )
 from prunekit.runner import run
 from prunekit.sparsity import purify
+from prunekit.sparsity.groups import Role
 from prunekit.sparsity.purify import mask_near_zero, mask_unread
 from prunekit.sparsity.units import expand_units
 from prunekit.train import Trainer
@@ -141,7 +142,7 @@ def eval_out(model, x):
 
 def stream_group(p, prefix="layer2"):
     return next(g for g in p.groups.groups if g.root.startswith(prefix)
-                and len([m for m in g.members if m.kind == "out"]) > 1)
+                and len([m for m in g.outputs()]) > 1)
 
 
 def test_purification_removes_an_unread_stream_channel_from_every_branch():
@@ -154,7 +155,7 @@ def test_purification_removes_an_unread_stream_channel_from_every_branch():
     g = stream_group(p)
     c = 5
     for mem in g.members:
-        if mem.kind == "in":
+        if mem.role is Role.IN:
             w = p.weight(mem.module)
             mask = torch.ones_like(w, dtype=torch.bool)
             mask[:, mem.take([c])] = False
@@ -164,7 +165,7 @@ def test_purification_removes_an_unread_stream_channel_from_every_branch():
     before = eval_out(m, x)
     assert mask_unread(p) == 1
     assert bool(p.groups.masked_channels(g, p.masks)[c])
-    writers = [mem.module for mem in g.members if mem.kind == "out"]
+    writers = [mem.module for mem in g.outputs()]
     assert len(writers) == 3
     for name in writers:
         rows = next(mm for mm in g.members if mm.module == name).take([c])

@@ -5,6 +5,7 @@ import pytest
 import torch
 from test_pruner import model_of, pruner_for
 
+from prunekit.sparsity.groups import Role
 from prunekit.sparsity.projection import (
     FilterConstraint,
     LayerConstraint,
@@ -58,7 +59,7 @@ def test_filter_projection_couples_the_filters_of_a_residual_add():
     m = model_of("resnet18")
     p = pruner_for(m, granularity="filter")
     group = next(g for g in p.groups.groups if g.root.startswith("layer2")
-                 and len([x for x in g.members if x.kind == "out"]) > 1)
+                 and len([x for x in g.outputs()]) > 1)
     c = FilterConstraint(group, n_zero=0)
     g = torch.Generator().manual_seed(0)
     tensors = {n: torch.randn(p.weight(n).shape, generator=g) for n in c.layers}
@@ -66,12 +67,12 @@ def test_filter_projection_couples_the_filters_of_a_residual_add():
     z = c.project(tensors)
     joint = torch.zeros(group.size, dtype=torch.float64)
     for mem in group.members:
-        if mem.kind == "out":
+        if mem.role is Role.OUT:
             rows = tensors[mem.module].reshape(tensors[mem.module].shape[0], -1)
             joint += mem.reduce(rows.double().pow(2).sum(1), "sum")
     gone = torch.argsort(joint)[:50]
     for mem in group.members:
-        if mem.kind == "out":
+        if mem.role is Role.OUT:
             t = z[mem.module]
             assert t[mem.take(gone.tolist())].abs().sum() == 0  # the weakest channels, everywhere
             alive = torch.ones(group.size, dtype=torch.bool)

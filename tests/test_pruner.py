@@ -413,7 +413,7 @@ def test_purification_and_admm_filter_sets_keep_the_channel_multiple():
     pruner = pruner_for(model, granularity="filter")
     g = next(g for g in pruner.groups.groups if g.size == 32)
     weights = {m.module: pruner.weight(m.module) for m in g.members}
-    n_dense = sum(weights[m.module].numel() for m in g.members if m.kind == "out")
+    n_dense = sum(weights[m.module].numel() for m in g.outputs())
     assert FilterConstraint.for_rate(g, weights, 0.3, n_dense).n_zero == 10
     assert FilterConstraint.for_rate(g, weights, 0.3, n_dense, 8).n_zero == 8  # keep 24
     weak = torch.zeros(32, dtype=torch.bool)

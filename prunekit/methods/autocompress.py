@@ -106,7 +106,7 @@ def search_space(pruner, schemes: Sequence[str]) -> SearchSpace:
     covered = set()
     if any(by_filter(x) for x in schemes):
         for g in pruner.groups.groups:
-            layers = tuple(m.module for m in g.members if m.kind == "out")
+            layers = tuple(m.module for m in g.outputs())
             size, lower = removed_fraction(pruner, layers)
             units.append(SearchUnit(g.root, layers, size, tuple(schemes), lower))
             covered.update(layers)

@@ -38,7 +38,7 @@ class BnScale(Criterion):
     scores_units = False
 
     def channel_scores(self, group, weights, per_element=False, generator=None):
-        norms = [m for m in group.members if m.kind == "norm" and weights.get(m.module) is not None]
+        norms = [m for m in group.norms() if weights.get(m.module) is not None]
         if not norms:
             return torch.full((group.size,), float("inf"))
         total = torch.zeros(group.size, dtype=torch.float64)
@@ -50,7 +50,7 @@ class BnScale(Criterion):
 def bn_scales(model: nn.Module, groups: List[ChannelGroup]) -> List[str]:
     """The norms of the prunable channel groups (the ones the penalty shrinks): BatchNorm, or a
     LayerNorm whose channels a group holds (ConvNeXt), its γ a per-channel scale alike."""
-    names = {m.module for g in groups for m in g.members if m.kind == "norm"}
+    names = {m.module for g in groups for m in g.norms()}
     return [n for n in sorted(names)
             if getattr(model.get_submodule(n), "weight", None) is not None]
 

@@ -23,7 +23,7 @@ ENTROPY_BINS = 20
 
 
 def _probe_member(group: ChannelGroup) -> Member:
-    norm = next((m for m in group.members if m.kind == "norm"), None)
+    norm = next(iter(group.norms()), None)
     return norm or group.members[0]
 
 

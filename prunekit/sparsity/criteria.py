@@ -74,7 +74,7 @@ class Criterion:
         for a block-inner group, the coupled filters' joint score across a residual add).
         `weights`: the weight of every member of the group, by module name."""
         sal = {m.module: self.saliency(m.module, weights[m.module].detach().double())
-               for m in group.members if m.kind == "out"}
+               for m in group.outputs()}
         total = group.per_channel(sal, lambda rows: rows.sum(1))
         elems = group.per_channel(sal, lambda rows: torch.full((rows.shape[0],), rows.shape[1]))
         elems = elems.clamp_min(1)

@@ -22,6 +22,7 @@ Linear -> activation with f(0) = 0 -> Linear). Without either it is refused in o
 """
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -66,10 +67,24 @@ def aligned_removal(n: int, size: int, dense: int, n_masked: int, multiple: int)
     return min(removals, key=lambda r: (abs(r - n), r)) if removals else n_masked
 
 
+class Role(enum.Enum):
+    """What a group's channels are to a member's module: its outputs (a layer's output channels,
+    or a depthwise conv's own), its inputs, or a norm layer's channels."""
+
+    OUT = "out"
+    IN = "in"
+    NORM = "norm"
+
+    @property
+    def dim(self) -> int:
+        """The weight dim the channels index: 1 for inputs, else 0."""
+        return 1 if self is Role.IN else 0
+
+
 @dataclass
 class Member:
     module: str
-    kind: str  # "out": a layer's output channels (or a depthwise conv's own); "in": input; "norm"
+    role: Role
     # positions[c]: indices of group channel c in this module's channel dim; a (channels, k)
     # tensor when every channel has k of them (nearly always), else a list of tensors
     positions: Union[torch.Tensor, List[torch.Tensor]]
@@ -109,16 +124,30 @@ class ChannelGroup:
     def member_names(self) -> List[str]:
         return [m.module for m in self.members]
 
+    def outputs(self) -> List[Member]:
+        """The members whose output channels are the group's (its filters)."""
+        return [m for m in self.members if m.role is Role.OUT]
+
+    def inputs(self) -> List[Member]:
+        """The members that read the group's channels (their input columns)."""
+        return [m for m in self.members if m.role is Role.IN]
+
+    def norms(self) -> List[Member]:
+        """The norm layers over the group's channels."""
+        return [m for m in self.members if m.role is Role.NORM]
+
     def per_channel(self, tensors: Dict[str, torch.Tensor],
-                    fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "out") -> torch.Tensor:
-        """Σ over the members of `kind` of fn(the tensor's slices as rows), one float64 value per
-        group channel: `out` members' filters (rows of dim 0), `in` members' input columns (dim
-        1). `tensors` maps a module name to its weight, or to any tensor of that shape."""
+                    fn: Callable[[torch.Tensor], torch.Tensor],
+                    role: "Role" = None) -> torch.Tensor:
+        """Σ over the members in `role` (default: outputs) of fn(the tensor's slices as rows),
+        one float64 value per group channel: outputs' filters (rows of dim 0), inputs' columns
+        (dim 1). `tensors` maps a module name to its weight, or to any tensor of that shape."""
+        role = Role.OUT if role is None else role
         total = torch.zeros(self.size, dtype=torch.float64)
         for m in self.members:
-            if m.kind == kind:
+            if m.role is role:
                 t = tensors[m.module].detach()
-                dim = 0 if kind == "out" else 1
+                dim = role.dim
                 rows = t.transpose(0, dim).reshape(t.shape[dim], -1)
                 total += m.reduce(fn(rows).double().cpu(), "sum")
         return total
@@ -208,8 +237,8 @@ class ChannelGroups:
             channel_masked(self.model.get_submodule(name))
 
     def _layernorms(self) -> List[str]:
-        return sorted({m.module for g in self.groups for m in g.members if m.kind == "norm"
-                       and _is_channel_layernorm(self.model.get_submodule(m.module))})
+        return sorted({m.module for g in self.groups for m in g.norms()
+                       if _is_channel_layernorm(self.model.get_submodule(m.module))})
 
     def sync_norms(self, masks: MaskSet) -> None:
         """The kept channels of the groups' LayerNorms, from their weight masks."""
@@ -221,13 +250,14 @@ class ChannelGroups:
         return {n: m for n, m in self.model.named_modules() if isinstance(m, HeadAttention)
                 and all(f"{n}.{p}" in self.prunable for p in m.projections())}
 
-    def _head_dims(self) -> Dict[str, str]:
-        """Every head projection's layer -> the member kind of its head dim (q/k/v: out, proj:
-        in). A traced group that cuts a head dim feature by feature is not one prunekit keeps."""
+    def _head_dims(self) -> Dict[str, Role]:
+        """Every head projection's layer -> the role of its head dim (q/k/v: outputs, proj:
+        inputs). A traced group that cuts a head dim feature by feature is not one prunekit
+        keeps."""
         dims = {}
         for n, m in self.model.named_modules():
             if isinstance(m, HeadAttention):
-                dims.update({f"{n}.{p}": "in" if p == "proj" else "out"
+                dims.update({f"{n}.{p}": Role.IN if p == "proj" else Role.OUT
                              for p in m.projections()})
         return dims
 
@@ -236,7 +266,7 @@ class ChannelGroups:
         for name, att in self._attentions().items():
             positions = torch.arange(att.num_heads * att.head_dim).view(att.num_heads,
                                                                         att.head_dim)
-            members = [Member(f"{name}.{p}", "in" if p == "proj" else "out", positions)
+            members = [Member(f"{name}.{p}", Role.IN if p == "proj" else Role.OUT, positions)
                        for p in ("q", "k", "v", "proj")]
             block = next((b for b in self.blocks if name.startswith(b + ".")), None)
             groups.append(ChannelGroup(members[0].module, members, block, heads=name,
@@ -263,8 +293,9 @@ class ChannelGroups:
                     continue
                 units = torch.arange(first.out_features).view(-1, 1)
                 block = next((b for b in self.blocks if name.startswith(b + ".")), None)
-                groups.append(ChannelGroup(up, [Member(up, "out", units),
-                                                Member(down, "in", units)], block, manual=True))
+                groups.append(ChannelGroup(up, [Member(up, Role.OUT, units),
+                                                Member(down, Role.IN, units)], block,
+                                           manual=True))
         return groups
 
     def _grouped_convs(self, group: ChannelGroup) -> List[Member]:
@@ -288,9 +319,9 @@ class ChannelGroups:
             if len(convs) != 1:
                 continue
             m = convs[0]
-            if m.kind == "out" and group.root == m.module:
+            if m.role is Role.OUT and group.root == m.module:
                 rooted[m.module] = group
-            elif m.kind == "in":
+            elif m.role is Role.IN:
                 feeding[m.module] = group
         merged = []
         for name, b in rooted.items():
@@ -299,10 +330,10 @@ class ChannelGroups:
             if a is None or a.block != b.block:
                 continue
             chans = []
-            for group, width, own in ((a, conv.in_channels // conv.groups, "in"),
-                                      (b, conv.out_channels // conv.groups, "out")):
+            for group, width, own in ((a, conv.in_channels // conv.groups, Role.IN),
+                                      (b, conv.out_channels // conv.groups, Role.OUT)):
                 pos = next(m.positions for m in group.members if m.module == name
-                           and m.kind == own)
+                           and m.role is own)
                 if not isinstance(pos, torch.Tensor) or pos.shape[1] != 1:
                     break
                 slot = pos[:, 0] // width  # each channel's conv group
@@ -312,14 +343,14 @@ class ChannelGroups:
                 chans.append((group, torch.stack(per)))
             if len(chans) != 2:
                 continue
-            members = [Member(m.module, m.kind, _stacked([m.take(c.tolist()) for c in per]))
+            members = [Member(m.module, m.role, _stacked([m.take(c.tolist()) for c in per]))
                        for group, per in chans for m in group.members
-                       if not (m.module == name and m.kind == "in")]
-            if len({(m.module, m.kind) for m in members}) == len(members):
+                       if not (m.module == name and m.role is Role.IN)]
+            if len({(m.module, m.role) for m in members}) == len(members):
                 merged.append(ChannelGroup(a.root, members, a.block, manual=True))
         return merged
 
-    def _convert(self, g, names, head_dims: Dict[str, str]) -> Optional[ChannelGroup]:
+    def _convert(self, g, names, head_dims: Dict[str, Role]) -> Optional[ChannelGroup]:
         root_module = g[0].dep.target.module
         root = names.get(root_module)
         size = len(g[0].idxs)
@@ -331,12 +362,12 @@ class ChannelGroups:
                 continue
             is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
             is_out = is_out or _is_depthwise(module)
-            if head_dims.get(name) == ("out" if is_out else "in"):
+            if head_dims.get(name) is (Role.OUT if is_out else Role.IN):
                 return None
             if isinstance(module, NORM_TYPES) or _is_channel_layernorm(module):
-                kind = "norm"
+                role = Role.NORM
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                kind = "out" if is_out else "in"
+                role = Role.OUT if is_out else Role.IN
             elif any(True for _ in module.parameters(recurse=False)):
                 log.debug("group %s skipped: %s (%s) cannot be masked", root, name,
                           type(module).__name__)
@@ -351,9 +382,9 @@ class ChannelGroups:
                 positions = idx[order].view(size, counts[0])
             else:
                 positions = list(torch.split(idx[order], counts))
-            if any(m.module == name and m.kind == kind for m in members):
+            if any(m.module == name and m.role is role for m in members):
                 continue
-            members.append(Member(name, kind, positions))
+            members.append(Member(name, role, positions))
         if root is None or not members or members[0].module != root:
             return None
         block = next((b for b in self.blocks
@@ -383,7 +414,7 @@ class ChannelGroups:
             pos = m.take(chans)
             for pname, p in module.named_parameters(recurse=False):
                 mask = torch.ones_like(p, dtype=torch.bool)
-                if m.kind == "in":
+                if m.role is Role.IN:
                     if pname != "weight":
                         continue
                     mask[:, pos] = False
@@ -396,7 +427,7 @@ class ChannelGroups:
         for name, mask in self.member_param_masks(group, channels).items():
             masks.restrict(name, mask)
         for m in group.members:
-            if m.kind == "norm":
+            if m.role is Role.NORM:
                 set_kept(self.model.get_submodule(m.module), masks.get(f"{m.module}.weight"))
 
     def masked_channels(self, group: ChannelGroup, masks: MaskSet) -> torch.Tensor:
@@ -448,10 +479,10 @@ class ChannelGroups:
             for m in group.members:
                 pos = m.take(dead.tolist())
                 for pname, _ in self.model.get_submodule(m.module).named_parameters(recurse=False):
-                    if m.kind == "in" and pname != "weight":
+                    if m.role is Role.IN and pname != "weight":
                         continue
                     removals.setdefault(f"{m.module}.{pname}", []).append(
-                        (1 if m.kind == "in" else 0, pos))
+                        (m.role.dim, pos))
         return removals
 
     @staticmethod
@@ -481,20 +512,20 @@ class ChannelGroups:
         follow."""
         for m in group.members:
             layer = self.model.get_submodule(m.module)
-            dim = 1 if m.kind == "in" else 0
+            dim = m.role.dim
             kept = torch.ones(layer.weight.shape[dim], dtype=torch.bool)
             kept[m.take(dead.tolist())] = False
             idx = torch.nonzero(kept).flatten().to(layer.weight.device)
             for pname, p in list(layer.named_parameters(recurse=False)):
-                if m.kind != "in" or pname == "weight":
+                if m.role is not Role.IN or pname == "weight":
                     setattr(layer, pname, nn.Parameter(p.data.index_select(dim, idx)))
             for bname, b in list(layer.named_buffers(recurse=False)):
-                if m.kind != "in" and b is not None and b.dim() > 0:
+                if m.role is not Role.IN and b is not None and b.dim() > 0:
                     layer.register_buffer(bname, b.index_select(0, idx))
             n = len(idx)
             if isinstance(layer, nn.Linear):
                 layer.out_features, layer.in_features = layer.weight.shape
-            elif isinstance(layer, nn.Conv2d) and m.kind == "in":
+            elif isinstance(layer, nn.Conv2d) and m.role is Role.IN:
                 layer.in_channels = n
             elif isinstance(layer, nn.Conv2d):  # a grouped conv loses whole conv groups
                 if layer.groups > 1:

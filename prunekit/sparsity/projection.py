@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from prunekit.sparsity.groups import ChannelGroup, aligned_removal
+from prunekit.sparsity.groups import ChannelGroup, Role, aligned_removal
 from prunekit.sparsity.units import (
     expand_units,
     granularity,
@@ -106,7 +106,7 @@ class FilterConstraint:
 
     @property
     def layers(self) -> List[str]:
-        return [m.module for m in self.group.members if m.kind == "out"]
+        return [m.module for m in self.group.outputs()]
 
     def channel_norms(self, tensors: Tensors) -> torch.Tensor:
         return self.group.per_channel(tensors, lambda rows: rows.float().pow(2).sum(1)).sqrt()
@@ -118,7 +118,7 @@ class FilterConstraint:
         chans = self.removed(tensors).tolist()
         out = {}
         for m in self.group.members:
-            if m.kind == "out":
+            if m.role is Role.OUT:
                 t = tensors[m.module]
                 rows = torch.ones(t.shape[0], dtype=torch.bool)
                 rows[m.take(chans)] = False

@@ -31,7 +31,13 @@ import torch.nn as nn
 
 from prunekit.sparsity.cost import Cost
 from prunekit.sparsity.criteria import Criterion, criterion_named
-from prunekit.sparsity.groups import ChannelGroup, ChannelGroups, aligned_removal, kept_counts
+from prunekit.sparsity.groups import (
+    ChannelGroup,
+    ChannelGroups,
+    Role,
+    aligned_removal,
+    kept_counts,
+)
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.purify import mask_unread
 from prunekit.sparsity.units import (
@@ -330,7 +336,7 @@ class Pruner:
         names = dict.fromkeys(self.layer_names)
         for group in self.groups.groups if self.groups is not None else []:
             for m in group.members:
-                if m.kind == "norm":
+                if m.role is Role.NORM:
                     if getattr(self.model.get_submodule(m.module), "weight", None) is not None \
                             and self.cost.counts(m.module, norm=True):
                         norms.add(m.module)
@@ -392,7 +398,7 @@ class Pruner:
                     if m.module not in state:
                         continue
                     pos = m.take(chans.tolist())
-                    state[m.module][0 if m.kind in ("out", "norm") else 1][pos] = False
+                    state[m.module][m.role.dim][pos] = False
             return 1.0 - (rest + modules_total(state, caps or {})) / cost.dense_total
 
         return removed

@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from prunekit.sparsity.groups import ChannelGroup, kept_counts
+from prunekit.sparsity.groups import ChannelGroup, Role, kept_counts
 from prunekit.sparsity.units import expand_units, pruned_units, unit_matrix
 
 
@@ -41,24 +41,24 @@ class Purified:
         return Purified(self.channels + other.channels, self.columns + other.columns)
 
 
-def channel_norms(pruner, group: ChannelGroup, kind: str) -> torch.Tensor:
-    """Per group channel, the joint L2 norm of its filters (`out`) or of its readers' weights
-    (`in`), from the model's current (masked) weights."""
+def channel_norms(pruner, group: ChannelGroup, role: Role) -> torch.Tensor:
+    """Per group channel, the joint L2 norm of its filters (Role.OUT) or of its readers' weights
+    (Role.IN), from the model's current (masked) weights."""
     weights = {m.module: pruner.model.get_submodule(m.module).weight for m in group.members}
-    return group.per_channel(weights, lambda rows: rows.double().pow(2).sum(1), kind).sqrt()
+    return group.per_channel(weights, lambda rows: rows.double().pow(2).sum(1), role).sqrt()
 
 
 def channel_scores(pruner, group: ChannelGroup) -> torch.Tensor:
     """Per group channel: its output's scale times its readers' joint L2 norm (see above)."""
     modules = {m.module: pruner.model.get_submodule(m.module) for m in group.members}
-    gammas = [(m, modules[m.module].weight) for m in group.members
-              if m.kind == "norm" and getattr(modules[m.module], "weight", None) is not None]
+    gammas = [(m, modules[m.module].weight) for m in group.norms()
+              if getattr(modules[m.module], "weight", None) is not None]
     if gammas:
         scale = sum(m.reduce(w.detach().double().pow(2).cpu(), "sum") for m, w in gammas).sqrt()
     else:
-        scale = channel_norms(pruner, group, "out")
-    if any(m.kind == "in" for m in group.members):
-        return scale * channel_norms(pruner, group, "in")
+        scale = channel_norms(pruner, group, Role.OUT)
+    if group.inputs():
+        return scale * channel_norms(pruner, group, Role.IN)
     return scale
 
 
@@ -130,11 +130,11 @@ def mask_unread(pruner) -> int:
         pruner.masks.apply()
         now = 0
         for g in groups.groups:
-            if not any(m.kind == "in" for m in g.members):
+            if not g.inputs():
                 continue
             gone = groups.masked_channels(g, pruner.masks)
-            reads = channel_norms(pruner, g, "in")
-            unread = _keep_one((reads == 0) & ~gone, gone, channel_norms(pruner, g, "out"))
+            reads = channel_norms(pruner, g, Role.IN)
+            unread = _keep_one((reads == 0) & ~gone, gone, channel_norms(pruner, g, Role.OUT))
             if bool(unread.any()):
                 groups.mask_channels(g, torch.nonzero(unread).flatten(), pruner.masks)
                 now += int(unread.sum())
