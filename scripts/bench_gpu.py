@@ -82,8 +82,8 @@ def pruned_copy(dense: nn.Module, example: torch.Tensor, ratio: float, multiple:
                example[:1].cpu(), blocks=list(residual_blocks(model)),
                cost=Cost.of("flops", model, example[:1].cpu(), layers))
     if flops_x is not None:
-        ratio = p.block_ratio(p.blockwise_groups(), 1.0 - 1.0 / flops_x)
-    for _, groups in p.steps_in_order():
+        ratio = p.planner.block_ratio(p.order.blockwise_groups(), 1.0 - 1.0 / flops_x)
+    for _, groups in p.order.steps_in_order():
         p.prune_groups(groups, ratio)
     diff = p.compact(check_input=example.cpu())
     return model, diff, ratio

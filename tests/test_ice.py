@@ -99,7 +99,7 @@ def test_entropy_of_constructed_columns():
 def test_activation_criteria_rank_a_silenced_channel_first():
     m = model_of("resnet18").eval()
     p = pruner_for(m, granularity="filter", criterion="entropy")
-    groups = dict(p.steps_in_order())["layer1.0"]
+    groups = dict(p.order.steps_in_order())["layer1.0"]
     bn = m.layer1[0].bn1
     with torch.no_grad():  # channel 7 emits nothing after ReLU; channel 3 a constant
         bn.weight[7], bn.bias[7] = 0.0, -1.0
@@ -124,8 +124,8 @@ def test_blockwise_removal_keeps_every_model_valid(name):  # 75 blocks (44 s): m
     p = pruner_for(m, size, channels, granularity="filter")
     x = torch.randn(3, channels, size, size)
     params = sum(t.numel() for t in m.parameters())
-    for block, _ in p.steps_in_order():
-        groups = dict(p.steps_in_order())[block]
+    for block, _ in p.order.steps_in_order():
+        groups = dict(p.order.steps_in_order())[block]
         p.prune_groups(groups, 0.5)
         tol = tolerance(m, x)
         assert p.compact(check_input=x) < tol, block

@@ -96,7 +96,7 @@ def test_the_new_criteria_run_end_to_end_through_the_methods(tmp_path, overrides
 def test_bn_scale_ranks_the_channels_with_the_smallest_gammas_first():
     m = model_of("resnet18").eval()
     p = pruner_for(m, granularity="filter", criterion="bn_scale")
-    groups = dict(p.steps_in_order())["layer1.0"]
+    groups = dict(p.order.steps_in_order())["layer1.0"]
     with torch.no_grad():
         m.layer1[0].bn1.weight.fill_(1.0)
         m.layer1[0].bn1.weight[[5, 9]] = torch.tensor([0.01, -0.02])  # |γ| small either sign

@@ -201,7 +201,7 @@ def test_residual_stream_groups_couple_every_branch():
 def test_blockwise_steps_and_ceil_ratio():
     m = model_of("resnet18")
     p = pruner_for(m, granularity="filter")
-    steps = p.steps_in_order()
+    steps = p.order.steps_in_order()
     assert [b for b, _ in steps] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     block, groups = steps[0]
     assert [g.root for g in groups] == ["layer1.0.conv1"]
@@ -212,7 +212,7 @@ def test_blockwise_steps_and_ceil_ratio():
     assert m.layer1[0].conv1.out_channels == 64 - removed
     assert m.layer1[0].conv2.in_channels == 64 - removed
     # cumulative against the dense count: asking again for the same ratio removes nothing more
-    assert p.prune_groups(dict(p.steps_in_order())["layer1.0"], 0.3) == 0
+    assert p.prune_groups(dict(p.order.steps_in_order())["layer1.0"], 0.3) == 0
 
 
 def test_the_cifar_resnet_family_takes_any_6n_plus_2_depth_and_the_152_layer_one_prunes():
@@ -231,7 +231,7 @@ def test_the_cifar_resnet_family_takes_any_6n_plus_2_depth_and_the_152_layer_one
     torch.manual_seed(0)
     m = build_model(cfg.model, 10, 8)
     p = pruner_for(m, granularity="filter")
-    steps = p.steps_in_order()
+    steps = p.order.steps_in_order()
     assert len(steps) == 75 and steps[-1][0] == "layer3.24"
     for _, groups in steps:
         p.prune_groups(groups, 0.5)
@@ -250,14 +250,14 @@ def test_the_cifar_resnet_family_takes_any_6n_plus_2_depth_and_the_152_layer_one
 def test_bottleneck_and_vgg_step_units():
     m = model_of("resnet50")
     p = pruner_for(m, granularity="filter")
-    steps = p.steps_in_order()
+    steps = p.order.steps_in_order()
     assert len(steps) == 16 and all(len(g) == 2 for _, g in steps)  # conv1 and conv2 of each
     v = model_of("vgg16")
     pv = pruner_for(v, granularity="filter")
-    assert len(pv.steps_in_order()) == 12  # 13 convs, the stem's outputs are not prunable
+    assert len(pv.order.steps_in_order()) == 12  # 13 convs, the stem's outputs not prunable
     r = model_of("resnet56")
     pr = pruner_for(r, granularity="filter")
-    assert len(pr.steps_in_order()) == 27
+    assert len(pr.order.steps_in_order()) == 27
 
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets (option-A shortcuts have none)
@@ -385,12 +385,12 @@ def test_a_channel_multiple_is_kept_in_every_pruned_group_and_the_target_still_m
 def test_block_wise_pruning_keeps_the_channel_multiple():
     model = model_of("resnet20")
     pruner = pruner_for(model, granularity="filter", channel_multiple=8)
-    for _, groups in pruner.steps_in_order():
+    for _, groups in pruner.order.steps_in_order():
         pruner.prune_groups(groups, 0.6)
     pruner.compact()
-    sizes = [g.size for g in pruner.blockwise_groups()]
+    sizes = [g.size for g in pruner.order.blockwise_groups()]
     assert all(n % 8 == 0 for n in sizes) and min(sizes) >= 8, sizes
-    assert pruner.max_removed() < 1.0
+    assert pruner.planner.max_removed() < 1.0
 
 
 def test_the_channel_multiple_defaults_to_8_on_cuda_and_the_cpu_and_1_elsewhere():

@@ -78,11 +78,11 @@ def test_the_block_ratio_meets_a_flops_target_once_every_block_is_pruned():
     dense = model_of("resnet20", size=16)
     model = copy.deepcopy(dense)
     pruner, x = cost_pruner(model, "flops", "filter")
-    groups = pruner.blockwise_groups()
+    groups = pruner.order.blockwise_groups()
     aim = TARGET_KINDS["flops"].removed_fraction(1.6)
-    assert aim < pruner.max_removed(groups) <= pruner.max_removed()
-    ratio = pruner.block_ratio(groups, aim)
-    for _, gs in pruner.steps_in_order():
+    assert aim < pruner.planner.max_removed(groups) <= pruner.planner.max_removed()
+    ratio = pruner.planner.block_ratio(groups, aim)
+    for _, gs in pruner.order.steps_in_order():
         pruner.prune_groups(gs, ratio)
     assert measured("flops", dense, model, x) == pytest.approx(1.6, rel=0.02)
 

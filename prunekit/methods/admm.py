@@ -245,7 +245,7 @@ def admm_constraints(ctx: Context, cfg: DictConfig) -> List:
         groups = pruner.groups.groups
         rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates),
                                     [grp.root for grp in groups])
-        plan = pruner.filter_plan(ctx.target)
+        plan = pruner.planner.filter_plan(ctx.target)
         return [FilterConstraint(grp, min(round(rates[grp.root] * grp.dense_size), grp.size - 1)
                                  if grp.root in rates else len(plan[gi]))
                 for gi, grp in enumerate(groups)]

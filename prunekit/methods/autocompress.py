@@ -143,7 +143,7 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
     None under target.kind=sparsity: the search counts weights (its nominal sparsity)."""
     if pruner.cost.uniform:
         return None
-    removed = pruner.plan_cost()
+    removed = pruner.planner.plan_cost()
     index = {g.root: gi for gi, g in enumerate(pruner.groups.groups)}
     alive = {}  # filter-capable unit -> non-zero weights of each of its channels
     for u in units:

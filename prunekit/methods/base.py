@@ -58,7 +58,7 @@ class Method:
 
     def max_removed(self, pruner) -> float:
         """The largest fraction of the target's cost this method can remove from the model."""
-        return pruner.max_removed()
+        return pruner.planner.max_removed()
 
     # ------------------------------------------------------------------ what it declares
     @classmethod

@@ -233,7 +233,8 @@ class Context:
             return self.target
         if self.solved_block_ratio is None:
             self.solved_block_ratio = self.op(
-                lambda: self.pruner.block_ratio(self.pruner.blockwise_groups(), self.target))
+                lambda: self.pruner.planner.block_ratio(self.pruner.order.blockwise_groups(),
+                                                        self.target))
         return self.solved_block_ratio
 
     # ------------------------------------------------------------------ journal, checkpoints

@@ -130,10 +130,10 @@ class Ice(Method):
                               "lr - delta")
 
     def reach(self, ctx: Context) -> None:
-        ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
+        ctx.prune_groups(ctx.pruner.order.blockwise_groups(), ctx.block_ratio())
 
     def max_removed(self, pruner) -> float:
-        return pruner.max_removed(pruner.blockwise_groups())
+        return pruner.planner.max_removed(pruner.order.blockwise_groups())
 
     def run(self, ctx: Context) -> None:
         c = self.cfg

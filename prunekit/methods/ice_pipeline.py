@@ -120,7 +120,7 @@ def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
         return {n: probe.model.get_submodule(n).weight.detach().clone() for n in convs}
 
     orig = weights()
-    _, groups = probe.pruner.steps_in_order()[0]
+    _, groups = probe.pruner.order.steps_in_order()[0]
     prune_block(probe, groups)
     probe.compact()
     pre = weights()
@@ -147,7 +147,7 @@ def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequ
     convs = {n: ctx.pruner.dense_numel[n] for n in rule_layers(
         {n: ctx.model.get_submodule(n) for n in ctx.pruner.dense_numel})}
     fit = dict(hooks=distillation_hooks(ctx, cfg), lr_schedule="constant")
-    n_blocks = len(ctx.pruner.steps_in_order())
+    n_blocks = len(ctx.pruner.order.steps_in_order())
     val = ctx.dense_val_top1
     for k, block, groups in blockwise_steps(ctx):
 

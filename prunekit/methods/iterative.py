@@ -44,7 +44,7 @@ class Geometric:
 
     @classmethod
     def max_removed(cls, pruner) -> float:
-        return pruner.max_removed()
+        return pruner.planner.max_removed()
 
     @classmethod
     def run(cls, ctx: Context, c, plan, fit: dict) -> None:
@@ -73,11 +73,11 @@ class Blockwise(Geometric):
 
     @classmethod
     def reach(cls, ctx: Context) -> None:
-        ctx.prune_groups(ctx.pruner.blockwise_groups(), ctx.block_ratio())
+        ctx.prune_groups(ctx.pruner.order.blockwise_groups(), ctx.block_ratio())
 
     @classmethod
     def max_removed(cls, pruner) -> float:
-        return pruner.max_removed(pruner.blockwise_groups())
+        return pruner.planner.max_removed(pruner.order.blockwise_groups())
 
     @classmethod
     def run(cls, ctx: Context, c, plan, fit: dict) -> None:

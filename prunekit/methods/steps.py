@@ -52,9 +52,9 @@ def fixed_plan(epochs: int, lr: float) -> Callable[[float], FinetunePlan]:
 def blockwise_steps(ctx: Context) -> Iterator[Tuple[int, str, List[ChannelGroup]]]:
     """(k, block, its channel groups) for each step of block-by-block pruning, in network order.
     The groups are read when the step comes: compaction in earlier steps rebuilt them."""
-    blocks = [name for name, _ in ctx.pruner.steps_in_order()]
+    blocks = [name for name, _ in ctx.pruner.order.steps_in_order()]
     for k, block in enumerate(blocks, 1):
-        yield k, block, dict(ctx.pruner.steps_in_order())[block]
+        yield k, block, dict(ctx.pruner.order.steps_in_order())[block]
 
 
 def prune_and_finetune(ctx: Context, step: int, prune: Callable[[], object],

@@ -22,21 +22,19 @@ removed are forced to stay removed, whatever the criterion says now.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from prunekit.sparsity.block_order import BlockOrder
 from prunekit.sparsity.cost import Cost
+from prunekit.sparsity.cost_plan import CostPlanner, bisect_closest
 from prunekit.sparsity.criteria import Criterion, criterion_named
 from prunekit.sparsity.groups import (
     ChannelGroup,
     ChannelGroups,
-    Role,
-    aligned_removal,
-    kept_counts,
 )
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.purify import mask_unread
@@ -51,8 +49,6 @@ from prunekit.sparsity.units import (
     ranking,
 )
 
-Alive = Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]  # module -> (rows, columns) alive
-
 
 @dataclass(frozen=True)
 class PruneSpec:
@@ -66,60 +62,6 @@ class PruneSpec:
     def from_cfg(cls, method_cfg, channel_multiple: int = 1) -> "PruneSpec":
         return cls(method_cfg.granularity, method_cfg.criterion, method_cfg.scope,
                    tuple(method_cfg.nm), int(channel_multiple))
-
-
-def _bisect_closest(f: Callable[[float], float], target: float, lo: float, hi: float,
-                    integer: bool) -> float:
-    """For monotone non-decreasing f on [lo, hi], the knob whose f is closest to target."""
-    if f(lo) >= target:
-        return lo
-    if f(hi) <= target:
-        return hi
-    a, b = lo, hi  # invariant: f(a) < target <= f(b)
-    for _ in range(64):
-        if (integer and b - a <= 1) or (not integer and b - a < 1e-9):
-            break
-        mid = (a + b) // 2 if integer else (a + b) / 2
-        if f(mid) < target:
-            a = mid
-        else:
-            b = mid
-    return a if abs(f(a) - target) < abs(f(b) - target) else b
-
-
-def global_removals(orders, groups: Sequence[ChannelGroup],
-                    multiple: int) -> Tuple[List[Tuple[int, int]], Optional[List[int]]]:
-    """The global filter plan's pool, in the order it removes from: (group, channel) entries,
-    masked first, then by score, never emptying a group; and the prefix lengths the plan may
-    cut it at (None: any). With a channel multiple, every step between two counts a group may
-    keep is one piece (its channels in a row, ranked by their mean score, cut only at its end),
-    so each group keeps a multiple of it."""
-    if multiple <= 1:
-        entries = []
-        for gi, (order, scores, masked) in enumerate(orders):
-            for c in order.tolist():
-                entries.append((0 if masked[c] else 1, float(scores[c]), gi, c))
-        entries.sort()
-        taken = [0] * len(groups)
-        eligible = []
-        for _, _, gi, c in entries:
-            if taken[gi] < groups[gi].size - 1:
-                taken[gi] += 1
-                eligible.append((gi, c))
-        return eligible, None
-    steps = []
-    for gi, (order, scores, masked) in enumerate(orders):
-        g, n_masked = groups[gi], int(masked.sum())
-        counts = sorted({g.size - k for k in kept_counts(g.size, g.dense_size, multiple)})
-        counts = [0] + [c for c in counts if c >= n_masked and c > 0]
-        for a, b in zip(counts, counts[1:]):
-            chans = order[a:b].tolist()  # a step with a masked channel is forced: first
-            steps.append((0 if a < n_masked else 1, float(scores[chans].mean()), gi, a, chans))
-    steps.sort(key=lambda t: t[:4])
-    cuts = [0]
-    for *_, chans in steps:
-        cuts.append(cuts[-1] + len(chans))
-    return [(gi, c) for *_, gi, _, chans in steps for c in chans], cuts
 
 
 class Pruner:
@@ -141,6 +83,8 @@ class Pruner:
             channel_groups = self.granularity.removes_channels
         if channel_groups:
             self.groups = ChannelGroups(model, layers, example_input, list(blocks))
+        self.planner = CostPlanner(self)  # what a removal costs, and the one a target needs
+        self.order = BlockOrder(self)  # blockwise pruning's steps, in network order
 
     def state_dict(self) -> dict:
         """The pruner's own state (the model's weights are the model's): masks, dense sizes, the
@@ -273,7 +217,7 @@ class Pruner:
                 gone = 0.0 if k == 0 else float(cum[int(k) - 1])
                 return 1.0 - (start - gone) / cost.dense_total
 
-            k = int(_bisect_closest(removed, target, n_forced, len(order), integer=True))
+            k = int(bisect_closest(removed, target, n_forced, len(order), integer=True))
             chosen = order[:k]
         pruned = torch.zeros(len(scores_t), dtype=torch.bool)
         pruned[chosen] = True
@@ -318,7 +262,7 @@ class Pruner:
                        for n_units, already, unit_cost in layers)
             return 1.0 - (now - gone) / cost.dense_total
 
-        return _bisect_closest(removed, target, 0.0, 1.0, integer=False)
+        return bisect_closest(removed, target, 0.0, 1.0, integer=False)
 
     def prune_nm(self) -> None:
         n, m = self.spec.nm
@@ -328,169 +272,12 @@ class Pruner:
             self.masks.set(f"{name}.weight", nm_mask(w, n, m, scores))
 
     # ------------------------------------------------------------------ filters (channel groups)
-    def _alive_state(self) -> Alive:
-        """Per prunable layer and every module a channel group touches that the cost counts:
-        which output rows and input columns are still alive (a norm layer: its channels, and
-        None)."""
-        norms = set()
-        names = dict.fromkeys(self.layer_names)
-        for group in self.groups.groups if self.groups is not None else []:
-            for m in group.members:
-                if m.role is Role.NORM:
-                    if getattr(self.model.get_submodule(m.module), "weight", None) is not None \
-                            and self.cost.counts(m.module, norm=True):
-                        norms.add(m.module)
-                        names.setdefault(m.module)
-                elif self.cost.counts(m.module):
-                    names.setdefault(m.module)
-        state: Alive = {}
-        for n in names:
-            w = self.weight(n)
-            mask = self.masks.get(f"{n}.weight")
-            if n in norms:
-                state[n] = (torch.ones(w.shape[0], dtype=torch.bool) if mask is None
-                            else mask.ne(0).cpu(), None)
-                continue
-            o, i = w.shape[0], w.shape[1]
-            if mask is None:
-                state[n] = (torch.ones(o, dtype=torch.bool), torch.ones(i, dtype=torch.bool))
-            else:
-                m2 = mask.reshape(o, i, -1).ne(0).cpu()
-                state[n] = (m2.any(2).any(1), m2.any(2).any(0))
-        return state
-
-    def plan_cost(self) -> Callable[..., float]:
-        """`removed(removal, caps=None)`: the cost's removed fraction if, from the masks now, the
-        given channels (group index -> channel ids) went too, and each layer in `caps` kept at
-        most that many of its weights now (less the share of them the removal takes), which is
-        AutoCompress's count of an action: exact for filter or column units alone, the expected
-        count where a column unit reads channels a filter unit removes."""
-        return self._plan_cost(self._alive_state())
-
-    def _plan_cost(self, base: Alive) -> Callable[..., float]:
-        """removal -> the cost's removed fraction if, from the alive rows and columns in `base`,
-        the given channels (group index -> channel ids) went too. Exact for whole channels: what
-        the modules in `base` do not hold (other layers, other FLOPs) is the model's cost now."""
-        groups = self.groups.groups
-        cost = self.cost
-
-        def modules_total(state: Alive, caps: Dict[str, float]) -> float:
-            total = 0.0
-            for n, (o, i) in state.items():
-                o_n, i_n = int(o.sum()), None if i is None else int(i.sum())
-                cap = caps.get(n)
-                if cap is not None and i_n is not None:  # a cap counts the weights of `base`:
-                    # the rows and columns the removal takes shrink it alike (independence)
-                    cap *= o_n * i_n / max(int(base[n][0].sum()) * int(base[n][1].sum()), 1)
-                total += cost.module_cost(n, self.model.get_submodule(n), o_n, i_n, cap)
-            return total
-
-        rest = cost.total(self.model) - modules_total(base, {})
-
-        def removed(removal: Dict[int, torch.Tensor],
-                    caps: Optional[Dict[str, float]] = None) -> float:
-            state = {n: (o.clone(), None if i is None else i.clone())
-                     for n, (o, i) in base.items()}
-            for gi, chans in removal.items():
-                if len(chans) == 0:
-                    continue
-                for m in groups[gi].members:
-                    if m.module not in state:
-                        continue
-                    pos = m.take(chans.tolist())
-                    state[m.module][m.role.dim][pos] = False
-            return 1.0 - (rest + modules_total(state, caps or {})) / cost.dense_total
-
-        return removed
-
-    def _group_orders(self,
-                      per_element: bool) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per group: (channel order, lowest first, masked ones forced first; scores; masked)."""
-        out = []
-        for group in self.groups.groups:
-            masked = self.groups.masked_channels(group, self.masks)
-            scores = self.channel_scores(group, per_element)
-            out.append((ranking(scores, masked), scores, masked))
-        return out
-
     def prune_filters(self, target: float) -> None:
-        for gi, chans in self.filter_plan(target).items():
+        for gi, chans in self.planner.filter_plan(target).items():
             if len(chans):
                 self.groups.mask_channels(self.groups.groups[gi], chans, self.masks)
 
-    def filter_plan(self, target: float) -> Dict[int, torch.Tensor]:
-        """Which channels of each group (by index) to remove to reach `target`, as `prune_to`
-        would remove them (ADMM takes the per-group counts of this plan as its constraints)."""
-        groups = self.groups.groups
-        removed = self._plan_cost(self._alive_state())
-        orders = self._group_orders(per_element=self.spec.scope == "global")
-        multiple = self.spec.channel_multiple
-        if self.spec.scope == "layerwise":
-            def removal_at(r: float) -> Dict[int, torch.Tensor]:
-                plan = {}
-                for gi, g in enumerate(groups):
-                    order, _, masked = orders[gi]
-                    gone = g.dense_size - g.size  # already removed physically
-                    want = min(int(round(r * g.dense_size)), g.dense_size - 1) - gone
-                    n = min(max(want, int(masked.sum())), g.size - 1)
-                    plan[gi] = order[:aligned_removal(n, g.size, g.dense_size,
-                                                      int(masked.sum()), multiple)]
-                return plan
-
-            r = _bisect_closest(lambda r: removed(removal_at(r)), target, 0.0, 1.0,
-                                integer=False)
-            plan = removal_at(r)
-        else:
-            # global: pool every group's channels, masked first, then by per-element score; never
-            # empty a group. With a channel multiple the pool's entries are the steps between
-            # the counts a group may keep, each scored by its channels' mean.
-            eligible, cuts = global_removals(orders, groups, multiple)
-            n_masked = sum(int(o[2].sum()) for o in orders)
-
-            def removal_k(k: int) -> Dict[int, torch.Tensor]:
-                plan: Dict[int, List[int]] = {gi: [] for gi in range(len(groups))}
-                for gi, c in eligible[:int(k)]:
-                    plan[gi].append(c)
-                return {gi: torch.tensor(v, dtype=torch.long) for gi, v in plan.items()}
-
-            if cuts is None:
-                k = _bisect_closest(lambda k: removed(removal_k(k)), target, n_masked,
-                                    len(eligible), integer=True)
-            else:  # whole steps only; the forced ones always
-                first = next(i for i, c in enumerate(cuts) if c >= n_masked)
-                i = _bisect_closest(lambda i: removed(removal_k(cuts[int(i)])), target, first,
-                                    len(cuts) - 1, integer=True)
-                k = cuts[int(i)]
-            plan = removal_k(int(k))
-        return plan
-
     # ------------------------------------------------------------------ blockwise (ICE, baseline)
-    def steps_in_order(self) -> List[Tuple[str, List[ChannelGroup]]]:
-        """The units of blockwise pruning, in network order: each residual block with its inner
-        groups; in a network without residual blocks (VGG, LeNet) every group is its own step."""
-        groups = self.groups.groups
-        order = {n: i for i, (n, _) in enumerate(self.model.named_modules())}
-        if any(g.block for g in groups):
-            blocks: Dict[str, List[ChannelGroup]] = {}
-            for g in groups:
-                if g.block:
-                    blocks.setdefault(g.block, []).append(g)
-            return sorted(blocks.items(), key=lambda kv: order[kv[0]])
-        return sorted(((g.root, [g]) for g in groups), key=lambda kv: order[kv[0]])
-
-    def _block_count(self, g: ChannelGroup, ratio: float, n_masked: int) -> int:
-        """How many of `g`'s current channels `prune_groups` masks at `ratio`: ceil(ratio * dense
-        channels) in all (at least one kept), less those compaction removed already; with a
-        channel multiple, the nearest count that leaves a multiple of it."""
-        gone = g.dense_size - g.size
-        want = min(math.ceil(ratio * g.dense_size - 1e-9), g.dense_size - 1) - gone
-        n = min(max(want, n_masked), g.size - 1)
-        return aligned_removal(n, g.size, g.dense_size, n_masked, self.spec.channel_multiple)
-
-    def blockwise_groups(self) -> List[ChannelGroup]:
-        """Every channel group block-wise pruning removes channels from, in network order."""
-        return [g for _, groups in self.steps_in_order() for g in groups]
-
     def prune_groups(self, groups: Sequence[ChannelGroup], ratio: float) -> int:
         """Remove ceil(ratio * dense channels) of each group (cumulative, at least one kept), the
         lowest-scoring first. Returns the number of channels masked now."""
@@ -498,7 +285,7 @@ class Pruner:
         for g in groups:
             masked = self.groups.masked_channels(g, self.masks)
             s = self.channel_scores(g)
-            n = self._block_count(g, ratio, int(masked.sum()))
+            n = self.order.block_count(g, ratio, int(masked.sum()))
             chans = lowest(s, n, masked)
             n_new += n - int(masked.sum())
             self.groups.mask_channels(g, chans, self.masks)
@@ -506,37 +293,3 @@ class Pruner:
         return n_new
 
     # ------------------------------------------------------------------ reaching a cost
-    def block_ratio(self, groups: Sequence[ChannelGroup], target: float) -> float:
-        """The channel ratio that `prune_groups` applied to every one of `groups` needs for the
-        cost's removed fraction to be closest to `target` (ICE's and the blockwise baseline's
-        per-block ratio under a FLOPs or params target). Which channels go does not change the
-        count: the ratio is exact before any is chosen."""
-        removed = self._plan_cost(self._alive_state())
-        index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
-        masked = {index[id(g)]: self.groups.masked_channels(g, self.masks) for g in groups}
-
-        def plan(ratio: float) -> Dict[int, torch.Tensor]:
-            out = {}
-            for g in groups:
-                m = masked[index[id(g)]]
-                order = ranking(torch.zeros(len(m)), m)  # the masked first, then any
-                out[index[id(g)]] = order[:self._block_count(g, ratio, int(m.sum()))]
-            return out
-
-        return _bisect_closest(lambda r: removed(plan(r)), target, 0.0, 1.0, integer=False)
-
-    def max_removed(self, groups: Optional[Sequence[ChannelGroup]] = None) -> float:
-        """The largest removed fraction of the cost this pruner can reach: every group (or every
-        one of `groups`) down to one channel, or to the channel multiple (filters); every
-        prunable weight (other granularities; N:M's is fixed)."""
-        if self.granularity.prunes_filters or groups is not None:
-            groups = self.groups.groups if groups is None else groups
-            index = {id(g): gi for gi, g in enumerate(self.groups.groups)}
-            fewest = {id(g): min(kept_counts(g.size, g.dense_size, self.spec.channel_multiple))
-                      for g in groups}
-            return self._plan_cost(self._alive_state())(
-                {index[id(g)]: torch.arange(g.size - fewest[id(g)]) for g in groups})
-        names = self.unit_layers(self.spec.granularity)
-        gone = sum(int(torch.count_nonzero(self.weight(n))) * self.cost.per_weight.get(n, 0.0)
-                   for n in names)
-        return 1.0 - (self.cost.total(self.model) - gone) / self.cost.dense_total
