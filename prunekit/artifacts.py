@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from prunekit.errors import first_line
 from prunekit.files import atomic_write, torch_file_problem, write_failure
-from prunekit.hardware import training_precision
+from prunekit.plan import RunPlan
 from prunekit.settings import environment_keys
 from prunekit.state import cpu_state, load_state
 
@@ -62,19 +62,20 @@ NOT_IN_DENSE_KEY = {
 DENSE_SGD_KEYS = ("momentum", "nesterov")
 
 
-def dense_key(cfg, content: str = "") -> dict:
+def dense_key(plan: RunPlan, content: str = "") -> dict:
     """Everything that determines the dense model's weights: the model, dataset, pretrain and
     train sections and the seed, less NOT_IN_DENSE_KEY and the environment() keys, the
     precision it trains in, and `content`, the fingerprint of the user's files the data came
     from (an image folder's names, sizes and mtimes; Data.content)."""
-    key = {"format": CACHE_FORMAT, "seed": cfg.seed}
+    key = {"format": CACHE_FORMAT, "seed": plan.seed}
     for section, left_out in NOT_IN_DENSE_KEY.items():
-        values = OmegaConf.to_container(cfg[section], resolve=True)
-        left_out = left_out | {k.partition(".")[2] for k in environment_keys(cfg[section],
+        node = getattr(plan, section)
+        values = OmegaConf.to_container(node, resolve=True)
+        left_out = left_out | {k.partition(".")[2] for k in environment_keys(node,
                                                                             section + ".")}
         key[section] = {k: v for k, v in values.items() if k not in left_out}
-    key["train"].update({k: cfg.pretrain.get(k, cfg.train[k]) for k in DENSE_SGD_KEYS})
-    precision = training_precision(cfg.hardware).name  # `auto` as this machine resolves it
+    key["train"].update({k: plan.pretrain.get(k, plan.train[k]) for k in DENSE_SGD_KEYS})
+    precision = plan.precision  # `auto` as this machine resolves it
     if precision != "fp32":  # dense training runs under its autocast; an fp32 key stays what it
         key["precision"] = precision  # was before this key
     path = key["dataset"].get("path")
@@ -147,11 +148,11 @@ def wait_for(f, fcntl, lock: Path) -> None:
         time.sleep(0.5)
 
 
-def dense_cache_path(cfg, content: str = "") -> Path:
-    key = json.dumps(dense_key(cfg, content), sort_keys=True)
+def dense_cache_path(plan: RunPlan, content: str = "") -> Path:
+    key = json.dumps(dense_key(plan, content), sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(os.path.expanduser(str(cfg.cache_dir))) / "dense"
-    return root / f"{cfg.model.name}_{cfg.dataset.name}_seed{cfg.seed}_{digest}.pt"
+    root = plan.cache_dir / "dense"
+    return root / f"{plan.model.name}_{plan.dataset.name}_seed{plan.seed}_{digest}.pt"
 
 
 def state_digest(state: dict) -> str:

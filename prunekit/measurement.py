@@ -8,7 +8,6 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
-from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.data import Data
@@ -21,8 +20,6 @@ from prunekit.deploy import (
 )
 from prunekit.errors import ConfigError, first_line
 from prunekit.hardware import Hardware, latency_doubts, measure_latencies, with_sparse_kernels
-from prunekit.methods import METHODS
-from prunekit.methods.budget import latency_batch_size
 from prunekit.metrics import (
     count_nonzero,
     count_params,
@@ -30,26 +27,24 @@ from prunekit.metrics import (
     layer_rows,
     prunable_sparsity,
 )
-from prunekit.sparsity.units import granularity
-from prunekit.targets import target_kind
+from prunekit.plan import RunPlan
 from prunekit.train import Trainer
 
 log = logging.getLogger("prunekit.runner")
 
 
-def speedup_kind(cfg: DictConfig, compacted: bool, hw: Hardware) -> str:
+def speedup_kind(plan: RunPlan, compacted: bool, hw: Hardware) -> str:
     """Where a measured speedup can come from: `compacted` (a physically smaller model on dense
     kernels), `sparse_kernels` (2:4 layers on PyTorch's semi-structured kernels), `theoretical`
     (masked weights: dense kernels still multiply the zeros, only FLOPs fall) or `none` (dense)."""
-    m = cfg.method
-    if not METHODS[m.name].prunes:
+    if not plan.method.prunes:
         return "none"
-    if hw.sparse_2of4 and granularity(m.granularity).one_step and list(m.nm) == [2, 4]:
+    if hw.sparse_2of4 and plan.granularity.one_step and list(plan.options.nm) == [2, 4]:
         return "sparse_kernels"
     return "compacted" if compacted else "theoretical"
 
 
-def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
+def measure(plan: RunPlan, model: nn.Module, dense: nn.Module, trainer: Trainer, hw: Hardware,
             data: Data, dense_numel: Dict[str, int], prunable, compacted: bool) -> tuple:
     """The final numbers of dense and pruned model, measured side by side; and layers.csv rows."""
     example = data.example_input(1)
@@ -66,11 +61,13 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
         "theoretical_speedup": flops_dense["__total__"] / max(flops["__total__"], 1.0),
         "top1_dense": test_dense.top1, "top5_dense": test_dense.top5,
         "top1": test.top1, "top5": test.top5, "delta_top1": test.top1 - test_dense.top1,
-        "speedup_kind": speedup_kind(cfg, compacted, hw),
+        "speedup_kind": speedup_kind(plan, compacted, hw),
     }
     # rank 0 alone measures latency (the others would share its cores, and write nothing)
-    if cfg.hardware.latency.enabled and distributed.current().main:
-        out.update(latency(cfg, dense, model, hw, tuple(example.shape[1:]), out, data))
+    if plan.latency.enabled and distributed.current().main:
+        target_batch = plan.target.batch_size if plan.target.kind.measured else None
+        out.update(latency(plan.latency, dense, model, hw, tuple(example.shape[1:]), out, data,
+                           target_batch))
     else:
         out.update(latency_ms_dense=None, latency_ms=None, measured_speedup=None,
                    latency_graphed_ms_dense=None, latency_graphed_ms=None,
@@ -79,18 +76,18 @@ def measure(cfg: DictConfig, model: nn.Module, dense: nn.Module, trainer: Traine
     dense_shapes = {n: tuple(m.weight.shape) for n, m in dense.named_modules()
                     if isinstance(m, (nn.Conv2d, nn.Linear))}
     rows = layer_rows(model, dense_shapes, flops_dense, flops, list(prunable))
-    out["empty_layers"] = warn_empty_layers(rows, cfg.sparsity)
+    out["empty_layers"] = warn_empty_layers(rows, plan.target.describe())
     return out, rows
 
 
-def warn_empty_layers(rows: List[dict], sparsity: float) -> int:
+def warn_empty_layers(rows: List[dict], target: str) -> int:
     """How many prunable layers keep no weight at all, said in one line: the network's output
     no longer depends on its input through them, whatever its accuracy says."""
     empty = [r["layer"] for r in rows if r.get("prunable") and r["density"] == 0]
     if empty:
         log.warning("%d prunable layer(s) keep no weights (%s): the output no longer depends "
-                    "on the input through them; prune less (sparsity=%s)", len(empty),
-                    ", ".join(empty[:4]) + (", ..." if len(empty) > 4 else ""), sparsity)
+                    "on the input through them; prune less (%s)", len(empty),
+                    ", ".join(empty[:4]) + (", ..." if len(empty) > 4 else ""), target)
     return len(empty)
 
 
@@ -126,8 +123,9 @@ def timed_pair(kind: str, dense: nn.Module, model: nn.Module, hw: Hardware, out:
     return kind, copy.deepcopy(dense).to(hw.amp_dtype), timed
 
 
-def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
-            counted: dict, data: Optional[Data] = None) -> dict:
+def latency(lat, dense: nn.Module, model: nn.Module, hw: Hardware, shape: tuple,
+            counted: dict, data: Optional[Data] = None,
+            target_batch: Optional[int] = None) -> dict:
     """The latency keys: both models timed side by side at every batch size (the target's
     too), in every mode of every runtime: torch eager, on CUDA torch CUDA-graphed
     (`latency_graphed_*`), exported to ONNX Runtime (`latency_onnxruntime_*`) and quantized
@@ -135,10 +133,10 @@ def latency(cfg: DictConfig, dense: nn.Module, model: nn.Module, hw: Hardware, s
     test images. A masked model runs the same dense kernels as
     its dense model, so its measured ratio would be noise passed off as speed; nor is one
     believed from a busy machine (latency_doubts)."""
-    lat, out = cfg.hardware.latency, {"latency_precision": hw.latency_precision}
+    out = {"latency_precision": hw.latency_precision}
     batch_sizes = list(dict.fromkeys(lat.batch_sizes))  # the training batch may be 1
-    if target_kind(cfg).measured and latency_batch_size(cfg) not in batch_sizes:
-        batch_sizes.append(latency_batch_size(cfg))  # the target's batch is measured too
+    if target_batch is not None and target_batch not in batch_sizes:
+        batch_sizes.append(target_batch)  # a latency target's batch is measured too
     kind, timed_dense, timed = timed_pair(counted["speedup_kind"], dense, model, hw, out)
     real, first = kind in ("compacted", "sparse_kernels"), lat.batch_sizes[0]
     warnings: List[str] = []

@@ -91,7 +91,8 @@ def summary_identity(cfg: DictConfig) -> dict:
         "dataset": (cfg.get("dataset") or {}).get("name"),
         "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
         "granularity": method.get("granularity"),
-        "target_sparsity": unit.target_sparsity(cfg) if unit else cfg.get("sparsity"),
+        "target_sparsity": (unit.target_sparsity(target.get("kind"), cfg.get("sparsity"))
+                            if unit else cfg.get("sparsity")),
         "target_kind": target.get("kind", "sparsity"),
         "target_value": target.get("value") if kind is not None and kind.factor
         else cfg.get("sparsity"),

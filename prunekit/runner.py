@@ -1,8 +1,8 @@
 """One run, start to finish (docs/architecture.md, "One run"), free of Hydra globals:
 `run(cfg, out_dir)` is what `prune-run` calls and what tests call directly.
 
-validate -> hardware + seeds -> data -> dense model (cache / checkpoint / train) -> method.run
--> final measurement of dense and pruned model -> steps.csv, layers.csv, model.pt, summary.json.
+validate -> the run plan (plan.py) -> hardware + seeds -> data -> dense model (cache /
+checkpoint / train) -> method.run -> final measurement of dense and pruned model -> steps.csv, layers.csv, model.pt, summary.json.
 A failure at any point still leaves a summary.json, with `status: failed` and the reason.
 """
 from __future__ import annotations
@@ -39,13 +39,13 @@ from prunekit.files import atomic_write_text
 from prunekit.hardware import (
     seed_everything,
     setup_hardware,
-    training_precision,
 )
 from prunekit.measurement import measure
-from prunekit.methods import METHODS, Context
+from prunekit.methods import Context
 from prunekit.methods.budget import achieved, aim, check_reach
 from prunekit.methods.context import Tally, build_pruner
 from prunekit.models import build_model, load_weights, read_state_dict
+from prunekit.plan import RunPlan, plan_of
 from prunekit.record import Recorder, summary_identity
 from prunekit.resume import (
     Checkpointer,
@@ -59,9 +59,7 @@ from prunekit.resume import (
     stop_now,
 )
 from prunekit.run_dir import check_run_dir, read_summary
-from prunekit.settings import config_hash
 from prunekit.state import cpu_state, load_state
-from prunekit.targets import target_fraction
 from prunekit.tracking import TRACKERS, EpochLog, RunNames, Tracking, run_names
 from prunekit.train import FitHooks, Trainer
 
@@ -92,7 +90,7 @@ def versions() -> Dict[str, Optional[str]]:
             "torch_pruning": installed("torch-pruning")}
 
 
-def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
+def obtain_dense(plan: RunPlan, model: nn.Module, trainer: Trainer,
                  user_state: Optional[Dict[str, torch.Tensor]],
                  epoch_log: Optional[EpochLog] = None,
                  checkpointer: Optional[Checkpointer] = None) -> dict:
@@ -103,17 +101,17 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
     same dense model wait for the one training it. Training checkpoints like every other phase
     (`checkpointer`, see train_dense)."""
     if user_state is not None:
-        load_weights(model, user_state, cfg.model.checkpoint, cfg.model.name)
-        return {"dense_source": f"checkpoint {cfg.model.checkpoint}", "time_pretrain_s": 0.0,
+        load_weights(model, user_state, plan.model.checkpoint, plan.model.name)
+        return {"dense_source": f"checkpoint {plan.model.checkpoint}", "time_pretrain_s": 0.0,
                 "dense_training_s": None}
-    content = trainer.data.content
-    key, path = dense_key(cfg, content), dense_cache_path(cfg, content)
+    content, cache = trainer.data.content, plan.dense.cache
+    key, path = dense_key(plan, content), dense_cache_path(plan, content)
     # In a distributed run rank 0 alone looks up, locks and writes the cache; the other ranks
     # load what it loaded, or train with it (one DDP fit) and wait for its write.
     main = distributed.current().main
-    locked = cache_lock(path) if cfg.pretrain.cache and main else contextlib.nullcontext()
+    locked = cache_lock(path) if cache and main else contextlib.nullcontext()
     with locked:
-        meta = load_dense(path, model, key) if cfg.pretrain.cache and main else None
+        meta = load_dense(path, model, key) if cache and main else None
         meta = distributed.from_main(meta)
         if meta is not None:
             if not main:
@@ -121,15 +119,15 @@ def obtain_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
             log.info("dense model: cached %s (trained in %.1f s)", path, meta["time_pretrain_s"])
             return {"dense_source": f"cache {path}", "time_pretrain_s": 0.0,
                     "dense_training_s": meta["time_pretrain_s"]}
-        seconds, source = train_dense(cfg, model, trainer, epoch_log, checkpointer)
-        if cfg.pretrain.cache and main and save_dense(path, model, key,
+        seconds, source = train_dense(plan, model, trainer, epoch_log, checkpointer)
+        if cache and main and save_dense(path, model, key,
                                                       {"time_pretrain_s": seconds}):
             log.info("dense model: trained in %.1f s, cached at %s", seconds, path)
     distributed.barrier()
     return {"dense_source": source, "time_pretrain_s": seconds, "dense_training_s": seconds}
 
 
-def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
+def train_dense(plan: RunPlan, model: nn.Module, trainer: Trainer,
                 epoch_log: Optional[EpochLog], checkpointer: Optional[Checkpointer]):
     """Train the dense model; return (seconds, source). With checkpoints on, every epoch end
     where one is due (and the one after a stop signal) writes checkpoints/dense.pt: model, fit
@@ -137,14 +135,15 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
     dense model: no training), and ends with the weights an uninterrupted run ends with. Without
     the cache the finished training is checkpointed too, so a resume never trains it again."""
     loaders = loaders_of(trainer.data)
-    state = checkpointer.dense() if checkpointer is not None and cfg.resume else None
+    recipe = plan.dense
+    state = checkpointer.dense() if checkpointer is not None and plan.resume else None
     before = 0.0
     if state is not None:
         load_state(model, state["model"])
         set_rng_state(state["rng"], loaders)
         before = state["seconds"]
         log.info("dense model: resumed from %s (%d of %d epochs done)", state["path"],
-                 state["fit"]["epochs_done"], cfg.pretrain.epochs)
+                 state["fit"]["epochs_done"], recipe.epochs)
     started = time.perf_counter()
 
     def seconds() -> float:
@@ -164,14 +163,12 @@ def train_dense(cfg: DictConfig, model: nn.Module, trainer: Trainer,
         checkpoint(fit)
 
     fit_state = state["fit"] if state is not None else None
-    if fit_state is None or fit_state["epochs_done"] < cfg.pretrain.epochs:
-        trainer.fit(model, cfg.pretrain.epochs, cfg.pretrain.lr, desc="dense training",
-                    lr_schedule=cfg.pretrain.lr_schedule, weight_decay=cfg.pretrain.weight_decay,
-                    sgd=dict(momentum=cfg.pretrain.momentum, nesterov=cfg.pretrain.nesterov),
+    if fit_state is None or fit_state["epochs_done"] < recipe.epochs:
+        trainer.fit(model, recipe.epochs, recipe.lr, desc="dense training", sgd=recipe.sgd,
                     hooks=FitHooks(checkpoint=epoch_end, report_epoch=epoch_log),
                     resume=fit_state)
         trainer.hw.sync()
-        if not cfg.pretrain.cache and last:
+        if not recipe.cache and last:
             checkpoint(last, force=True)
     source = "trained" if state is None else f"trained, resumed from {state['path']}"
     return seconds(), source
@@ -190,30 +187,30 @@ def warn_if_untrained(val_top1: float, num_classes: int, epochs: int) -> None:
                     "check pretrain.lr", val_top1, CHANCE_MARGIN, chance, epochs)
 
 
-def epoch_logs(cfg: DictConfig, tracking: Tracking, trainer: Trainer):
+def epoch_logs(plan: RunPlan, tracking: Tracking, trainer: Trainer):
     """A maker of the run's per-epoch logs (series, first index, where their time goes) when
     loggers are configured or the run is off a terminal (its epoch lines), else of none. Every
     rank logs (the evaluation is collective; rank 0 alone holds the trackers), whether or not
     the trackers started."""
-    if all(cfg.logger[name] is None for name in TRACKERS) and not trainer.epoch_lines:
+    if all(plan.logger[name] is None for name in TRACKERS) and not trainer.epoch_lines:
         return lambda *args, **kw: None
-    evaluate = ((lambda m: trainer.evaluate(m, "val", cfg.train.val_max_batches).top1)
-                if cfg.logger.epoch_val else None)
+    evaluate = ((lambda m: trainer.evaluate(m, "val", plan.val_max_batches).top1)
+                if plan.logger.epoch_val else None)
     return lambda *args, **kw: EpochLog(tracking, evaluate, *args, **kw)
 
 
-def setup(cfg: DictConfig):
+def setup(plan: RunPlan):
     """The hardware, seeded, and the data on it (a distributed run's share of it)."""
-    hw = setup_hardware(cfg.hardware, cfg.deterministic)
-    seed_everything(cfg.seed, cfg.deterministic)
+    hw = setup_hardware(plan.hardware, plan.deterministic)
+    seed_everything(plan.seed, plan.deterministic)
     log.info("hardware  %s", hw.describe())
-    data = build_data(cfg.dataset, cfg.train, channels=cfg.model.in_channels, device=hw.device,
-                      seed=cfg.seed, channels_last=hw.channels_last)
+    data = build_data(plan.dataset, plan.train, channels=plan.model.in_channels,
+                      device=hw.device, seed=plan.seed, channels_last=hw.channels_last)
     log.info("data      %s", data.describe())
     world = distributed.current()
     if world.distributed:
-        if cfg.train.batch_size < world.size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is smaller than the "
+        if plan.train.batch_size < world.size:
+            raise ConfigError(f"train.batch_size={plan.train.batch_size} is smaller than the "
                               f"{world.size} processes it is split over")
         data = data.shard(world.rank, world.size)
         log.info("world     rank %d of %d (%s): each takes its share of every batch", world.rank,
@@ -221,35 +218,35 @@ def setup(cfg: DictConfig):
     return hw, data
 
 
-def dense_reference(cfg: DictConfig, model: nn.Module, trainer: Trainer):
+def dense_reference(plan: RunPlan, model: nn.Module, trainer: Trainer):
     """The frozen dense model and its val top-1, with the RNGs reseeded: a cached run prunes
     exactly as an uncached one does."""
-    seed_everything(cfg.seed + 1, cfg.deterministic)
-    trainer.data.train.reseed(cfg.seed + 1)
-    dense_val = trainer.evaluate(model, "val", cfg.train.val_max_batches).top1
+    seed_everything(plan.seed + 1, plan.deterministic)
+    trainer.data.train.reseed(plan.seed + 1)
+    dense_val = trainer.evaluate(model, "val", plan.val_max_batches).top1
     log.info("dense     val top-1 %.2f%%", dense_val)
-    warn_if_untrained(dense_val, trainer.data.num_classes, cfg.pretrain.epochs)
+    warn_if_untrained(dense_val, trainer.data.num_classes, plan.dense.epochs)
     return copy.deepcopy(model).eval().requires_grad_(False), dense_val
 
 
-def method_context(cfg: DictConfig, model: nn.Module, dense: nn.Module, dense_val: float,
+def method_context(plan: RunPlan, model: nn.Module, dense: nn.Module, dense_val: float,
                    trainer: Trainer, recorder: Recorder, replay: Replay, epoch_log) -> Context:
     """What the method gets: its pruner (built on the pruning clock) and its trainer, whose
     per-epoch log counts epochs over the run and leaves its own time out of the pruning time."""
     clock, tally = PhaseClock(sync=trainer.hw.sync), Tally()
     example = trainer.data.example_input(1)
     with clock.phase("prune"):
-        pruner = build_pruner(cfg, model, example)
+        pruner = build_pruner(plan, model, example)
     report = epoch_log("epoch", lambda: tally.finetune_epochs, clock.exclude)
     hooks = FitHooks(report_epoch=report, compiled=lambda s: clock.reassign(s, "compile"),
                      stop=trainer.hooks.stop)
-    return Context(cfg=cfg, model=model, dense_model=dense, data=trainer.data,
+    return Context(plan=plan, model=model, dense_model=dense, data=trainer.data,
                    trainer=trainer.with_hooks(hooks), pruner=pruner,
-                   recorder=recorder, clock=clock, hw=trainer.hw, target=target_fraction(cfg),
+                   recorder=recorder, clock=clock, hw=trainer.hw, target=plan.target.fraction,
                    dense_val_top1=dense_val, check_input=trainer.data.example_input(32),
                    tally=tally, replay=replay,
                    # (a resumed model may be compacted: the cost keeps the dense reference)
-                   rebuild_pruner=lambda m: build_pruner(cfg, m, example, pruner.cost))
+                   rebuild_pruner=lambda m: build_pruner(plan, m, example, pruner.cost))
 
 
 def run_method(ctx: Context, method, journal: Journal, stop: StopRequest) -> dict:
@@ -265,72 +262,72 @@ def run_method(ctx: Context, method, journal: Journal, stop: StopRequest) -> dic
     return out
 
 
-def results(cfg: DictConfig, unit, ctx: Context, numbers: dict, dense_val: float,
+def results(plan: RunPlan, ctx: Context, numbers: dict, dense_val: float,
             final_val: float) -> dict:
     """The summary's measured and counted keys."""
     t = ctx.tally
-    return {**numbers, **achieved(cfg, numbers, unit.prunes), "val_top1_dense": dense_val,
+    return {**numbers, **achieved(plan.target, numbers, plan.method.prunes),
+            "val_top1_dense": dense_val,
             "val_top1": final_val, "steps": t.steps, "finetune_count": t.finetune_count,
             "finetune_epochs": t.finetune_epochs, "compacted": t.compacted,
             "compaction_max_abs_diff": t.compaction_max_abs_diff,
-            "target_unit": unit.target_unit(cfg), "scope": cfg.method.scope,
-            "criterion": cfg.method.criterion, "prunable_layers": len(ctx.pruner.layer_names),
+            "target_unit": plan.target_unit(), "scope": plan.options.scope,
+            "criterion": plan.options.criterion, "prunable_layers": len(ctx.pruner.layer_names),
             "channel_multiple": ctx.pruner.spec.channel_multiple,
             **t.results}
 
 
-def write_outputs(cfg: DictConfig, out_dir: Path, ctx: Context, rows: list,
+def write_outputs(plan: RunPlan, out_dir: Path, ctx: Context, rows: list,
                   checkpointer: Optional[Checkpointer]) -> None:
     """layers.csv and model.pt; then the checkpoints go (nothing is left to resume)."""
     ctx.recorder.layers([{**row, **ctx.tally.layer_info.get(row["layer"], {})} for row in rows])
     main = distributed.current().main
     if main:
-        save_model(out_dir / "model.pt", ctx.model, cfg.model, ctx.data.num_classes,
+        save_model(out_dir / "model.pt", ctx.model, plan.model, ctx.data.num_classes,
                    ctx.data.image_size, compacted=ctx.tally.compacted)
     distributed.barrier()  # (ranks leave together: no rank clears what another still reads)
     if checkpointer is not None and main:
         checkpointer.clear()
 
 
-def pipeline(cfg: DictConfig, out_dir: Path, recorder: Recorder, summary: dict,
+def pipeline(plan: RunPlan, out_dir: Path, recorder: Recorder, summary: dict,
              tracking: Tracking, stop: StopRequest) -> None:
     """One run, top to bottom: hardware and data, the model, its dense weights, the method, the
     final measurement of both models, the files."""
     # the user's weights are read first: a file that is no state dict fails before any data
-    user_state = (read_state_dict(str(Path(cfg.model.checkpoint).expanduser()))
-                  if cfg.model.checkpoint else None)
-    hw, data = setup(cfg)
-    model = hw.prepare(build_model(cfg.model, data.num_classes, data.image_size))
+    user_state = (read_state_dict(str(plan.user_weights))
+                  if plan.user_weights is not None else None)
+    hw, data = setup(plan)
+    model = hw.prepare(build_model(plan.model, data.num_classes, data.image_size))
     summary.update(device=str(hw.device))
-    unit = METHODS[cfg.method.name]
-    check_reach(cfg, unit(cfg.method), model, data.example_input(1))
-    checkpointer, journal = resumable(cfg, out_dir, stop)
+    check_reach(plan, model, data.example_input(1))
+    checkpointer, journal = resumable(plan, out_dir, stop)
     stop.arm(checkpointer)  # a stop signal waits for the next checkpoint
-    with Trainer(data, cfg.train, hw, progress=distributed.current().main,
+    with Trainer(data, plan.train, hw, progress=distributed.current().main,
                  hooks=FitHooks(stop=stop.asked)) as trainer:
-        epoch_log = epoch_logs(cfg, tracking, trainer)
+        epoch_log = epoch_logs(plan, tracking, trainer)
         dense_log = epoch_log("dense")
-        summary.update(obtain_dense(cfg, model, trainer, user_state, dense_log, checkpointer))
-        dense, dense_val = dense_reference(cfg, model, trainer)
-        ctx = method_context(cfg, model, dense, dense_val, trainer, recorder,
+        summary.update(obtain_dense(plan, model, trainer, user_state, dense_log, checkpointer))
+        dense, dense_val = dense_reference(plan, model, trainer)
+        ctx = method_context(plan, model, dense, dense_val, trainer, recorder,
                              Replay(journal, checkpointer), epoch_log)
-        summary.update(run_method(ctx, unit(cfg.method), journal, stop))
-        final_val = trainer.evaluate(ctx.model, "val", cfg.train.val_max_batches).top1
-        numbers, rows = measure(cfg, ctx.model, dense, trainer, hw, data, ctx.pruner.dense_numel,
+        summary.update(run_method(ctx, plan.method, journal, stop))
+        final_val = trainer.evaluate(ctx.model, "val", plan.val_max_batches).top1
+        numbers, rows = measure(plan, ctx.model, dense, trainer, hw, data, ctx.pruner.dense_numel,
                                 ctx.pruner.layer_names, ctx.tally.compacted)
-    summary.update(results(cfg, unit, ctx, numbers, dense_val, final_val))
-    write_outputs(cfg, out_dir, ctx, rows, checkpointer)
+    summary.update(results(plan, ctx, numbers, dense_val, final_val))
+    write_outputs(plan, out_dir, ctx, rows, checkpointer)
 
 
-def resumable(cfg: DictConfig, out_dir: Path, stop: StopRequest):
+def resumable(plan: RunPlan, out_dir: Path, stop: StopRequest):
     """(checkpointer, journal): with `resume=true`, the journal of the newest usable checkpoint,
     whose state is restored where the method's replay reaches it."""
-    machine = {"hardware.precision": training_precision(cfg.hardware).name}
-    checkpointer = (Checkpointer(out_dir, config_hash(cfg, machine), keep=cfg.checkpoint.keep,
-                                 min_interval_s=cfg.checkpoint.min_interval_s,
+    c = plan.checkpoint
+    checkpointer = (Checkpointer(out_dir, plan.checkpoint_hash, keep=c.keep,
+                                 min_interval_s=c.min_interval_s,
                                  writes=distributed.current().main, stop=stop)
-                    if cfg.checkpoint.enabled else None)
-    if not cfg.resume:  # (check_run_dir refused to start here unless checkpoint.restart)
+                    if c.enabled else None)
+    if not plan.resume:  # (check_run_dir refused to start here unless checkpoint.restart)
         if checkpointer is not None:
             checkpointer.set_aside_all("checkpoint.restart=true")
         return checkpointer, Journal()
@@ -395,13 +392,14 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
     try:
         with stop_signals() as stop:
             validate(cfg)
-            summary["config_hash"] = config_hash(cfg)
+            plan = plan_of(cfg)  # the configuration resolved, once: below here, typed objects
+            summary["config_hash"] = plan.result_hash
             if main:
                 atomic_write_text(out_dir / "config_resolved.yaml",
                                   OmegaConf.to_yaml(cfg, resolve=True))
                 tracking = Tracking.start(cfg, names or run_names(cfg, out_dir))
                 recorder.listeners.append(tracking.step)
-            pipeline(cfg, out_dir, recorder, summary, tracking, stop)
+            pipeline(plan, out_dir, recorder, summary, tracking, stop)
         summary["status"] = "ok"
     except Terminated:
         summary.update(status="interrupted", error="terminated (SIGTERM)")
@@ -417,6 +415,6 @@ def run(cfg: DictConfig, out_dir, show: bool = True, names: Optional[RunNames] =
         recorder.summary(summary)  # first: the result is on disk whatever a tracker does
         tracking.finish(summary, out_dir, bool(OmegaConf.select(cfg, "logger.log_model")))
         if show and main and summary["status"] == "ok":
-            print_summary(summary, METHODS[cfg.method.name].headline_rows(summary))
+            print_summary(summary, plan.method.headline_rows(summary))
             CONSOLE.print(f"results in {out_dir}", markup=False, soft_wrap=True)
     return summary

@@ -181,6 +181,27 @@ def target_fraction(cfg) -> float:
     return kind.removed_fraction(kind.value(cfg))
 
 
+@dataclass(frozen=True)
+class Target:
+    """A run's target, resolved once (plan.RunPlan.target): its kind, its value in the kind's
+    unit (`sparsity`, or the factor), and the latency solve's settings."""
+
+    kind: type  # the TargetKind class
+    value: float
+    tolerance: float = 0.02
+    batch_size: int = 1  # the batch a latency target measures (target.batch_size, or the
+    # first of hardware.latency.batch_sizes)
+    max_measurements: int = 8
+
+    @property
+    def fraction(self) -> float:
+        """The removed fraction of the kind's cost (a latency target's before its solve)."""
+        return self.kind.removed_fraction(self.value)
+
+    def describe(self) -> str:
+        return self.kind.describe(self.value)
+
+
 def describe(kind: str, value: float) -> str:
     """`sparsity 0.5`, `flops 2×`: a target as tables show it (an unknown kind, from a summary
     written by another version, by its name)."""

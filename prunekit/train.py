@@ -13,8 +13,8 @@ import logging
 import math
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ from prunekit.console import CONSOLE, make_progress
 from prunekit.data import Data
 from prunekit.hardware import Hardware
 from prunekit.journaled import journaled
+from prunekit.plan import SgdRecipe
 from prunekit.sparsity.masks import MaskSet
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,26 @@ class Compiler:
         hw.sync()
 
 
+@dataclass
+class FitState:
+    """A fit in progress: what its epochs, its progress line and its checkpoints read."""
+
+    desc: str
+    epochs: int
+    task: Any  # its progress bar
+    optimisation: tuple  # (optimiser, LR scheduler, loss scaler)
+    first: int = 0  # the epoch it starts at (a resumed fit's next)
+    epoch: int = 0  # the epoch under way
+    loss: float = float("nan")  # the last finished epoch's mean training loss
+    started: float = field(default_factory=time.perf_counter)
+
+    def checkpoint(self, epochs_done: int) -> dict:
+        """The fit's state for a checkpoint hook, `epochs_done` epochs done."""
+        opt, sched, scaler = self.optimisation
+        return {"epochs_done": epochs_done, "loss": self.loss, "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+
+
 @journaled
 @dataclass
 class FitResult:
@@ -215,25 +236,24 @@ class Trainer:
         self.progress.stop()
 
     # ------------------------------------------------------------------ training
-    def make_optimizer(self, model: nn.Module, lr: float, weight_decay: Optional[float] = None,
-                       momentum: Optional[float] = None,
-                       nesterov: Optional[bool] = None) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: nn.Module, lr: float,
+                       sgd: Optional[SgdRecipe] = None) -> torch.optim.Optimizer:
         """SGD over the parameters that require grad; weight decay, momentum and Nesterov are
-        train.*'s unless given (the dense recipe gives pretrain.*'s)."""
+        train.*'s unless `sgd` gives them (the dense recipe gives pretrain.*'s)."""
+        sgd = sgd or SgdRecipe()
         params = [p for p in model.parameters() if p.requires_grad]
-        wd = self.cfg.weight_decay if weight_decay is None else weight_decay
-        momentum = self.cfg.momentum if momentum is None else momentum
-        nesterov = self.cfg.nesterov if nesterov is None else nesterov
+        wd = self.cfg.weight_decay if sgd.weight_decay is None else sgd.weight_decay
+        momentum = self.cfg.momentum if sgd.momentum is None else sgd.momentum
+        nesterov = self.cfg.nesterov if sgd.nesterov is None else sgd.nesterov
         return torch.optim.SGD(params, lr=lr, momentum=momentum,
                                nesterov=nesterov and momentum > 0, weight_decay=wd)
 
     def fit(self, model: nn.Module, epochs: int, lr: float, *, masks: Optional[MaskSet] = None,
             desc: str = "train", hooks: Optional[FitHooks] = None,
-            lr_schedule: Optional[str] = None, weight_decay: Optional[float] = None,
-            resume: Optional[dict] = None, sgd: Optional[dict] = None) -> FitResult:
-        """Train `model` for `epochs` epochs with a fresh SGD at `lr`; the schedule and weight
-        decay are `lr_schedule` / `weight_decay` or train.*'s, `sgd` other SGD settings
-        (momentum, nesterov) instead of train.*'s. Only parameters that require grad
+            sgd: Optional[SgdRecipe] = None, resume: Optional[dict] = None) -> FitResult:
+        """Train `model` for `epochs` epochs with a fresh SGD at `lr`; its schedule, weight
+        decay, momentum and Nesterov are `sgd`'s where it sets them, else train.*'s. Only
+        parameters that require grad
         are trained (frozen layers stay as they are). `hooks` plug into the loop (FitHooks, over
         the trainer's own); `resume` is a checkpoint hook's fit state, to continue from its next
         epoch (or, taken mid-epoch, from its next batch)."""
@@ -241,48 +261,42 @@ class Trainer:
             return FitResult(0, 0, float("nan"))
         hooks = (hooks or FitHooks()).over(self.hooks)
         loader = self.data.train
-        opt, sched, scaler = self.optimisation(model, lr, weight_decay, lr_schedule,
-                                               epochs * len(loader), sgd or {})
-        task = self.progress.add_task(desc, total=epochs * len(loader), info="")
-        first, last_loss, into = 0, float("nan"), None
+        fit = FitState(desc, epochs, self.progress.add_task(desc, total=epochs * len(loader),
+                                                            info=""),
+                       self.optimisation(model, lr, sgd or SgdRecipe(), epochs * len(loader)))
+        into = None
         if resume is not None:  # a resumed run: this fit had done `epochs_done` epochs
-            for part, name in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler")):
+            for part, name in zip(fit.optimisation, ("optimizer", "scheduler", "scaler")):
                 part.load_state_dict(resume[name])
-            first, last_loss = resume["epochs_done"], resume["loss"]
+            fit.first, fit.loss = resume["epochs_done"], resume["loss"]
             if resume.get("loader") is not None:  # stopped mid-epoch: its batches and loss so far
                 loader.resume_at(resume["loader"])
                 into = resume
-        step = first * len(loader) + (into["loader"]["batch"] if into else 0)
-        self.progress.advance(task, step)
+        step = fit.first * len(loader) + (into["loader"]["batch"] if into else 0)
+        self.progress.advance(fit.task, step)
         model.train()
         net = self.compiler(self.parallel(model),
                             lambda: self.data.example_input(self.cfg.batch_size), True, self.hw,
                             hooks.compiled)
-        fit_started = time.perf_counter()
         try:
-            for epoch in range(first, epochs):
+            for fit.epoch in range(fit.first, epochs):
                 epoch_started = time.perf_counter()
-                place = dict(epoch=epoch, loss=last_loss, optimisation=(opt, sched, scaler))
-                loss_sum, step = self.train_epoch(net, opt, sched, scaler, hooks, masks, step,
-                                                  task, place, into)
+                loss_sum, step = self.train_epoch(net, fit, hooks, masks, step, into)
                 into = None
                 # the one host sync of the epoch; every rank's mean (the same on all ranks)
-                last_loss = float(distributed.sum_(loss_sum)) / len(loader) / \
+                fit.loss = float(distributed.sum_(loss_sum)) / len(loader) / \
                     distributed.current().size
-                self.end_epoch(model, desc, epoch, epochs, first, last_loss, hooks, task,
-                               time.perf_counter() - epoch_started, fit_started,
-                               (opt, sched, scaler))
+                self.end_epoch(model, fit, hooks, time.perf_counter() - epoch_started)
         finally:
-            self.progress.remove_task(task)
+            self.progress.remove_task(fit.task)
         log.log(self.log_level, "%s: %d epoch(s), %d steps, lr %.4g, final loss %.4f", desc, epochs,
-                step, lr, last_loss)
-        return FitResult(epochs, step, last_loss)
+                step, lr, fit.loss)
+        return FitResult(epochs, step, fit.loss)
 
-    def optimisation(self, model: nn.Module, lr: float, weight_decay: Optional[float],
-                     lr_schedule: Optional[str], total: int, sgd: dict):
+    def optimisation(self, model: nn.Module, lr: float, sgd: SgdRecipe, total: int):
         """A fresh optimiser, its LR schedule over `total` steps, and the fp16 loss scaler."""
-        opt = self.make_optimizer(model, lr, weight_decay, **sgd)
-        if (lr_schedule or self.cfg.lr_schedule) == "cosine":
+        opt = self.make_optimizer(model, lr, sgd)
+        if (sgd.schedule or self.cfg.lr_schedule) == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:
             sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
@@ -290,13 +304,13 @@ class Trainer:
                                       enabled=self.hw.amp_dtype == torch.float16)
         return opt, sched, scaler
 
-    def train_epoch(self, net: nn.Module, opt, sched, scaler, hooks: FitHooks,
-                    masks: Optional[MaskSet], step: int, task, place: dict,
+    def train_epoch(self, net: nn.Module, fit: FitState, hooks: FitHooks,
+                    masks: Optional[MaskSet], step: int,
                     into: Optional[dict] = None) -> Tuple[torch.Tensor, int]:
         """One pass over the train loader (`into`: the rest of one stopped mid-way): the loss
         summed on the device (no host sync), and the step count after it. A stop asked
-        (`hooks.stop`) checkpoints after the step under way, with the pass's place (`place`:
-        the epoch, the last epoch's loss, the optimisation)."""
+        (`hooks.stop`) checkpoints after the step under way, with the fit's state."""
+        opt, sched, scaler = fit.optimisation
         loss_sum = torch.full((), into["loss_sum"] if into else 0.0, device=self.hw.device)
         smoothing = self.cfg.label_smoothing
         for x, y in self.data.train:
@@ -317,39 +331,29 @@ class Trainer:
                 masks.apply()
             loss_sum += loss.detach().float()
             step += 1
-            self.progress.advance(task)
+            self.progress.advance(fit.task)
             if hooks.stop is not None and hooks.checkpoint is not None and hooks.stop(step):
-                self.checkpoint_mid_epoch(hooks, place, float(loss_sum))
+                hooks.checkpoint({**fit.checkpoint(fit.epoch), "loss_sum": float(loss_sum),
+                                  "loader": self.data.train.position()})  # then it stops
         return loss_sum, step
 
-    def checkpoint_mid_epoch(self, hooks: FitHooks, place: dict, loss_sum: float) -> None:
-        """The fit's state between two steps (its checkpoint hook then stops the run)."""
-        opt, sched, scaler = place["optimisation"]
-        hooks.checkpoint({"epochs_done": place["epoch"], "loss": place["loss"],
-                          "loss_sum": loss_sum, "loader": self.data.train.position(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict()})
-
-    def end_epoch(self, model: nn.Module, desc: str, epoch: int, epochs: int, first: int,
-                  loss: float, hooks: FitHooks, task, seconds: float, fit_started: float,
-                  optimisation) -> None:
+    def end_epoch(self, model: nn.Module, fit: FitState, hooks: FitHooks,
+                  seconds: float) -> None:
         """After an epoch: the divergence check, the progress line, then the hooks in order
         (after_epoch, report_epoch, checkpoint) and the line off a terminal."""
+        desc, epoch, epochs, loss = fit.desc, fit.epoch, fit.epochs, fit.loss
         if not math.isfinite(loss):
             raise DivergenceError(f"training loss is {loss} in epoch {epoch + 1} of '{desc}': "
                                   "lower the learning rate")
-        self.progress.update(task, info=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+        self.progress.update(fit.task, info=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
         if hooks.after_epoch is not None:
             hooks.after_epoch(epoch, loss)
         val = hooks.report_epoch(epoch, loss, model) if hooks.report_epoch else None
         if self.epoch_lines:
-            self.log_epoch(desc, epoch, epochs, first, loss, val, seconds,
-                           time.perf_counter() - fit_started)
+            self.log_epoch(desc, epoch, epochs, fit.first, loss, val, seconds,
+                           time.perf_counter() - fit.started)
         if hooks.checkpoint is not None:
-            opt, sched, scaler = optimisation
-            hooks.checkpoint({"epochs_done": epoch + 1, "loss": loss,
-                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                              "scaler": scaler.state_dict()})
+            hooks.checkpoint(fit.checkpoint(epoch + 1))
 
     def log_epoch(self, desc: str, epoch: int, epochs: int, first: int, loss: float,
                   val: Optional[float], seconds: float, fit_seconds: float) -> None:

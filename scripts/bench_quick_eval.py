@@ -46,7 +46,7 @@ DEFAULTS = ["method=autocompress", "model=resnet18", "dataset=digits", "sparsity
 
 def candidates(ctx, method: Autocompress, space, target, n, heat, seed):
     """The uniform start and n - 1 of its neighbours at T/T0 = heat."""
-    s = method.cfg.search
+    s = method.options.search
     measure = action_measure(ctx.pruner, space.units)
     start = initial_action(space, target, s.max_rate, measure)
     rng = random.Random(seed)
@@ -56,7 +56,7 @@ def candidates(ctx, method: Autocompress, space, target, n, heat, seed):
 
 def trained_accuracy(ctx, method: Autocompress, units, action, label: str) -> float:
     """Val top-1 of the action after the round's ADMM, hard prune and fine-tune, on a copy."""
-    c = method.cfg
+    c = method.options
     fork = ctx.fork(quiet=True)
     fork.masks.restore(ctx.masks.state())  # the earlier rounds' masks come along
     constraints = constraints_for(fork.pruner, units, action)
@@ -73,7 +73,7 @@ def probe(args, rows: List[Dict]):
         c = self.cfg
         targets = round_targets(ctx.target, c.rounds)
         search, check = self.quick_evaluations(ctx)
-        rng = random.Random(ctx.cfg.seed)
+        rng = random.Random(ctx.plan.seed)
         for i in range(1, args.round):
             self.round(ctx, i, targets[i - 1], search, check, rng)
         target = targets[args.round - 1]
@@ -81,7 +81,7 @@ def probe(args, rows: List[Dict]):
         units = space.units
         scorers = {n: self.quick_evaluations(ctx, n)[0] for n in [0, *args.calibration]}
         actions = candidates(ctx, self, space, target, args.candidates,
-                             args.heat, ctx.cfg.seed + args.round)
+                             args.heat, ctx.plan.seed + args.round)
         for k, action in enumerate(actions):
             row = {"candidate": k, "filter_units": sum(x == "filter" for x in action.schemes),
                    "classes": ctx.data.num_classes}

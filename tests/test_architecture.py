@@ -20,6 +20,7 @@ LAYERS = [
     ("registry", "distributed", "html_report", "latency_config"),
     ("targets",),
     ("config", "console", "sparsity", "hardware"),
+    ("plan",),
     ("data", "record", "artifacts", "run_dir", "deploy"),
     ("models",),
     ("resume", "train", "tracking"),

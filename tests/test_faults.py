@@ -17,6 +17,7 @@ import prunekit
 from conftest import FAST, make_cfg, run_cli
 from prunekit.artifacts import MODEL_FORMAT
 from prunekit.errors import ConfigError
+from prunekit.plan import plan_of
 from prunekit.record import Recorder
 from prunekit.runner import run
 
@@ -119,7 +120,7 @@ def test_truncated_files_say_truncated(tmp_path, monkeypatch, caplog):
 
     cfg = make_cfg([*QUICK, "checkpoint.min_interval_s=0"])
     run(cfg, tmp_path / "a", show=False)
-    cached = dense_cache_path(cfg)
+    cached = dense_cache_path(plan_of(cfg))
     cached.write_bytes(cached.read_bytes()[:-200])  # a partial copy
     run(make_cfg(QUICK), tmp_path / "b", show=False)
     assert f"dense cache {cached} is unusable (it is truncated" in caplog.text

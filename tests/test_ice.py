@@ -19,6 +19,7 @@ from prunekit.methods.ice_pipeline import (
     should_finetune,
     weight_change_scores,
 )
+from prunekit.plan import plan_of
 from prunekit.runner import run
 from prunekit.sparsity.activations import activation_scores, entropy
 
@@ -272,7 +273,7 @@ def test_frozen_layers_do_not_train(tmp_path):
     assert s["finetune_epochs"] == 9 and s["time_probe_s"] > 0 and s["probe_images"] > 200
     pruned = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
     from prunekit.artifacts import dense_cache_path
-    dense = torch.load(dense_cache_path(make_cfg(ICE)), weights_only=True)["state_dict"]
+    dense = torch.load(dense_cache_path(plan_of(make_cfg(ICE))), weights_only=True)["state_dict"]
     # layer4.1.conv2 lost input channels (block 4.1's conv1 filters) but, frozen, every column it
     # kept is the dense one; its BN (on the residual stream) is untouched
     kept, full = pruned["layer4.1.conv2.weight"], dense["layer4.1.conv2.weight"]

@@ -46,6 +46,10 @@ def cfg_with(batch_sizes):
     return cfg
 
 
+def lat_with(batch_sizes):
+    return cfg_with(batch_sizes).hardware.latency
+
+
 def test_latency_keys_of_a_mode():
     assert latency_key("latency_ms_bs64", "eager") == "latency_ms_bs64"
     assert latency_key("latency_ms_dense_bs64", "graphed") == "latency_graphed_ms_dense_bs64"
@@ -63,7 +67,7 @@ def test_cuda_times_eager_and_graphed_and_a_slower_mode_is_said_so(monkeypatch):
         eager={1: (4.91, 6.31), 256: (4.74, 5.97)},
         graphed={1: (1.20, 1.10), 256: (3.00, 1.50)}, calls=calls))
     hw = CudaClaim("cuda", torch.device("cpu"), None, True)
-    out = latency(cfg_with([1, 256]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
+    out = latency(lat_with([1, 256]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
     assert calls == [("eager", [1, 256]), ("graphed", [1, 256])]
     assert out["measured_speedup"] == pytest.approx(4.91 / 6.31)
     assert out["measured_speedup_graphed"] == pytest.approx(1.20 / 1.10)
@@ -84,7 +88,7 @@ def test_a_graphed_model_slower_than_dense_is_said_so_with_its_mode(monkeypatch)
     monkeypatch.setattr(measurement, "measure_latencies", fake_timings(
         eager={1: (5.0, 4.0)}, graphed={1: (1.0, 1.25)}, calls=[]))
     hw = CudaClaim("cuda", torch.device("cpu"), None, True)
-    out = latency(cfg_with([1]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
+    out = latency(lat_with([1]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
     assert out["latency_slower"] == ("the pruned model is slower than the dense one (graphed "
                                      "batch 1: 1.250 ms vs dense 1.000 ms (0.80x))")
 
@@ -99,7 +103,7 @@ def test_a_model_that_cannot_be_captured_is_timed_eager_with_the_reason(monkeypa
         return eager(*args, **kw)
     monkeypatch.setattr(measurement, "measure_latencies", capture_fails)
     hw = CudaClaim("cuda", torch.device("cpu"), None, True)
-    out = latency(cfg_with([1]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
+    out = latency(lat_with([1]), nn.Identity(), nn.Identity(), hw, (1, 28, 28), COUNTED)
     assert out["measured_speedup"] == 2.5 and out["measured_speedup_graphed"] is None
     assert out["latency_graphed_error"] == ("CUDA error: operation not permitted when stream is "
                                             "capturing")
@@ -110,7 +114,7 @@ def test_cpu_and_graphed_false_time_eager_only(monkeypatch):
     monkeypatch.setattr(measurement, "measure_latencies", fake_timings(
         eager={1: (2.0, 1.0)}, graphed={}, calls=calls))
     cfg = cfg_with([1])
-    out = latency(cfg, nn.Identity(), nn.Identity(), CPU, (1, 28, 28), COUNTED)
+    out = latency(cfg.hardware.latency, nn.Identity(), nn.Identity(), CPU, (1, 28, 28), COUNTED)
     assert calls == [("eager", [1])] and out["measured_speedup_graphed"] is None
     assert not any(k.startswith("latency_graphed_ms_bs") for k in out)
     cfg.hardware.latency.graphed = False

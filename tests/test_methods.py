@@ -13,6 +13,7 @@ from test_pruner import model_of, pruner_for
 from conftest import FAST, make_cfg
 from prunekit.config import METHODS, validate
 from prunekit.errors import ConfigError
+from prunekit.plan import plan_of
 from prunekit.runner import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -48,7 +49,7 @@ def test_a_methods_defaults_validate_and_its_declarations_hold(name):
     validate(cfg)
     assert cfg.method.granularity in unit.accepted_granularities()
     assert cfg.method.criterion in unit.accepted_criteria()
-    assert isinstance(unit.target_unit(cfg), str) and unit.summary
+    assert isinstance(plan_of(cfg).target_unit(), str) and unit.summary
     if unit.prunes:  # a granularity it does not declare is refused, in one line
         with pytest.raises(ConfigError) as e:
             validate(make_cfg([f"method={name}", "method.granularity=rows"]))
@@ -61,7 +62,7 @@ def test_every_method_runs_quickly_and_prunes_as_it_declares(tmp_path, name):
     cfg = make_cfg([f"method={name}", *unit.quick, *RESNET, *QUICK])
     s = run(cfg, tmp_path, show=False)
     assert s["status"] == "ok" and s["method"] == name
-    assert s["target_unit"] == unit.target_unit(cfg)
+    assert s["target_unit"] == plan_of(cfg).target_unit()
     with open(tmp_path / "steps.csv") as f:
         assert len(list(csv.DictReader(f))) >= 1
     if unit.prunes:

@@ -15,6 +15,7 @@ import torch
 from conftest import FAST, make_cfg, read_summary, run_cli
 from prunekit.config import METHODS
 from prunekit.errors import ConfigError
+from prunekit.plan import plan_of
 from prunekit.record import Recorder
 from prunekit.resume import Checkpointer
 from prunekit.runner import run
@@ -351,12 +352,13 @@ def test_a_piece_of_context_state_is_checkpointed_and_forked_by_its_declaration_
                       channels_last=False)
     model = build_model(cfg.model, data.num_classes, data.image_size)
     example = data.example_input(1)
-    ctx = Extended(cfg=cfg, model=model, dense_model=model, data=data,
+    plan = plan_of(cfg)
+    ctx = Extended(plan=plan, model=model, dense_model=model, data=data,
                    trainer=Trainer(data, cfg.train, hw, progress=False),
-                   pruner=build_pruner(cfg, model, example), recorder=Recorder(None),
+                   pruner=build_pruner(plan, model, example), recorder=Recorder(None),
                    clock=PhaseClock(), hw=hw, target=0.5, dense_val_top1=90.0,
                    check_input=data.example_input(8),
-                   rebuild_pruner=lambda m: build_pruner(cfg, m, example))
+                   rebuild_pruner=lambda m: build_pruner(plan, m, example))
     ctx.visits.append(3)
     ctx.notes["seen"] = True
     state = capture(ctx)
@@ -368,7 +370,7 @@ def test_a_piece_of_context_state_is_checkpointed_and_forked_by_its_declaration_
     assert fork.visits == [] and ctx.visits == [3]  # its own, as declared
     assert fork.notes is ctx.notes  # shared, as declared
     assert fork.model is not ctx.model and fork.pruner.model is fork.model
-    assert fork.tally is not ctx.tally and fork.cfg is ctx.cfg
+    assert fork.tally is not ctx.tally and fork.plan is ctx.plan
 
 
 # ------------------------------------------------------------------------- a run's identity

@@ -10,6 +10,7 @@ from conftest import FAST, make_cfg
 from prunekit.artifacts import dense_cache_path, dense_key
 from prunekit.errors import ConfigError
 from prunekit.models.classic import LeNet5
+from prunekit.plan import plan_of
 from prunekit.runner import run
 from prunekit.sparsity.schedules import AGPSchedule
 
@@ -60,7 +61,7 @@ def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
     assert second["dense_source"].startswith("cache")
     assert second["time_pretrain_s"] == 0.0
     assert second["top1_dense"] == first["top1_dense"]
-    path = dense_cache_path(cfg)
+    path = dense_cache_path(plan_of(cfg))
     blob = torch.load(path, weights_only=True)
     next(iter(blob["state_dict"].values())).add_(1e-3)  # the tensors change, the hash does not
     torch.save(blob, path)
@@ -88,7 +89,7 @@ def test_dense_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, caplog):
 def test_the_dense_cache_key_changes_with_what_changes_the_weights(override, shared):
     base = make_cfg(["method=dense", *LENET])
     other = make_cfg(["method=dense", *LENET, override])
-    assert (dense_cache_path(base) == dense_cache_path(other)) is shared
+    assert (dense_cache_path(plan_of(base)) == dense_cache_path(plan_of(other))) is shared
 
 
 def test_a_key_added_to_a_dense_section_splits_the_cache_unless_listed(monkeypatch):
@@ -100,11 +101,11 @@ def test_a_key_added_to_a_dense_section_splits_the_cache_unless_listed(monkeypat
                                                   resolve=True))  # plain: keys can be added
     with_new = cfg.copy()
     with_new.dataset.new_option = 3
-    assert dense_cache_path(with_new) != dense_cache_path(cfg)
+    assert dense_cache_path(plan_of(with_new)) != dense_cache_path(plan_of(cfg))
     listed = {**artifacts.NOT_IN_DENSE_KEY,
               "dataset": artifacts.NOT_IN_DENSE_KEY["dataset"] | {"new_option"}}
     monkeypatch.setattr(artifacts, "NOT_IN_DENSE_KEY", listed)
-    assert dense_cache_path(with_new) == dense_cache_path(cfg)
+    assert dense_cache_path(plan_of(with_new)) == dense_cache_path(plan_of(cfg))
 
 
 def test_the_ice_presets_share_the_dense_model_and_dense_training_uses_pretrains_sgd(
@@ -115,14 +116,15 @@ def test_the_ice_presets_share_the_dense_model_and_dense_training_uses_pretrains
     their keys)."""
     from prunekit.train import Trainer
 
-    dense = dense_cache_path(make_cfg(["method=dense", "model=resnet20"]))
+    dense = dense_cache_path(plan_of(make_cfg(["method=dense", "model=resnet20"])))
     for preset in ("ice_baseline", "ice_baseline_plain", "ice_paper"):
-        assert dense_cache_path(make_cfg([f"experiment={preset}", "model=resnet20"])) == dense
-    assert dense_key(make_cfg(["method=dense"]))["train"]["nesterov"] is True
+        preset_cfg = make_cfg([f"experiment={preset}", "model=resnet20"])
+        assert dense_cache_path(plan_of(preset_cfg)) == dense
+    assert dense_key(plan_of(make_cfg(["method=dense"])))["train"]["nesterov"] is True
     made = []
     real = Trainer.make_optimizer
-    monkeypatch.setattr(Trainer, "make_optimizer", lambda self, *a, **kw: (
-        made.append((kw.get("momentum"), kw.get("nesterov"))), real(self, *a, **kw))[1])
+    monkeypatch.setattr(Trainer, "make_optimizer", lambda self, model, lr, sgd=None: (
+        made.append((sgd.momentum, sgd.nesterov)), real(self, model, lr, sgd))[1])
     run(make_cfg(["method=dense", *LENET, "train.nesterov=false", "pretrain.momentum=0.8",
                   "pretrain.epochs=1", "pretrain.cache=false"]), tmp_path, show=False)
     assert made[0] == (0.8, True)
@@ -136,11 +138,12 @@ def test_the_dense_cache_key_holds_the_training_precision(monkeypatch, bf16_unit
     monkeypatch.delenv("PRUNEKIT_PRECISION")  # the suite's pin (conftest): auto here
     monkeypatch.setattr(hardware, "bf16_matrix_units", lambda: bf16_units)
     fp32 = make_cfg(["method=dense", *LENET, "hardware.precision=fp32"])
-    assert "precision" not in dense_key(fp32)
-    paths = {p: dense_cache_path(make_cfg(["method=dense", *LENET, f"hardware.precision={p}"]))
+    assert "precision" not in dense_key(plan_of(fp32))
+    paths = {p: dense_cache_path(plan_of(make_cfg(["method=dense", *LENET,
+                                                   f"hardware.precision={p}"])))
              for p in ("fp32", "bf16", "fp16")}
-    assert len(set(paths.values())) == 3 and paths["fp32"] == dense_cache_path(fp32)
-    auto = dense_cache_path(make_cfg(["method=dense", *LENET, "hardware=cpu"]))
+    assert len(set(paths.values())) == 3 and paths["fp32"] == dense_cache_path(plan_of(fp32))
+    auto = dense_cache_path(plan_of(make_cfg(["method=dense", *LENET, "hardware=cpu"])))
     assert auto == paths["bf16" if bf16_units else "fp32"]
 
 

@@ -202,12 +202,12 @@ class AdmmState(PenaltySplit):
             self._anchor()
 
 
-def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str = "ADMM",
+def admm_train(ctx: Context, constraints: Sequence, options: DictConfig, desc: str = "ADMM",
                **row) -> AdmmState:
-    """`cfg.iterations` ADMM iterations of `cfg.epochs_per_iteration` epochs each toward the
+    """`options.iterations` ADMM iterations of `options.epochs_per_iteration` epochs each toward the
     constraint sets; one steps.csv row (event=admm) per iteration."""
-    state = ctx.keep_state("admm", AdmmState(ctx.model, constraints, cfg.rho))
-    per = cfg.epochs_per_iteration
+    state = ctx.keep_state("admm", AdmmState(ctx.model, constraints, options.rho))
+    per = options.epochs_per_iteration
 
     def after_epoch(epoch: int, loss: float) -> None:
         if (epoch + 1) % per:
@@ -216,9 +216,9 @@ def admm_train(ctx: Context, constraints: Sequence, cfg: DictConfig, desc: str =
         residuals = state.update()
         ctx.record_step(event="admm", **row, iteration=k, rho=state.rho, loss=loss, **residuals,
                         val_top1=ctx.validate())
-        state.set_rho(min(state.rho * cfg.rho_growth, cfg.rho_max))
+        state.set_rho(min(state.rho * options.rho_growth, options.rho_max))
 
-    ctx.finetune(cfg.iterations * per, cfg.lr, desc=desc,
+    ctx.finetune(options.iterations * per, options.lr, desc=desc,
                  hooks=FitHooks(loss=ctx.trainer.penalised_loss(state.penalty),
                                 after_epoch=after_epoch))
     return state
@@ -238,22 +238,22 @@ def layer_rate_patterns(rates: Dict[str, float], names: Sequence[str]) -> Dict[s
     return out
 
 
-def admm_constraints(ctx: Context, cfg: DictConfig) -> List:
+def admm_constraints(ctx: Context, options: DictConfig) -> List:
     """The constraint set of every layer (filter: every channel group) for `method=admm`."""
-    pruner, g = ctx.pruner, cfg.granularity
+    pruner, g = ctx.pruner, options.granularity
     if pruner.granularity.prunes_filters:
         groups = pruner.groups.groups
-        rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates),
+        rates = layer_rate_patterns(parse_layer_rates(options.layer_rates),
                                     [grp.root for grp in groups])
         plan = pruner.planner.filter_plan(ctx.target)
         return [FilterConstraint(grp, min(round(rates[grp.root] * grp.dense_size), grp.size - 1)
                                  if grp.root in rates else len(plan[gi]))
                 for gi, grp in enumerate(groups)]
     names = pruner.unit_layers(g)
-    rates = layer_rate_patterns(parse_layer_rates(cfg.layer_rates), names)
+    rates = layer_rate_patterns(parse_layer_rates(options.layer_rates), names)
     rate = pruner.unit_ratio(ctx.target)  # every layer's: the target, or what meets its cost
     return [LayerConstraint.for_rate(pruner.weight(n), n, g, rates.get(n, rate),
-                                     pruner.dense_numel[n], tuple(cfg.nm)) for n in names]
+                                     pruner.dense_numel[n], tuple(options.nm)) for n in names]
 
 
 def constraint_rows(constraints: Sequence) -> Dict[str, Dict[str, object]]:
@@ -268,10 +268,10 @@ def constraint_rows(constraints: Sequence) -> Dict[str, Dict[str, object]]:
     return info
 
 
-def hard_prune_and_retrain(ctx: Context, constraints: Sequence, cfg: DictConfig) -> None:
+def hard_prune_and_retrain(ctx: Context, constraints: Sequence, options: DictConfig) -> None:
     """What ADMM and SLR do after their training: hard-prune W onto the sets (mask from W, exact
     top-k), compact filters, measure `top1_hard` (test, for reporting) and `val_top1_hard`, then
-    retrain with the masks for `cfg.retrain_epochs` with a fresh optimiser; after every retrain
+    retrain with the masks for `options.retrain_epochs` with a fresh optimiser; after every retrain
     epoch its val top-1 and, for reporting, its test top-1 (`top1_retrain{e}`)."""
     started = time.perf_counter()
 
@@ -295,9 +295,9 @@ def hard_prune_and_retrain(ctx: Context, constraints: Sequence, cfg: DictConfig)
         ctx.record_step(event="retrain", step=1, epoch=epoch + 1, loss=loss,
                         sparsity=ctx.sparsity(), val_top1=ctx.validate(), top1=top1)
 
-    if cfg.retrain_epochs > 0:
-        ctx.finetune(cfg.retrain_epochs, cfg.retrain_lr or cfg.lr, desc="masked retraining",
-                     hooks=FitHooks(after_epoch=after_epoch))
+    if options.retrain_epochs > 0:
+        ctx.finetune(options.retrain_epochs, options.retrain_lr or options.lr,
+                     desc="masked retraining", hooks=FitHooks(after_epoch=after_epoch))
 
 
 RETRAIN_FORMATS = {r"top1_hard": ("top-1 hard prune %", ".2f"),
@@ -331,7 +331,7 @@ class Admm(HardPruneMethod):
         cls.check_solver(cfg)
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
+        c = self.options
         constraints = admm_constraints(ctx, c)
         log.info("ADMM: %d constraint sets (%s), %d iterations x %d epochs, rho %g",
                  len(constraints), c.granularity, c.iterations, c.epochs_per_iteration, c.rho)

@@ -191,7 +191,7 @@ class QuickEvaluation:
 
     def __init__(self, ctx: Context, trainer, calibration_images: int):
         self.ctx, self.trainer = ctx, trainer
-        self.calibration = (ctx.data.calibration(calibration_images, ctx.cfg.seed)
+        self.calibration = (ctx.data.calibration(calibration_images, ctx.plan.seed)
                             if calibration_images > 0 else None)
 
     def recalibrate(self) -> None:
@@ -200,7 +200,7 @@ class QuickEvaluation:
 
     def evaluation(self) -> Evaluation:
         self.recalibrate()
-        return self.trainer.evaluate(self.ctx.model, "val", self.ctx.cfg.train.val_max_batches)
+        return self.trainer.evaluate(self.ctx.model, "val", self.ctx.plan.val_max_batches)
 
     def __call__(self) -> float:
         return self.evaluation().top1
@@ -213,7 +213,7 @@ class QuickEvaluation:
             return self.evaluation()
 
 
-def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float,
+def purify(ctx: Context, options: DictConfig, score: QuickEvaluation, val_ref: float,
            most: Optional[float] = None, **row) -> Tuple[Purified, Optional[float]]:
     """Exact removal of unread channels, then the largest threshold whose quick evaluation
     `score` stays within the tolerance of `val_ref` (and, under a counted target, that leaves at
@@ -222,14 +222,14 @@ def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float
     with ctx.clock.phase("prune"):
         done = Purified(mask_unread(pruner), 0)
     chosen = None
-    for tau in cfg.thresholds:
+    for tau in options.thresholds:
         with undone(pruner):
             with ctx.clock.phase("prune"):
                 got = mask_near_zero(pruner, tau)
                 over = most is not None and pruner.cost.removed(ctx.model) > most + 1e-12
             with ctx.clock.phase("eval"):
                 val = score()
-        ok = val >= val_ref - cfg.tolerance and not over
+        ok = val >= val_ref - options.tolerance and not over
         ctx.record_step(event="purify", **row, threshold=tau, channels=got.channels,
                         columns=got.columns, val_top1=val, past_target=over, accepted=ok)
         if not ok:
@@ -243,11 +243,11 @@ def purify(ctx: Context, cfg: DictConfig, score: QuickEvaluation, val_ref: float
     return done, chosen
 
 
-def search_round(ctx: Context, cfg: DictConfig, i: int, target: float, space: SearchSpace,
+def search_round(ctx: Context, options: DictConfig, i: int, target: float, space: SearchSpace,
                  score: QuickEvaluation, rng: random.Random) -> Tuple[Action, float, int]:
     """Steps 1-3 of round i: anneal over actions scored by quick evaluation (one-shot hard prune,
     `score`, undone); every evaluation is a steps.csv row."""
-    s = cfg.search
+    s = options.search
 
     units = space.units
     measure = action_measure(ctx.pruner, units)
@@ -309,11 +309,11 @@ class Autocompress(ProjectionMethod):
     channel_groups = True  # purification removes channels whatever the schemes
 
     @classmethod
-    def target_problem(cls, cfg) -> Optional[str]:
-        if target_kind(cfg).measured:
+    def target_problem(cls, kind: type, options) -> Optional[str]:
+        if kind.measured:
             return ("its search fits every action to a counted budget, which a measured latency "
                     "is not: use target.kind=flops")
-        return super().target_problem(cfg)
+        return super().target_problem(kind, options)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -344,8 +344,8 @@ class Autocompress(ProjectionMethod):
         at_least(cfg, "method.purify.tolerance", 0)
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
-        rng = ctx.keep_state("search_rng", RandomState(ctx.cfg.seed))
+        c = self.options
+        rng = ctx.keep_state("search_rng", RandomState(ctx.plan.seed))
         search, check = self.quick_evaluations(ctx)
         totals = {"search_evaluations": 0, "purified_channels": 0, "purified_columns": 0}
         for i, target in enumerate(round_targets(ctx.target, c.rounds), 1):
@@ -360,9 +360,9 @@ class Autocompress(ProjectionMethod):
         """The search's quick evaluation (on its val subset) and purification's (the whole val
         split), each after re-estimating BatchNorm on `calibration_images` (default: the
         config's)."""
-        s = self.cfg.search
+        s = self.options.search
         n = s.calibration_images if calibration_images is None else calibration_images
-        data = (ctx.data.subset(val=s.val_fraction, seed=ctx.cfg.seed) if s.val_fraction < 1.0
+        data = (ctx.data.subset(val=s.val_fraction, seed=ctx.plan.seed) if s.val_fraction < 1.0
                 else ctx.data)
         return (QuickEvaluation(ctx, ctx.trainer.with_data(data, logging.DEBUG), n),
                 QuickEvaluation(ctx, ctx.trainer, n))
@@ -372,12 +372,12 @@ class Autocompress(ProjectionMethod):
         """Round i: its search, ADMM, hard prune, purification and fine-tune. Whatever is
         computed from the model between operations is journaled (the units, the layer columns):
         a resumed run's replay must not recompute it from a model not yet restored."""
-        c = self.cfg
+        c = self.options
         started = time.perf_counter()
         space = ctx.op(lambda: search_space(ctx.pruner, tuple(c.granularity.split("+"))))
         units = space.units
         if not units:
-            raise ConfigError(f"method.granularity={c.granularity}: {ctx.cfg.model.name} has "
+            raise ConfigError(f"method.granularity={c.granularity}: {ctx.plan.model.name} has "
                               "no layer or channel group that scheme can prune")
         action, value, n_trials = ctx.once(lambda: search_round(ctx, c, i, target, space, search,
                                                                 rng))
@@ -417,14 +417,14 @@ class Autocompress(ProjectionMethod):
         with ctx.clock.phase("prune"):
             weakest_channel, weakest_column = ctx.op(lambda: list(weakest(ctx.pruner)))
         most = None  # under a counted target, purification may pass it by the tolerance only
-        if target_kind(ctx.cfg).factor:
-            most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.cfg.target.tolerance))
+        if ctx.plan.target.kind.factor:
+            most = 1.0 - 1.0 / (as_factor(target) * (1.0 + ctx.plan.target.tolerance))
 
         def purified() -> list:
-            got, tau = purify(ctx, self.cfg.purify, check, val_hard, most, round=i)
+            got, tau = purify(ctx, self.options.purify, check, val_hard, most, round=i)
             return [got.channels, got.columns, tau]
 
-        channels, columns, tau = (ctx.op(purified) if self.cfg.purify.enabled
+        channels, columns, tau = (ctx.op(purified) if self.options.purify.enabled
                                   else (0, 0, None))
         return {"val_top1_hard": val_hard, "weakest_channel": weakest_channel,
                 "weakest_column": weakest_column, "purify_threshold": tau,

@@ -44,8 +44,8 @@ class Method:
     summary_formats: ClassVar[Dict[str, Tuple[str, str]]] = {}
     headline: ClassVar[Tuple[str, ...]] = ()  # its keys the console's summary table shows too
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+    def __init__(self, options: DictConfig):
+        self.options = options  # its own config: the `method` section
 
     def run(self, ctx: "Context") -> None:
         raise NotImplementedError
@@ -74,32 +74,33 @@ class Method:
         return tuple(n for n, c in CRITERIA.items() if c.scores_units)
 
     @classmethod
-    def target_unit(cls, cfg: DictConfig) -> str:
-        """What the target counts for this configuration (summary key `target_unit`): a cost
-        target's kind, or what `sparsity` counts (`sparsity_unit`)."""
+    def target_unit(cls, kind: type, options: DictConfig) -> str:
+        """What a target of `kind` counts with these options (summary key `target_unit`): a
+        cost target's kind, or what `sparsity` counts (`sparsity_unit`)."""
         if not cls.prunes:
             return "none"
-        return cfg.target.kind if target_kind(cfg).factor else cls.sparsity_unit(cfg)
+        return kind.name if kind.factor else cls.sparsity_unit(options)
 
     @classmethod
-    def sparsity_unit(cls, cfg: DictConfig) -> str:
-        """What `sparsity` counts for this configuration."""
-        return granularity(cfg.method.granularity).sparsity_unit(cfg.method)
+    def sparsity_unit(cls, options: DictConfig) -> str:
+        """What `sparsity` counts with these options."""
+        return granularity(options.granularity).sparsity_unit(options)
 
     @classmethod
-    def target_sparsity(cls, cfg: DictConfig) -> Optional[float]:
+    def target_sparsity(cls, kind_name: Optional[str], sparsity: Optional[float]
+                        ) -> Optional[float]:
         """The `sparsity` aimed at (None: the target is another kind)."""
         if not cls.prunes:
             return 0.0
-        kind = TARGET_KINDS.get(cfg.target.kind)  # a failed run's summary may name no kind
-        return cfg.sparsity if kind is not None and not kind.factor else None
+        kind = TARGET_KINDS.get(kind_name)  # a failed run's summary may name no kind
+        return sparsity if kind is not None and not kind.factor else None
 
     @classmethod
-    def target_problem(cls, cfg: DictConfig) -> Optional[str]:
-        """Why this configuration cannot reach a target of `target.kind` (None: it can). Counted
-        kinds (flops, params) are solved on exact counts; latency by measurement, which only
-        removed filters change."""
-        kind, g = target_kind(cfg), granularity(cfg.method.granularity)
+    def target_problem(cls, kind: type, options: DictConfig) -> Optional[str]:
+        """Why these options cannot reach a target of `kind` (None: they can). Counted kinds
+        (flops, params) are solved on exact counts; latency by measurement, which only removed
+        filters change."""
+        g = granularity(options.granularity)
         if not kind.factor or not cls.prunes:  # dense: no target, a row in any table
             return None
         if g.cost_problem:
@@ -135,7 +136,7 @@ class Method:
         choice(cfg, "method.scope", cls.scopes)
         if len(m.nm) != 2 or not 0 < m.nm[0] < m.nm[1]:
             raise ConfigError(f"method.nm={list(m.nm)} must be [N, M] with 0 < N < M, e.g. [2, 4]")
-        problem = cls.target_problem(cfg)
+        problem = cls.target_problem(target_kind(cfg), m)
         if problem:
             raise ConfigError(f"target.kind={cfg.target.kind} cannot be reached by method="
                               f"{m.name} with method.granularity={m.granularity}: {problem}")

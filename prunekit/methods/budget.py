@@ -19,13 +19,13 @@ import math
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch.nn as nn
-from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.errors import ConfigError
 from prunekit.hardware import measure_latencies
 from prunekit.methods.context import Context, build_pruner
-from prunekit.targets import TARGET_KINDS, as_factor, target_fraction, target_kind, target_value
+from prunekit.plan import RunPlan
+from prunekit.targets import TARGET_KINDS, Target, as_factor
 
 if TYPE_CHECKING:
     from prunekit.methods.base import Method
@@ -33,21 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def latency_batch_size(cfg: DictConfig) -> int:
-    return int(cfg.target.batch_size or cfg.hardware.latency.batch_sizes[0])
-
-
-def check_reach(cfg: DictConfig, unit: "Method", model: nn.Module, example) -> None:
+def check_reach(plan: RunPlan, model: nn.Module, example) -> None:
     """Refuse, before any training, a counted target (flops, params) this method cannot reach on
     this model: counts do not depend on the weights, so the untrained model answers."""
-    kind = cfg.target.kind
-    if not target_kind(cfg).counted or not unit.prunes:
+    t, unit = plan.target, plan.method
+    if not t.kind.counted or not unit.prunes:
         return
-    most = unit.max_removed(build_pruner(cfg, model, example))
-    if most < target_fraction(cfg) - 1e-9:
-        raise ConfigError(f"target.value={cfg.target.value} is out of reach: method="
-                          f"{cfg.method.name} can shrink the {kind} of model={cfg.model.name} "
-                          f"at most {as_factor(most):.3g}×")
+    most = unit.max_removed(build_pruner(plan, model, example))
+    if most < t.fraction - 1e-9:
+        raise ConfigError(f"target.value={t.value} is out of reach: method={unit.name} can "
+                          f"shrink the {t.kind.name} of model={plan.model.name} at most "
+                          f"{as_factor(most):.3g}×")
 
 
 def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
@@ -84,7 +80,7 @@ def next_fraction(below: Optional[Dict[str, float]], above: Optional[Dict[str, f
 def measure_at(ctx: Context, unit: "Method", c: float, bs: int) -> Dict[str, float]:
     """Prune a fork to the FLOPs fraction `c` with the method's rule, compact it and time it
     beside the dense model at batch `bs`: its speedup, the p95/median spread, its FLOPs factor."""
-    lat = ctx.cfg.hardware.latency
+    lat = ctx.plan.latency
     fork = ctx.fork(quiet=True)
     fork.target = c
     unit.reach(fork)
@@ -97,19 +93,19 @@ def measure_at(ctx: Context, unit: "Method", c: float, bs: int) -> Dict[str, flo
              "spread": max(dense[bs]["spread"], pruned[bs]["spread"]),
              "flops": as_factor(fork.pruner.cost.removed(fork.model))}
     log.info("latency target %.3g× at batch %d: FLOPs %.3g× measures %.3f× (p95/median %.2f)",
-             ctx.cfg.target.value, bs, point["flops"], point["speedup"], point["spread"])
+             ctx.plan.target.value, bs, point["flops"], point["speedup"], point["spread"])
     return point
 
 
 def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
-    cfg, t = ctx.cfg, ctx.cfg.target
-    bs, goal = latency_batch_size(cfg), float(t.value)
+    t = ctx.plan.target
+    bs, goal = t.batch_size, t.value
     most = unit.max_removed(ctx.pruner)
     tried: List[Dict[str, float]] = []
     below: Optional[Dict[str, float]] = None
     above: Optional[Dict[str, float]] = None
     chosen: Optional[Dict[str, float]] = None
-    c = min(target_kind(cfg).removed_fraction(goal), most)
+    c = min(t.fraction, most)
     with ctx.clock.phase("search"):
         while len(tried) < t.max_measurements:
             point = measure_at(ctx, unit, c, bs)
@@ -122,7 +118,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
                 if c >= most - 1e-9:
                     raise ConfigError(
                         f"target.value={goal:g} is out of reach: the most method="
-                        f"{cfg.method.name} can prune measures {s:.3g}× at batch {bs} on "
+                        f"{unit.name} can prune measures {s:.3g}× at batch {bs} on "
                         f"{ctx.hw.device.type} (FLOPs {point['flops']:.3g}×)")
                 below = point
             else:
@@ -141,23 +137,21 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
 def aim(ctx: Context, unit: "Method") -> None:
     """Before the method runs: a latency target becomes the FLOPs fraction that meets it
     (solved once, journaled: a resumed run reads it back)."""
-    if not target_kind(ctx.cfg).measured or not unit.prunes:
+    if not ctx.plan.target.kind.measured or not unit.prunes:
         return
     solved = ctx.once(lambda: solve_latency(ctx, unit))
     ctx.target = solved.pop("removed")
     ctx.tally.report(**solved)
 
 
-def achieved(cfg: DictConfig, numbers: dict, prunes: bool = True) -> dict:
+def achieved(target: Target, numbers: dict, prunes: bool = True) -> dict:
     """The summary's target keys: the target, what was achieved in every kind, and the relative
     error of the achieved value of the target's kind (achieved / target − 1; none for a method
     that does not prune)."""
-    t = cfg.target
-    value = target_value(cfg)
-    bs = latency_batch_size(cfg)
-    got = {name: kind.achieved(numbers, bs) for name, kind in TARGET_KINDS.items()}
-    reached = got[t.kind]
-    return {"target_kind": t.kind, "target_value": value,
+    value = target.value
+    got = {name: kind.achieved(numbers, target.batch_size) for name, kind in TARGET_KINDS.items()}
+    reached = got[target.kind.name]
+    return {"target_kind": target.kind.name, "target_value": value,
             **{f"achieved_{k}": v for k, v in got.items()}, "target_achieved": reached,
             "target_error": None if reached is None or not value or not prunes
             else reached / value - 1.0}

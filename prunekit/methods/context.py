@@ -18,15 +18,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig
 
 from prunekit import distributed
 from prunekit.clock import PhaseClock
-from prunekit.config import METHODS
 from prunekit.data import Data
 from prunekit.hardware import Hardware, channel_multiple
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers, residual_blocks, resize_to_state
+from prunekit.plan import RunPlan
 from prunekit.record import Recorder
 from prunekit.resume import Replay, loaders_of, rng_state, set_rng_state
 from prunekit.sparsity.cost import Cost
@@ -34,23 +33,22 @@ from prunekit.sparsity.groups import ChannelGroup
 from prunekit.sparsity.masks import MaskSet
 from prunekit.sparsity.pruner import Pruner, PruneSpec
 from prunekit.state import cpu_state, load_state
-from prunekit.targets import target_kind
 from prunekit.train import FitHooks, FitResult, Freezer, Trainer
 
 
-def build_pruner(cfg: DictConfig, model: nn.Module, example_input: torch.Tensor,
+def build_pruner(plan: RunPlan, model: nn.Module, example_input: torch.Tensor,
                  cost: Optional[Cost] = None) -> Pruner:
     """The run's pruner over `model`: its prunable layers and residual blocks, the method's spec
     (and channel groups where the method asks for them whatever its granularity), and the cost
     its targets count (default: the target's kind counted on `model`, taken as dense)."""
-    m = cfg.method
+    m = plan.options
     layers = prunable_layers(model, m.prune_first_conv, m.prune_classifier)
     if cost is None:
-        cost = Cost.of(target_kind(cfg).measure, model, example_input, layers)
-    multiple = channel_multiple(cfg.hardware, example_input.device)
-    return Pruner(model, PruneSpec.from_cfg(m, multiple), layers, example_input, seed=cfg.seed,
-                  blocks=list(residual_blocks(model)),
-                  channel_groups=METHODS[m.name].needs_channel_groups(m), cost=cost)
+        cost = Cost.of(plan.target.kind.measure, model, example_input, layers)
+    multiple = channel_multiple(plan.hardware, example_input.device)
+    return Pruner(model, PruneSpec.from_options(m, multiple), layers, example_input,
+                  seed=plan.seed, blocks=list(residual_blocks(model)),
+                  channel_groups=plan.method.needs_channel_groups(m), cost=cost)
 
 
 @dataclass
@@ -143,7 +141,7 @@ class Context:
     gets of it and how a checkpoint keeps it are declared here, and only here (`fork()` and
     resume's `capture` / `restore` read the declarations)."""
 
-    cfg: DictConfig = piece()  # the whole run's config
+    plan: RunPlan = piece()  # the run, resolved (its method's own config: plan.options)
     # the model being pruned, on the device
     model: nn.Module = piece(fork=lambda p, f, how: copy.deepcopy(p.model),
                              saved=(lambda c: cpu_state(c.model), load_model))
@@ -152,7 +150,7 @@ class Context:
                        saved=(lambda c: rng_state(loaders_of(c.data)),  # with the process's RNGs
                               lambda c, s: set_rng_state(s, loaders_of(c.data))))
     trainer: Trainer = piece(fork=fork_trainer)
-    pruner: Pruner = piece(fork=lambda p, f, how: build_pruner(p.cfg, f.model, p.check_input[:1],
+    pruner: Pruner = piece(fork=lambda p, f, how: build_pruner(p.plan, f.model, p.check_input[:1],
                                                                p.pruner.cost),
                            saved=(lambda c: c.pruner.state_dict(), load_pruner))
     recorder: Recorder = piece(fork=lambda p, f, how: Recorder(None),  # in memory
@@ -229,7 +227,7 @@ class Context:
         block: the target itself under target.kind=sparsity (the ICE paper's pruning ratio);
         under a cost target the ratio that meets it once every block is pruned, solved on the
         exact count the first time it is asked (journaled, so a resumed run reads it back)."""
-        if not target_kind(self.cfg).factor:
+        if not self.plan.target.kind.factor:
             return self.target
         if self.solved_block_ratio is None:
             self.solved_block_ratio = self.op(
@@ -257,7 +255,7 @@ class Context:
     def _prepare_criterion(self) -> None:
         # every rank reads the same (whole) batches: a data-driven score is then the same on all
         train = self.data.train
-        self.pruner.prepare(getattr(train, "unsharded", train), self.cfg.method.criterion_batches)
+        self.pruner.prepare(getattr(train, "unsharded", train), self.plan.options.criterion_batches)
 
     def prune_to(self, target: float) -> None:
         def prune() -> None:
@@ -308,7 +306,7 @@ class Context:
         def evaluate() -> float:
             with self.clock.phase("eval"):
                 return self.trainer.evaluate(model or self.model, "val",
-                                             self.cfg.train.val_max_batches).top1
+                                             self.plan.val_max_batches).top1
         return self.op(evaluate)
 
     def test_top1(self) -> float:

@@ -22,6 +22,6 @@ class Dense(Method):
     prunes = False
 
     def run(self, ctx: Context) -> None:
-        ctx.finetune(self.cfg.epochs, self.cfg.lr, desc="dense training")
+        ctx.finetune(self.options.epochs, self.options.lr, desc="dense training")
         ctx.record_step(step=0, target=0.0, sparsity=ctx.sparsity(), val_top1=ctx.validate(),
-                        epochs=self.cfg.epochs)
+                        epochs=self.options.epochs)

@@ -52,7 +52,7 @@ class Gradual(Method):
                               f"method.begin_step={m.begin_step}")
 
     def schedule(self, ctx: Context) -> AGPSchedule:
-        c = self.cfg
+        c = self.options
         total = c.epochs * ctx.trainer.steps_per_epoch
         end = c.end_step if c.end_step is not None else int(c.end_fraction * total)
         sched = AGPSchedule(c.initial_sparsity, ctx.target, c.begin_step, end, c.frequency, c.power)
@@ -71,9 +71,9 @@ class Gradual(Method):
                 ctx.record_step(event="update", step=ctx.tally.count_step(), optimizer_step=t,
                                 target=target, sparsity=ctx.sparsity())
 
-        ctx.finetune(self.cfg.epochs, self.cfg.lr, desc="gradual pruning",
+        ctx.finetune(self.options.epochs, self.options.lr, desc="gradual pruning",
                      hooks=FitHooks(before_step=update))
         ctx.compact()
-        ctx.record_step(event="end", step=ctx.tally.steps, optimizer_step=self.cfg.epochs *
+        ctx.record_step(event="end", step=ctx.tally.steps, optimizer_step=self.options.epochs *
                         ctx.trainer.steps_per_epoch, target=ctx.target, sparsity=ctx.sparsity(),
                         val_top1=ctx.validate())

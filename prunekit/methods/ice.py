@@ -81,7 +81,7 @@ class Ice(Method):
         return tuple(CRITERIA)  # the activation criteria too: ICE scores channel groups
 
     @classmethod
-    def sparsity_unit(cls, cfg) -> str:
+    def sparsity_unit(cls, options) -> str:
         return "channels per block"
 
     @classmethod
@@ -136,8 +136,8 @@ class Ice(Method):
         return pruner.planner.max_removed(pruner.order.blockwise_groups())
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
-        knobs = IceKnobs.from_cfg(c)
+        c = self.options
+        knobs = IceKnobs.from_options(c)
         changes: Optional[Dict[str, float]] = None  # the freezing probe's weight changes
         if c.autotune.enabled:
             def tune() -> dict:
@@ -151,7 +151,7 @@ class Ice(Method):
                 changes = tuned["probe"]
                 ctx.tally.report(probe_images=ctx.tally.results.get("autotune_train_images"))
         if c.val_fraction < 1.0:  # decide on a subset of val, against the dense model on it
-            ctx.use_data(ctx.data.subset(val=c.val_fraction, seed=ctx.cfg.seed))
+            ctx.use_data(ctx.data.subset(val=c.val_fraction, seed=ctx.plan.seed))
             ctx.dense_val_top1 = ctx.validate(ctx.dense_model)
         frozen: List[str] = []
         if c.use_freeze:

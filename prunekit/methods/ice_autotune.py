@@ -55,29 +55,29 @@ def choose_trial(drops: Sequence[float], times: Sequence[float], accuracy_weight
     return min(range(len(score)), key=lambda i: (score[i], drops[i], times[i]))
 
 
-def grid_of(cfg: DictConfig) -> Dict[str, List[float]]:
-    return {k: [float(v) for v in cfg.autotune.grid[k]] for k in IceKnobs.names()}
+def grid_of(options: DictConfig) -> Dict[str, List[float]]:
+    return {k: [float(v) for v in options.autotune.grid[k]] for k in IceKnobs.names()}
 
 
 class TrialBench:
     """What every trial shares: the subsets, the dense model's val top-1 on them, the probe."""
 
-    def __init__(self, ctx: Context, cfg: DictConfig):
-        a = cfg.autotune
-        self.ctx, self.cfg = ctx, cfg
-        self.data = ctx.data.subset(train=a.train_fraction, val=a.val_fraction, seed=ctx.cfg.seed)
+    def __init__(self, ctx: Context, options: DictConfig):
+        a = options.autotune
+        self.ctx, self.options = ctx, options
+        self.data = ctx.data.subset(train=a.train_fraction, val=a.val_fraction, seed=ctx.plan.seed)
         template = ctx.fork(self.data, quiet=True)
         self.dense_top1 = template.validate(ctx.dense_model)
-        self.changes = probe_weight_changes(template, cfg) if cfg.use_freeze else {}
+        self.changes = probe_weight_changes(template, options) if options.use_freeze else {}
 
     def trial(self, knobs: IceKnobs) -> dict:
         """The whole ICE pipeline with `knobs` on the subsets: its drop, seconds and counts.
         Raises DivergenceError when its training diverged."""
         trial_ctx = self.ctx.fork(self.data, quiet=True)
         trial_ctx.dense_val_top1 = self.dense_top1
-        frozen = least_changed(self.changes, knobs.freeze_ratio) if self.cfg.use_freeze else []
+        frozen = least_changed(self.changes, knobs.freeze_ratio) if self.options.use_freeze else []
         started = time.perf_counter()
-        top1 = ice_prune(trial_ctx, self.cfg, knobs, frozen, log_level=logging.DEBUG)
+        top1 = ice_prune(trial_ctx, self.options, knobs, frozen, log_level=logging.DEBUG)
         trial_ctx.hw.sync()
         return dict(status="ok", val_top1=top1, drop=self.dense_top1 - top1,
                     # rank 0's seconds: the choice weighs them, and must be one on every rank
@@ -85,16 +85,17 @@ class TrialBench:
                     finetunes=trial_ctx.tally.finetune_count, steps=trial_ctx.tally.steps)
 
 
-def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, Dict[str, float]]:
+def autotune(ctx: Context, options: DictConfig,
+             given: IceKnobs) -> Tuple[IceKnobs, Dict[str, float]]:
     """Run the trials; return the chosen knobs (the given ones if every trial diverged) and the
     trials' freezing probe (its weight change per candidate conv; empty without freezing)."""
     import optuna  # imported when tuning runs, not with the package
 
-    a = cfg.autotune
-    grid = grid_of(cfg)
+    a = options.autotune
+    grid = grid_of(options)
     size = math.prod(len(values) for values in grid.values())
     n_trials = min(a.trials, size)
-    bench = TrialBench(ctx, cfg)
+    bench = TrialBench(ctx, options)
     log.info("ICE autotune: %d of %d grid points, trials on %d train / %d val images", n_trials,
              size, bench.data.train.num_samples, bench.data.val.num_samples)
 
@@ -121,7 +122,7 @@ def autotune(ctx: Context, cfg: DictConfig, given: IceKnobs) -> Tuple[IceKnobs, 
             progress.advance(task)
 
     try:
-        grid_search(objective, grid, n_trials, ctx.cfg.seed)
+        grid_search(objective, grid, n_trials, ctx.plan.seed)
     finally:
         progress.remove_task(task)
 

@@ -23,11 +23,15 @@ from prunekit.methods.steps import (
 )
 from prunekit.metrics import prunable_sparsity
 from prunekit.models import prunable_layers
+from prunekit.plan import SgdRecipe
 from prunekit.sparsity.groups import ChannelGroup
 
 log = logging.getLogger(__name__)
 
 SHORTCUT_NAMES = ("downsample", "shortcut")  # torchvision's and the common CIFAR ResNets' names
+
+
+CONSTANT_LR = SgdRecipe(schedule="constant")  # the reference's fine-tunes: no schedule
 
 
 @journaled
@@ -43,8 +47,8 @@ class IceKnobs:
     lr_delta: float
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> "IceKnobs":
-        return cls(**{k: float(cfg[k]) for k in cls.names()})
+    def from_options(cls, options: DictConfig) -> "IceKnobs":
+        return cls(**{k: float(options[k]) for k in cls.names()})
 
     @classmethod
     def names(cls) -> List[str]:
@@ -111,7 +115,7 @@ def prune_block(ctx: Context, groups: Sequence[ChannelGroup]) -> int:
     return ctx.prune_groups(groups, ctx.block_ratio())
 
 
-def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
+def probe_weight_changes(probe: Context, options: DictConfig) -> Dict[str, float]:
     """Rule ii's probe, on a fork: prune the first block, fine-tune one epoch at `probe_lr`, score
     every freeze candidate."""
     convs = freeze_candidates(probe.model)
@@ -124,8 +128,8 @@ def probe_weight_changes(probe: Context, cfg: DictConfig) -> Dict[str, float]:
     prune_block(probe, groups)
     probe.compact()
     pre = weights()
-    probe.finetune(1, cfg.probe_lr, desc="ICE freezing probe", lr_schedule="constant",
-                   hooks=distillation_hooks(probe, cfg))
+    probe.finetune(1, options.probe_lr, desc="ICE freezing probe", sgd=CONSTANT_LR,
+                   hooks=distillation_hooks(probe, options))
     return weight_change_scores(orig, pre, weights())
 
 
@@ -140,27 +144,27 @@ def frozen_modules(ctx: Context, convs: Sequence[str]) -> List[str]:
     return out
 
 
-def ice_prune(ctx: Context, cfg: DictConfig, knobs: IceKnobs, frozen_convs: Sequence[str],
+def ice_prune(ctx: Context, options: DictConfig, knobs: IceKnobs, frozen_convs: Sequence[str],
               log_level: int = logging.INFO) -> float:
     """The pruning loop with the three rules; returns the final val top-1."""
     ctx.freeze(frozen_modules(ctx, frozen_convs))
     convs = {n: ctx.pruner.dense_numel[n] for n in rule_layers(
         {n: ctx.model.get_submodule(n) for n in ctx.pruner.dense_numel})}
-    fit = dict(hooks=distillation_hooks(ctx, cfg), lr_schedule="constant")
+    fit = dict(hooks=distillation_hooks(ctx, options), sgd=CONSTANT_LR)
     n_blocks = len(ctx.pruner.order.steps_in_order())
     val = ctx.dense_val_top1
     for k, block, groups in blockwise_steps(ctx):
 
         def plan(val_pruned: float) -> FinetunePlan:
             x = 1.0 - prunable_sparsity(ctx.model, convs)
-            tune = not cfg.use_threshold or should_finetune(ctx.dense_val_top1, val_pruned,
+            tune = not options.use_threshold or should_finetune(ctx.dense_val_top1, val_pruned,
                                                             knobs.threshold)
             lr = (pruning_aware_lr(x, knobs.lr, knobs.lr_p, knobs.lr_beta, knobs.lr_delta)
-                  if cfg.use_adaptive_lr else knobs.lr)
+                  if options.use_adaptive_lr else knobs.lr)
             log.log(log_level, "ICE step %d/%d %s: val top-1 %.2f%% (dense %.2f%%) -> %s",
                     k, n_blocks, block, val_pruned, ctx.dense_val_top1,
                     f"fine-tune at lr {lr:.3g}" if tune else "no fine-tune")
-            return FinetunePlan(cfg.finetune_epochs if tune else 0, lr,
+            return FinetunePlan(options.finetune_epochs if tune else 0, lr,
                                 {"remaining_conv": x, "frozen": len(frozen_convs)})
 
         val = prune_and_finetune(

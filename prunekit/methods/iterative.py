@@ -106,8 +106,8 @@ class Iterative(Method):
     time_reference = True  # the report's time_vs_iterative: the pipeline others try to beat
 
     @classmethod
-    def sparsity_unit(cls, cfg) -> str:
-        return SCHEDULES[cfg.method.schedule].sparsity_unit or super().sparsity_unit(cfg)
+    def sparsity_unit(cls, options) -> str:
+        return SCHEDULES[options.schedule].sparsity_unit or super().sparsity_unit(options)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -118,12 +118,12 @@ class Iterative(Method):
         cls.schema.check_distillation(cfg)
 
     def reach(self, ctx: Context) -> None:
-        SCHEDULES[self.cfg.schedule].reach(ctx)
+        SCHEDULES[self.options.schedule].reach(ctx)
 
     def max_removed(self, pruner) -> float:
-        return SCHEDULES[self.cfg.schedule].max_removed(pruner)
+        return SCHEDULES[self.options.schedule].max_removed(pruner)
 
     def run(self, ctx: Context) -> None:
-        SCHEDULES[self.cfg.schedule].run(ctx, self.cfg,
-                                         fixed_plan(self.cfg.finetune_epochs, self.cfg.lr),
-                                         dict(hooks=distillation_hooks(ctx, self.cfg)))
+        SCHEDULES[self.options.schedule].run(ctx, self.options,
+                                         fixed_plan(self.options.finetune_epochs, self.options.lr),
+                                         dict(hooks=distillation_hooks(ctx, self.options)))

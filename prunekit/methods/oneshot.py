@@ -24,4 +24,5 @@ class Oneshot(Method):
 
     def run(self, ctx: Context) -> None:
         prune_and_finetune(ctx, 1, lambda: ctx.prune_to(ctx.target),
-                           fixed_plan(self.cfg.finetune_epochs, self.cfg.lr), target=ctx.target)
+                           fixed_plan(self.options.finetune_epochs, self.options.lr),
+                           target=ctx.target)

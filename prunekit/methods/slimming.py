@@ -80,11 +80,11 @@ class Slimming(Method):
         at_least(cfg, "method.penalty", 0)
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
+        c = self.options
         norms = bn_scales(ctx.model, ctx.pruner.groups.groups)
         if not norms:
             raise ConfigError(f"method=slimming needs BatchNorm layers (or channel LayerNorms) "
-                              f"in the prunable channel groups; model {model_label(ctx.cfg.model)}"
+                              f"in the prunable channel groups; model {model_label(ctx.plan.model)}"
                               " has none (no channel scale to sparsify): use another method")
 
         def penalty() -> torch.Tensor:

@@ -140,10 +140,10 @@ class SlrState(PenaltySplit):
         self._batches = state.get("batches", 0)
 
 
-def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
-    """`cfg.epochs` epochs of SLR training; one steps.csv row (event=slr) per epoch."""
-    state = ctx.keep_state("slr", SlrState(ctx.model, constraints, cfg.rho, cfg.M, cfg.r,
-                                           cfg.initial_step))
+def slr_train(ctx: Context, constraints: Sequence, options) -> SlrState:
+    """`options.epochs` epochs of SLR training; one steps.csv row (event=slr) per epoch."""
+    state = ctx.keep_state("slr", SlrState(ctx.model, constraints, options.rho, options.M,
+                                           options.r, options.initial_step))
 
     def after_epoch(epoch: int, loss: float) -> None:
         ce = state.epoch_ce()
@@ -151,7 +151,7 @@ def slr_train(ctx: Context, constraints: Sequence, cfg) -> SlrState:
         ctx.record_step(event="slr", epoch=epoch + 1, **checks, rho=state.rho, loss=loss, ce=ce,
                         penalty=loss - ce, val_top1=ctx.validate())
 
-    ctx.finetune(cfg.epochs, cfg.lr, desc="SLR",
+    ctx.finetune(options.epochs, options.lr, desc="SLR",
                  hooks=FitHooks(loss=ctx.trainer.penalised_loss(state.penalty, on_ce=state.add_ce),
                                 after_epoch=after_epoch))
     return state
@@ -173,7 +173,7 @@ class Slr(HardPruneMethod):
         at_least(cfg, "method.r", 0)
 
     def run(self, ctx: Context) -> None:
-        c = self.cfg
+        c = self.options
         constraints = admm_constraints(ctx, c)
         log.info("SLR: %d constraint sets (%s), %d epochs, rho %g, s0 %g, M %g, r %g",
                  len(constraints), c.granularity, c.epochs, c.rho, c.initial_step, c.M, c.r)

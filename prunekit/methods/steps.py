@@ -38,11 +38,11 @@ class DistillingConfig(MethodConfig):
         positive(cfg, "method.distill_temperature")
 
 
-def distillation_hooks(ctx: Context, cfg) -> FitHooks:
-    """A fine-tune's hooks: the distillation loss from the dense model where `cfg.distill`
+def distillation_hooks(ctx: Context, options) -> FitHooks:
+    """A fine-tune's hooks: the distillation loss from the dense model where `options.distill`
     (the ICE-Pruning reference's form, `Trainer.distillation_loss`), else plain cross-entropy."""
-    return FitHooks(loss=ctx.trainer.distillation_loss(ctx.dense_model, cfg.distill_temperature)
-                    if cfg.distill else None)
+    return FitHooks(loss=ctx.trainer.distillation_loss(ctx.dense_model, options.distill_temperature)
+                    if options.distill else None)
 
 
 def fixed_plan(epochs: int, lr: float) -> Callable[[float], FinetunePlan]:

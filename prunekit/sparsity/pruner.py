@@ -59,9 +59,10 @@ class PruneSpec:
     channel_multiple: int = 1  # a pruned group keeps a multiple of this (or its dense count)
 
     @classmethod
-    def from_cfg(cls, method_cfg, channel_multiple: int = 1) -> "PruneSpec":
-        return cls(method_cfg.granularity, method_cfg.criterion, method_cfg.scope,
-                   tuple(method_cfg.nm), int(channel_multiple))
+    def from_options(cls, options, channel_multiple: int = 1) -> "PruneSpec":
+        """The spec a method's options (granularity, criterion, scope, nm) ask for."""
+        return cls(options.granularity, options.criterion, options.scope, tuple(options.nm),
+                   int(channel_multiple))
 
 
 class Pruner:
