@@ -2,7 +2,8 @@
 `run(cfg, out_dir)` is what `prune-run` calls and what tests call directly.
 
 validate -> the run plan (plan.py) -> hardware + seeds -> data -> dense model (cache /
-checkpoint / train) -> method.run -> final measurement of dense and pruned model -> steps.csv, layers.csv, model.pt, summary.json.
+checkpoint / train) -> method.run -> final measurement of dense and pruned model -> steps.csv,
+layers.csv, model.pt, summary.json.
 A failure at any point still leaves a summary.json, with `status: failed` and the reason.
 """
 from __future__ import annotations
