@@ -238,8 +238,8 @@ def register_configs() -> None:
     for path, node in SCHEMAS.items():
         group, _, name = path.rpartition("/")
         cs.store(group=f"schema/{group}", name=name, node=node)
-    for name, unit in METHODS.items():
-        cs.store(group="schema/method", name=name, node=unit.schema)
+    for name, method in METHODS.items():
+        cs.store(group="schema/method", name=name, node=method.schema)
 
 
 # --------------------------------------------------------------------------- validation

@@ -80,7 +80,7 @@ class Recorder:
 def summary_identity(cfg: DictConfig) -> dict:
     """The keys a summary has even when the run fails before doing anything."""
     method = cfg.get("method") or {}
-    unit = METHODS.get(method.get("name"))
+    method_class = METHODS.get(method.get("name"))
     target = cfg.get("target") or {}
     kind = TARGET_KINDS.get(target.get("kind", "sparsity"))
     hparams = (OmegaConf.to_container(method, resolve=False)
@@ -91,8 +91,8 @@ def summary_identity(cfg: DictConfig) -> dict:
         "dataset": (cfg.get("dataset") or {}).get("name"),
         "hardware": (cfg.get("hardware") or {}).get("name"), "seed": cfg.get("seed"),
         "granularity": method.get("granularity"),
-        "target_sparsity": (unit.target_sparsity(target.get("kind"), cfg.get("sparsity"))
-                            if unit else cfg.get("sparsity")),
+        "target_sparsity": (method_class.target_sparsity(target.get("kind"), cfg.get("sparsity"))
+                            if method_class else cfg.get("sparsity")),
         "target_kind": target.get("kind", "sparsity"),
         "target_value": target.get("value") if kind is not None and kind.factor
         else cfg.get("sparsity"),

@@ -170,3 +170,39 @@ def test_no_function_is_longer_than_fifty_lines():
                 if node.end_lineno - node.lineno + 1 > 50:
                     long.append(f"{module_name(path)}:{node.name}")
     assert long == []
+
+
+# Functions below the runner that take the run's whole config (a parameter named `cfg`, which
+# names nothing else: a section is `options`, `dataset`, `hardware`...). They read it as the
+# configuration itself, before or beside the plan: its resolution into the plan, its hashes,
+# the summary of a run that failed before it had one, the
+# trackers' copy of it, and the target's resolution that plan_of and the checks share. Every
+# other function takes the RunPlan (plan.py) or the part of it it needs. Validation (`validate`
+# and every method's, target's, model's, data set's and tracker's `check*`, with errors.py's
+# key helpers, and check_run_dir's comparison with a finished run) reads it too: it runs
+# before there is a plan.
+WHOLE_CONFIG = {
+    "plan:plan_of", "settings:experiment_settings", "settings:result_settings",
+    "settings:config_hash", "record:summary_identity", "record:write_failed_summary",
+    "tracking:run_names", "tracking:start", "targets:target_kind",
+    "targets:target_value", "targets:target_fraction", "targets:value",
+}
+VALIDATION_HELPERS = {"errors:choice", "errors:at_least", "errors:a_path", "errors:positive",
+                      "errors:fraction", "config:validate"}
+ABOVE_THE_RUNNER = {"cli", "runner"}
+
+
+def test_below_the_runner_no_function_takes_the_whole_config():
+    """The configuration is resolved once into a RunPlan (plan.py); below runner.py, only the
+    functions named in WHOLE_CONFIG (12) and the validation take the whole DictConfig."""
+    found = set()
+    for path in SOURCES:
+        me = module_name(path)
+        if me in ABOVE_THE_RUNNER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    a.arg == "cfg" for a in node.args.args + node.args.kwonlyargs):
+                if not node.name.startswith("check"):
+                    found.add(f"{me}:{node.name}")
+    assert found - VALIDATION_HELPERS == WHOLE_CONFIG and len(WHOLE_CONFIG) == 12

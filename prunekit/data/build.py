@@ -62,7 +62,7 @@ def mean_std(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def tensor_data(name, train: Images, val: Images, test: Images, num_classes: int, channels: int,
-                 cfg, train_cfg, device, seed: int, channels_last: bool, source: str) -> Data:
+                 dataset, train_cfg, device, seed: int, channels_last: bool, source: str) -> Data:
     mean, std = mean_std(train.images)
     if train.images.shape[1] != channels:  # grayscale served to an RGB model
         mean, std = mean.expand(channels).clone(), std.expand(channels).clone()
@@ -70,8 +70,8 @@ def tensor_data(name, train: Images, val: Images, test: Images, num_classes: int
     common = dict(mean=mean, std=std, channels=channels, channels_last=channels_last)
     return Data(
         name,
-        TensorLoader(splits[0], train_cfg.batch_size, train=True, augment=cfg.augment, seed=seed,
-                     **common),
+        TensorLoader(splits[0], train_cfg.batch_size, train=True, augment=dataset.augment,
+                     seed=seed, **common),
         TensorLoader(splits[1], train_cfg.eval_batch_size, **common),
         TensorLoader(splits[2], train_cfg.eval_batch_size, **common),
         num_classes, channels, train.images.shape[-1], fast_path=True, source=source)

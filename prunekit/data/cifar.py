@@ -6,14 +6,14 @@ from prunekit.data.fetch import torchvision_arrays
 
 
 @image_arrays("cifar10")
-def load_cifar10(cfg):
+def load_cifar10(dataset):
     import torchvision  # here, not at import: `prune-run` starts without it
 
-    return torchvision_arrays(torchvision.datasets.CIFAR10, "CIFAR-10", cfg, True)
+    return torchvision_arrays(torchvision.datasets.CIFAR10, "CIFAR-10", dataset, True)
 
 
 @image_arrays("cifar100")
-def load_cifar100(cfg):
+def load_cifar100(dataset):
     import torchvision
 
-    return torchvision_arrays(torchvision.datasets.CIFAR100, "CIFAR-100", cfg, True)
+    return torchvision_arrays(torchvision.datasets.CIFAR100, "CIFAR-100", dataset, True)

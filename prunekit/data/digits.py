@@ -8,7 +8,7 @@ from prunekit.data.images import Images, stratified_split
 
 
 @image_arrays("digits")
-def load_digits(cfg) -> Arrays:
+def load_digits(dataset) -> Arrays:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -16,5 +16,5 @@ def load_digits(cfg) -> Arrays:
     labels = torch.from_numpy(bunch.target).long()
     full = Images(images.unsqueeze(1), labels)
     # digits has no official test split: a fixed, stratified one (same for every run)
-    train_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.split_seed + 1)
+    train_idx, test_idx = stratified_split(labels, dataset.test_fraction, dataset.split_seed + 1)
     return Arrays(full.take(train_idx), full.take(test_idx), 10, "scikit-learn's bundled digits")

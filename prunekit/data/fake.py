@@ -23,12 +23,13 @@ class FakeDatasetConfig(DatasetConfig):
 
 
 @image_arrays("fake")
-def load_fake(cfg):
+def load_fake(dataset):
     import torchvision  # here, not at import: `prune-run` starts without it
 
-    size = cfg.image_size or 32
-    n_test = max(cfg.num_samples // 5, cfg.num_classes)
-    kw = dict(image_size=(3, size, size), num_classes=cfg.num_classes)
-    train = torchvision.datasets.FakeData(size=cfg.num_samples, random_offset=cfg.split_seed, **kw)
-    test = torchvision.datasets.FakeData(size=n_test, random_offset=cfg.split_seed + 10**6, **kw)
-    return Arrays(decode_all(train), decode_all(test), cfg.num_classes, "torchvision's FakeData")
+    d = dataset
+    size = d.image_size or 32
+    n_test = max(d.num_samples // 5, d.num_classes)
+    kw = dict(image_size=(3, size, size), num_classes=d.num_classes)
+    train = torchvision.datasets.FakeData(size=d.num_samples, random_offset=d.split_seed, **kw)
+    test = torchvision.datasets.FakeData(size=n_test, random_offset=d.split_seed + 10**6, **kw)
+    return Arrays(decode_all(train), decode_all(test), d.num_classes, "torchvision's FakeData")

@@ -49,11 +49,11 @@ def download_error(name: str, root: str, err: Exception) -> ConfigError:
                        "access and dataset.download=true")
 
 
-def torchvision_arrays(cls, name: str, cfg, channels_last_input: bool):
-    root = os.path.expanduser(str(cfg.root))
+def torchvision_arrays(cls, name: str, dataset, channels_last_input: bool):
+    root = os.path.expanduser(str(dataset.root))
     try:
-        train = cls(root, train=True, download=cfg.download)
-        test = cls(root, train=False, download=cfg.download)
+        train = cls(root, train=True, download=dataset.download)
+        test = cls(root, train=False, download=dataset.download)
     except Exception as e:  # offline, missing files, corrupt archive
         raise download_error(name, root, e) from e
     classes = len(train.classes)

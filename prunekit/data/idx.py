@@ -79,22 +79,22 @@ def idx_split(files: Dict[str, str], split: str, num_classes: int) -> Images:
                   torch.from_numpy(labels.astype(np.int64)))
 
 
-def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None) -> Arrays:
+def _idx_dataset(cls, name: str, dataset, debian: Optional[str] = None) -> Arrays:
     """MNIST-format data from `dataset.path` when one is named (there and nowhere else: a typo
     must not train on other data), else from the first place that has the four IDX files:
     Debian's package folder, torchvision's layout under `dataset.root`; else torchvision's
     download (`dataset.download`)."""
-    if cfg.path:
-        folder = os.path.expanduser(str(cfg.path))
+    if dataset.path:
+        folder = os.path.expanduser(str(dataset.path))
         files = find_idx([folder])
         if files is None:
             wanted = ", ".join(stem + "[.gz]" for pair in IDX_FILES.values() for stem in pair)
             where = "has" if os.path.isdir(folder) else "is no folder, so it has"
-            raise ConfigError(f"dataset.path={cfg.path} {where} not the four IDX files of "
+            raise ConfigError(f"dataset.path={dataset.path} {where} not the four IDX files of "
                               f"{name} ({wanted}): point dataset.path at the folder that holds "
                               "them, or leave it unset to search the default places")
         return idx_arrays(files)
-    root = os.path.expanduser(str(cfg.root))
+    root = os.path.expanduser(str(dataset.root))
     folders = [debian] if debian else []
     folders.append(os.path.join(root, cls.__name__, "raw"))
     files = find_idx(folders)
@@ -102,12 +102,12 @@ def _idx_dataset(cls, name: str, cfg, debian: Optional[str] = None) -> Arrays:
         return idx_arrays(files)
     package = (f"install Debian's package (apt-get install dataset-{name.lower()}, or "
                "`make data`)" if debian else None)
-    if not cfg.download:
-        raise ConfigError(f"dataset={cfg.name}: {name}'s four IDX files are in none of "
+    if not dataset.download:
+        raise ConfigError(f"dataset={dataset.name}: {name}'s four IDX files are in none of "
                           f"{', '.join(folders)}: {package + ', ' if package else ''}point "
                           "dataset.path at them, or set dataset.download=true with a network")
     try:
-        return torchvision_arrays(cls, name, cfg, False)
+        return torchvision_arrays(cls, name, dataset, False)
     except ConfigError as e:
         if package is None:
             raise
@@ -120,15 +120,15 @@ def idx_arrays(files: Dict[str, str]) -> Arrays:
 
 
 @image_arrays("mnist")
-def load_mnist(cfg):
+def load_mnist(dataset):
     import torchvision  # here, not at import: `prune-run` starts without it
 
-    return _idx_dataset(torchvision.datasets.MNIST, "MNIST", cfg)
+    return _idx_dataset(torchvision.datasets.MNIST, "MNIST", dataset)
 
 
 @image_arrays("fashion_mnist")
-def load_fashion_mnist(cfg):
+def load_fashion_mnist(dataset):
     import torchvision
 
-    return _idx_dataset(torchvision.datasets.FashionMNIST, "Fashion-MNIST", cfg,
+    return _idx_dataset(torchvision.datasets.FashionMNIST, "Fashion-MNIST", dataset,
                         DEBIAN_FASHION_MNIST)

@@ -41,38 +41,38 @@ class ImageFolderConfig(DatasetConfig):
 
 
 @DATASETS.register("imagefolder")
-def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
+def image_folder(dataset, train_cfg, channels: int, device, seed: int, channels_last: bool) -> Data:
     from torchvision import transforms as T  # here, not at import: `prune-run` starts without it
 
-    path = os.path.expanduser(str(cfg.path))
-    size = cfg.image_size or 224
+    path = os.path.expanduser(str(dataset.path))
+    size = dataset.image_size or 224
     test_dir = os.path.join(path, "val")
     if not os.path.isdir(test_dir):
-        raise ConfigError(f"dataset.path={cfg.path} has no val/ folder: the test split is "
+        raise ConfigError(f"dataset.path={dataset.path} has no val/ folder: the test split is "
                           "read from val/ (ImageNet layout)")
     names = class_names(os.path.join(path, "train"))
     classes = {name: i for i, name in enumerate(names)}
-    full = index_split(os.path.join(path, "train"), classes, f"{cfg.path}/train")
-    test_full = index_split(test_dir, classes, f"{cfg.path}/val")
+    full = index_split(os.path.join(path, "train"), classes, f"{dataset.path}/train")
+    test_full = index_split(test_dir, classes, f"{dataset.path}/val")
     if not full.samples:
-        raise ConfigError(f"dataset.path={cfg.path}: train/ holds no images "
+        raise ConfigError(f"dataset.path={dataset.path}: train/ holds no images "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
     notes = describe_classes(names, test_full, classes, full.skipped_links +
                              test_full.skipped_links)
     content = fingerprint([full, test_full], path)
     labels, test_labels = full.labels, test_full.labels
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
-    train_idx = train_idx[subset_indices(labels[train_idx], cfg.subset, cfg.split_seed)]
-    val_idx = val_idx[subset_indices(labels[val_idx], cfg.subset, cfg.split_seed)]
-    test_idx = subset_indices(test_labels, cfg.subset, cfg.split_seed)
+    train_idx, val_idx = stratified_split(labels, dataset.val_fraction, dataset.split_seed)
+    train_idx = train_idx[subset_indices(labels[train_idx], dataset.subset, dataset.split_seed)]
+    val_idx = val_idx[subset_indices(labels[val_idx], dataset.subset, dataset.split_seed)]
+    test_idx = subset_indices(test_labels, dataset.subset, dataset.split_seed)
     part = lambda index, idx: [index.samples[i] for i in idx.tolist()]  # noqa: E731
     splits = (part(full, train_idx), part(full, val_idx), part(test_full, test_idx))
     for samples, split in zip(splits, ("train/ (train)", "train/ (validation)", "val/ (test)")):
         if not samples:
-            raise ConfigError(f"dataset.subset={cfg.subset} leaves no image in {split}: raise "
+            raise ConfigError(f"dataset.subset={dataset.subset} leaves no image in {split}: raise "
                               "dataset.subset or add images")
 
-    in_memory = cfg.in_memory
+    in_memory = dataset.in_memory
     estimate = (len(full.samples) + len(test_full.samples)) * 3 * size * size
     if in_memory is None:
         in_memory = estimate < IN_MEMORY_LIMIT_BYTES
@@ -80,15 +80,15 @@ def image_folder(cfg, train_cfg, channels: int, device, seed: int, channels_last
         resize = T.Compose([T.Resize(int(size * 8 / 7)), T.CenterCrop(size)]
                            + ([T.Grayscale()] if channels == 1 else []))
         train, val, test = (decode_all(ImageFiles(samples, resize)) for samples in splits)
-        data = tensor_data("imagefolder", train, val, test, len(names), channels, cfg,
+        data = tensor_data("imagefolder", train, val, test, len(names), channels, dataset,
                            train_cfg, device, seed, channels_last, path)
     else:
-        data = streamed(cfg, train_cfg, path, splits, len(names), channels, size, device, seed,
+        data = streamed(dataset, train_cfg, path, splits, len(names), channels, size, device, seed,
                         channels_last)
     return dataclasses.replace(data, content=content, notes=notes)
 
 
-def streamed(cfg, train_cfg, path: str, splits, classes: int, channels: int, size: int, device,
+def streamed(dataset, train_cfg, path: str, splits, classes: int, channels: int, size: int, device,
              seed: int, channels_last: bool) -> Data:
     """An image folder too large for memory, streamed through torch's DataLoader: random
     resized crops (and flips) for training, the centre crop for val and test."""
@@ -99,11 +99,11 @@ def streamed(cfg, train_cfg, path: str, splits, classes: int, channels: int, siz
     norm = T.Normalize(mean, std)
     g = [T.Grayscale()] if channels == 1 else []
     train_tf = T.Compose(g + [T.RandomResizedCrop(size)]
-                         + ([T.RandomHorizontalFlip()] if cfg.augment == "crop_flip" else [])
+                         + ([T.RandomHorizontalFlip()] if dataset.augment == "crop_flip" else [])
                          + [T.ToTensor(), norm])
     eval_tf = T.Compose(g + [T.Resize(int(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(), norm])
     train, val, test = splits
-    kw = dict(num_workers=cfg.num_workers, device=device, channels_last=channels_last)
+    kw = dict(num_workers=dataset.num_workers, device=device, channels_last=channels_last)
     return Data("imagefolder",
                 StreamLoader(ImageFiles(train, train_tf), train_cfg.batch_size, train=True,
                              seed=seed, **kw),

@@ -36,24 +36,24 @@ log = logging.getLogger(__name__)
 def check_reach(plan: RunPlan, model: nn.Module, example) -> None:
     """Refuse, before any training, a counted target (flops, params) this method cannot reach on
     this model: counts do not depend on the weights, so the untrained model answers."""
-    t, unit = plan.target, plan.method
-    if not t.kind.counted or not unit.prunes:
+    t, method = plan.target, plan.method
+    if not t.kind.counted or not method.prunes:
         return
-    most = unit.max_removed(build_pruner(plan, model, example))
+    most = method.max_removed(build_pruner(plan, model, example))
     if most < t.fraction - 1e-9:
-        raise ConfigError(f"target.value={t.value} is out of reach: method={unit.name} can "
+        raise ConfigError(f"target.value={t.value} is out of reach: method={method.name} can "
                           f"shrink the {t.kind.name} of model={plan.model.name} at most "
                           f"{as_factor(most):.3g}×")
 
 
-def solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
+def solve_latency(ctx: Context, method: "Method") -> Dict[str, float]:
     """The FLOPs fraction whose pruned model measures the speedup `target.value` (module
     docstring), and the summary keys; rank 0 measures, every rank gets its answer (or its
     refusal)."""
     answer = None
     if distributed.current().main:
         try:
-            answer = _solve_latency(ctx, unit)
+            answer = _solve_latency(ctx, method)
         except ConfigError as e:
             answer = {"refused": str(e)}
     answer = distributed.from_main(answer)
@@ -77,13 +77,13 @@ def next_fraction(below: Optional[Dict[str, float]], above: Optional[Dict[str, f
     return lo + (hi - lo) * min(max(share, 0.1), 0.9)
 
 
-def measure_at(ctx: Context, unit: "Method", c: float, bs: int) -> Dict[str, float]:
+def measure_at(ctx: Context, method: "Method", c: float, bs: int) -> Dict[str, float]:
     """Prune a fork to the FLOPs fraction `c` with the method's rule, compact it and time it
     beside the dense model at batch `bs`: its speedup, the p95/median spread, its FLOPs factor."""
     lat = ctx.plan.latency
     fork = ctx.fork(quiet=True)
     fork.target = c
-    unit.reach(fork)
+    method.reach(fork)
     fork.compact()
     dense, pruned = measure_latencies([ctx.dense_model, fork.model],
                                       tuple(ctx.check_input.shape[1:]), ctx.hw, batch_sizes=[bs],
@@ -97,10 +97,10 @@ def measure_at(ctx: Context, unit: "Method", c: float, bs: int) -> Dict[str, flo
     return point
 
 
-def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
+def _solve_latency(ctx: Context, method: "Method") -> Dict[str, float]:
     t = ctx.plan.target
     bs, goal = t.batch_size, t.value
-    most = unit.max_removed(ctx.pruner)
+    most = method.max_removed(ctx.pruner)
     tried: List[Dict[str, float]] = []
     below: Optional[Dict[str, float]] = None
     above: Optional[Dict[str, float]] = None
@@ -108,7 +108,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
     c = min(t.fraction, most)
     with ctx.clock.phase("search"):
         while len(tried) < t.max_measurements:
-            point = measure_at(ctx, unit, c, bs)
+            point = measure_at(ctx, method, c, bs)
             tried.append(point)
             s = point["speedup"]
             if goal <= s <= goal * (1.0 + t.tolerance):
@@ -118,7 +118,7 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
                 if c >= most - 1e-9:
                     raise ConfigError(
                         f"target.value={goal:g} is out of reach: the most method="
-                        f"{unit.name} can prune measures {s:.3g}× at batch {bs} on "
+                        f"{method.name} can prune measures {s:.3g}× at batch {bs} on "
                         f"{ctx.hw.device.type} (FLOPs {point['flops']:.3g}×)")
                 below = point
             else:
@@ -134,12 +134,12 @@ def _solve_latency(ctx: Context, unit: "Method") -> Dict[str, float]:
             "latency_solve_flops": chosen["flops"]}
 
 
-def aim(ctx: Context, unit: "Method") -> None:
+def aim(ctx: Context, method: "Method") -> None:
     """Before the method runs: a latency target becomes the FLOPs fraction that meets it
     (solved once, journaled: a resumed run reads it back)."""
-    if not ctx.plan.target.kind.measured or not unit.prunes:
+    if not ctx.plan.target.kind.measured or not method.prunes:
         return
-    solved = ctx.once(lambda: solve_latency(ctx, unit))
+    solved = ctx.once(lambda: solve_latency(ctx, method))
     ctx.target = solved.pop("removed")
     ctx.tally.report(**solved)
 
