@@ -206,3 +206,25 @@ def test_below_the_runner_no_function_takes_the_whole_config():
                 if not node.name.startswith("check"):
                     found.add(f"{me}:{node.name}")
     assert found - VALIDATION_HELPERS == WHOLE_CONFIG and len(WHOLE_CONFIG) == 12
+
+
+def test_methods_change_the_context_through_its_operations():
+    """A method changes the Context's state through its declared operations (use_data,
+    compare_with, aim_at, prune_to, ...), never by assigning a field of it."""
+    import dataclasses
+
+    from prunekit.methods.context import Context
+
+    fields = {f.name for f in dataclasses.fields(Context)}
+    found = []
+    for path in SOURCES:
+        me = module_name(path)
+        if not me.startswith("methods.") or me == "methods.context":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            found += [(me, node.lineno, t.attr) for t in targets
+                      if isinstance(t, ast.Attribute) and t.attr in fields
+                      and not (isinstance(t.value, ast.Name) and t.value.id == "self")]
+    assert found == []

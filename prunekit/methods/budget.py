@@ -82,7 +82,7 @@ def measure_at(ctx: Context, method: "Method", c: float, bs: int) -> Dict[str, f
     beside the dense model at batch `bs`: its speedup, the p95/median spread, its FLOPs factor."""
     lat = ctx.plan.latency
     fork = ctx.fork(quiet=True)
-    fork.target = c
+    fork.aim_at(c)
     method.reach(fork)
     fork.compact()
     dense, pruned = measure_latencies([ctx.dense_model, fork.model],
@@ -140,7 +140,7 @@ def aim(ctx: Context, method: "Method") -> None:
     if not ctx.plan.target.kind.measured or not method.prunes:
         return
     solved = ctx.once(lambda: solve_latency(ctx, method))
-    ctx.target = solved.pop("removed")
+    ctx.aim_at(solved.pop("removed"))
     ctx.tally.report(**solved)
 
 

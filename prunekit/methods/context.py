@@ -203,6 +203,16 @@ class Context:
         self.data = data
         self.trainer = self.trainer.with_data(data, log_level)
 
+    def compare_with(self, dense_val_top1: float) -> None:
+        """The dense model's val top-1 that decisions compare with from now on (measured on
+        the data decisions are taken on: a val subset has its own)."""
+        self.dense_val_top1 = dense_val_top1
+
+    def aim_at(self, target: float) -> None:
+        """Prune toward the removed fraction `target` from now on (a latency target's FLOPs
+        fraction, once solved; a fork measuring one candidate)."""
+        self.target = target
+
     def fork(self, data: Optional[Data] = None, quiet: bool = False,
              clock: Optional[PhaseClock] = None) -> "Context":
         """A context for side work on a copy of the current model, made from the pieces'

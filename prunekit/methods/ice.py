@@ -152,7 +152,7 @@ class Ice(Method):
                 ctx.tally.report(probe_images=ctx.tally.results.get("autotune_train_images"))
         if c.val_fraction < 1.0:  # decide on a subset of val, against the dense model on it
             ctx.use_data(ctx.data.subset(val=c.val_fraction, seed=ctx.plan.seed))
-            ctx.dense_val_top1 = ctx.validate(ctx.dense_model)
+            ctx.compare_with(ctx.validate(ctx.dense_model))
         frozen: List[str] = []
         if c.use_freeze:
             if changes is None:

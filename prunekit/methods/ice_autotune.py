@@ -74,7 +74,7 @@ class TrialBench:
         """The whole ICE pipeline with `knobs` on the subsets: its drop, seconds and counts.
         Raises DivergenceError when its training diverged."""
         trial_ctx = self.ctx.fork(self.data, quiet=True)
-        trial_ctx.dense_val_top1 = self.dense_top1
+        trial_ctx.compare_with(self.dense_top1)
         frozen = least_changed(self.changes, knobs.freeze_ratio) if self.options.use_freeze else []
         started = time.perf_counter()
         top1 = ice_prune(trial_ctx, self.options, knobs, frozen, log_level=logging.DEBUG)
