@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/python -m pytest
 .PHONY: install data demo check-wheel test test-slow reproduce-ice reproduce-ice-smoke reproduce-autocompress \
         reproduce-autocompress-smoke reproduce-gradual reproduce-gradual-smoke reproduce-slr \
         reproduce-slr-smoke compare bench-admm \
-        bench-speedup bench-deploy bench-loop bench-stop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot clean
+        bench-speedup bench-deploy bench-loop bench-stop bench-gpu verdicts verdicts-full verdicts-gpu report-screenshot docs clean
 
 install:  ## a virtualenv with prunekit (editable) and the test tools
 	$(PY) -m venv $(VENV)
@@ -40,10 +40,15 @@ check-wheel:  ## the wheel, installed (not editable, no dev extra) in a fresh ve
 	PY=$(BIN)/python scripts/check_wheel.sh
 
 TEST_WORKERS ?= 2
-test:  ## lint, the architecture map's figures, then the fast suite on TEST_WORKERS processes (what CI runs)
+SITE ?= outputs/site
+test:  ## lint, the architecture map's figures, the docs site (strict), then the fast suite on TEST_WORKERS processes (what CI runs)
 	$(BIN)/ruff check prunekit tests scripts
 	$(BIN)/python scripts/code_stats.py --check docs/architecture.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(SITE)
 	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadgroup
+
+docs:  ## preview the documentation site (MkDocs, Material theme) at http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test-slow:  ## the long end-to-end runs (paper-scale checks of the issues' "done when")
 	$(PYTEST) -q -m slow

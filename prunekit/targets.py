@@ -1,4 +1,4 @@
-"""What a run aims at (`target.kind`, README "Targets"): one class per kind, registered in
+"""What a run aims at (`target.kind`, docs/targets.md): one class per kind, registered in
 `TARGET_KINDS`, answering what callers ask — how its value reads, what the pruner counts, how it
 is reached, how it is printed — so a new kind is one class here and nothing else.
 
@@ -26,7 +26,7 @@ from prunekit.registry import Registry
 
 @dataclass
 class TargetConfig:
-    """What pruning aims at (README "Targets"): `sparsity` (the top-level key) or a reduction
+    """What pruning aims at (docs/targets.md): `sparsity` (the top-level key) or a reduction
     factor of the FLOPs, the non-zero parameters or the measured latency."""
 
     kind: str = "sparsity"

@@ -878,7 +878,7 @@ def gpu_lines(results: dict, tier: Tier) -> List[str]:
         lines += ["The GPU tier (ICE at resnet56, resnet110 and resnet152_cifar at 28x28, the "
                   "other claims on resnet56 with more epochs) is split into jobs that each fit "
                   "one device call, merging into one results.json; its figures are in "
-                  "[results-gpu.md](results-gpu.md) once run. None of its figures is here: they "
+                  "`docs/results-gpu.md` once run. None of its figures is here: they "
                   "were not measured on this machine.", ""]
     lines += ["`make verdicts-gpu JOB=<job>` (`python scripts/verdicts.py --full --job <job>`); "
               "a job trains the dense models it needs unless results.json records them (from "

@@ -1,4 +1,4 @@
-"""The run's target as a method reaches it (README "Targets"): its removed fraction, the reach check
+"""The run's target as a method reaches it (docs/targets.md): its removed fraction, the reach check
 before any training, the latency solve, and what the summary says was achieved.
 
 A latency target (`target.kind=latency`, a speedup factor F at `target.batch_size`) is turned into

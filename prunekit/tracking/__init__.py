@@ -1,6 +1,6 @@
 """Experiment trackers, the `logger` config group: TensorBoard, MLflow, Weights & Biases.
 
-What a tracked run sends each of them (README "Loggers"): the resolved config when it starts;
+What a tracked run sends each of them (docs/loggers.md): the resolved config when it starts;
 every steps.csv row as it is written (series `step`); every training epoch's loss and val top-1
 (series `dense` while the dense model trains, `epoch` while the method runs); the summary's
 numbers when it ends; and its files (summary.json, steps.csv, layers.csv, the resolved config,
