@@ -1,5 +1,4 @@
 """scripts/verdicts.py: the verdict rules on constructed figures, and the whole script on digits."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,12 +7,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("verdicts", ROOT / "scripts" / "verdicts.py")
-verdicts = importlib.util.module_from_spec(spec)
-sys.modules["verdicts"] = verdicts  # dataclasses look their module up
-spec.loader.exec_module(verdicts)
+sys.path.insert(0, str(ROOT / "scripts"))  # the claims package, as verdicts.py imports it
+from claims import CLAIMS, document, running, tiers  # noqa: E402
+from claims import autocompress as ac_claim  # noqa: E402
+from claims import base as common  # noqa: E402
+from claims import gradual as agp_claim  # noqa: E402
+from claims import ice as ice_claim  # noqa: E402
+from claims import slr as slr_claim  # noqa: E402
 
-HOLDS, PART, NOT = verdicts.HOLDS, verdicts.PART, verdicts.NOT
+HOLDS, PART, NOT = common.HOLDS, common.PART, common.NOT
+
+
+def regime(key, runs):
+    """A comparison's settings against its paper's, as its claim reads them."""
+    return CLAIMS[common.kind_of(key)].settings(runs)
 
 
 def ice_pair(base_s, ice_s, base_top1, ice_top1, reference_s=0.0):
@@ -34,7 +41,7 @@ def ice_pair(base_s, ice_s, base_top1, ice_top1, reference_s=0.0):
     (1000, 900, -2.0, NOT),     # a little faster and worse
 ])
 def test_ice_verdict(base_s, ice_s, gap, verdict):
-    got, why, figures = verdicts.verdict_ice(*ice_pair(base_s, ice_s, 90.0, 90.0 + gap))
+    got, why, figures = ice_claim.verdict_ice(*ice_pair(base_s, ice_s, 90.0, 90.0 + gap))
     assert got == verdict
     assert figures["time_ratio"] == pytest.approx(base_s / ice_s)
     assert "4 of 15" in why and "15 of 15" in why
@@ -42,8 +49,8 @@ def test_ice_verdict(base_s, ice_s, gap, verdict):
 
 def test_ice_time_leaves_out_the_reference_trial():
     base, ice = ice_pair(1000, 450, 90.0, 90.0, reference_s=200.0)
-    assert verdicts.ice_time(ice) == pytest.approx(450)
-    assert verdicts.verdict_ice(base, ice)[0] == HOLDS  # 1000 / 650 would not be 2x
+    assert ice_claim.ice_time(ice) == pytest.approx(450)
+    assert ice_claim.verdict_ice(base, ice)[0] == HOLDS  # 1000 / 650 would not be 2x
 
 
 def slr_pair(slr_hard, slr_retrained, admm_hard):
@@ -58,7 +65,7 @@ def slr_pair(slr_hard, slr_retrained, admm_hard):
     (50.0, 89.0, 60.0, NOT),
 ])
 def test_slr_verdict(slr_hard, slr_retrained, admm_hard, verdict):
-    assert verdicts.verdict_slr(*slr_pair(slr_hard, slr_retrained, admm_hard))[0] == verdict
+    assert slr_claim.verdict_slr(*slr_pair(slr_hard, slr_retrained, admm_hard))[0] == verdict
 
 
 def run_of(label, top1, compression, dense=92.0):
@@ -76,7 +83,7 @@ def run_of(label, top1, compression, dense=92.0):
 def test_autocompress_verdict(ac_top1, compression, base_top1, verdict):
     runs = [run_of("iterative", base_top1, 12.0), run_of("admm", base_top1 - 1, 12.0),
             run_of("autocompress", ac_top1, compression)]
-    assert verdicts.verdict_autocompress(runs)[0] == verdict
+    assert ac_claim.verdict_autocompress(runs)[0] == verdict
 
 
 @pytest.mark.parametrize("agp,oneshot,verdict", [
@@ -85,25 +92,25 @@ def test_autocompress_verdict(ac_top1, compression, base_top1, verdict):
 def test_gradual_verdict(agp, oneshot, verdict):
     runs = [run_of("one-shot", oneshot, 10.0), run_of("iterative", oneshot - 1, 10.0),
             run_of("agp", agp, 10.0)]
-    assert verdicts.verdict_gradual(runs)[0] == verdict
+    assert agp_claim.verdict_gradual(runs)[0] == verdict
 
 
 def test_readme_block_is_replaced_between_the_markers_only(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# t\nbefore\n{verdicts.README_BEGIN}\nold\n{verdicts.README_END}\nafter\n")
-    assert verdicts.update_readme(readme, "| new |\n")
-    assert readme.read_text() == (f"# t\nbefore\n{verdicts.README_BEGIN}\n| new |\n"
-                                  f"{verdicts.README_END}\nafter\n")
+    readme.write_text(f"# t\nbefore\n{document.README_BEGIN}\nold\n{document.README_END}\nafter\n")
+    assert document.update_readme(readme, "| new |\n")
+    assert readme.read_text() == (f"# t\nbefore\n{document.README_BEGIN}\n| new |\n"
+                                  f"{document.README_END}\nafter\n")
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert not verdicts.update_readme(plain, "x") and plain.read_text() == "no markers\n"
+    assert not document.update_readme(plain, "x") and plain.read_text() == "no markers\n"
 
 
 def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
     """The smoke tier on digits: every comparison runs, the document has its four verdicts and
     the ICE trials, the README block is written, and --render rebuilds the same document."""
     readme = tmp_path / "README.md"
-    readme.write_text(f"x\n{verdicts.README_BEGIN}\n{verdicts.README_END}\n")
+    readme.write_text(f"x\n{document.README_BEGIN}\n{document.README_END}\n")
     doc, out = tmp_path / "results.md", tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts" / "verdicts.py"), "--tier", "smoke",
            "--out", str(out), "--doc", str(doc), "--readme", str(readme)]
@@ -116,7 +123,7 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
     assert "reference (the paper's defaults)" in text and "| yes |" in text  # trials table
     assert "None of its figures is here" in text  # no GPU figure claimed
     assert text.count("| setting | here | the paper | matches |") == 4
-    for label in verdicts.ICE_LABELS[:3]:
+    for label in ice_claim.ICE_LABELS[:3]:
         assert f"| {label} |" in text
     results = json.loads((out / "results.json").read_text())
     assert {"dense_lenet5", "ice_0", "ice_1", "ice_2", "slr_1", "autocompress_2",
@@ -143,7 +150,7 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
     assert spliced.count("**Verdict: ") == 4 and "Not run in this session" not in spliced
     assert "- Rerun of slr at " in spliced and "| rerun: lenet5 |" in spliced
     for title in ("ICE-Pruning vs", "AutoCompress vs", "Gradual (AGP) vs"):
-        section = lambda t: next(b for h, b in verdicts.blocks(t) if title in h)  # noqa: E731
+        section = lambda t: next(b for h, b in document.blocks(t) if title in h)  # noqa: E731
         assert section(spliced) == section(text)
     assert readme.read_text().count("| **") == 4  # every verdict row kept
 
@@ -151,13 +158,13 @@ def test_the_script_runs_every_comparison_and_renders_again(tmp_path):
 def test_splice_replaces_the_rerun_sections_and_keeps_the_rest():
     old = "# d\n\n- Run: then\n\n## 1. A (m)\n\nold a\n\n## 2. B (m)\n\nold b\n"
     new = "# d\n\n- Run: now\n\n## 1. A (m)\n\nNot run in this session.\n\n## 2. B (m)\n\nnew b\n"
-    got = verdicts.splice(old, new, {"partial": ["b"], "started": "s", "command": "c",
+    got = document.splice(old, new, {"partial": ["b"], "started": "s", "command": "c",
                                      "machine": "m"})
     assert "old a" in got and "new b" in got and "old b" not in got and "Run: then" in got
     assert got.index("- Rerun of b at s") > got.index("- Run: then")
     block = "| A | claim | 1 | **holds** |\n| B | claim | 2 | **holds** |\n"
     fresh = "| A | claim | not run | — |\n| B | claim | 3 | **fails** |\n"
-    assert verdicts.splice_readme(block, fresh) == (
+    assert document.splice_readme(block, fresh) == (
         "| A | claim | 1 | **holds** |\n| B | claim | 3 | **fails** |\n")
 
 
@@ -179,35 +186,35 @@ def test_the_phase_clock_leaves_out_excluded_time():
 
 
 def test_a_claim_outside_its_regime_is_not_tested_rather_than_refuted():
-    settings = [verdicts.Setting("blocks", "15", "27 / 54 / 75", False),
-                verdicts.Setting("data", "fashion_mnist", "CIFAR-10", False, decisive=False)]
-    verdict, why = verdicts.in_regime(NOT, "slower", settings)
-    assert verdict == verdicts.NOT_TESTED and "missing: blocks: 15 here, 27 / 54 / 75" in why
+    settings = [common.Setting("blocks", "15", "27 / 54 / 75", False),
+                common.Setting("data", "fashion_mnist", "CIFAR-10", False, decisive=False)]
+    verdict, why = common.in_regime(NOT, "slower", settings)
+    assert verdict == common.NOT_TESTED and "missing: blocks: 15 here, 27 / 54 / 75" in why
     assert "data" not in why.split("missing:")[1]
-    holds = verdicts.in_regime(HOLDS, "fast", settings)  # said, with the regime it lacked
+    holds = common.in_regime(HOLDS, "fast", settings)  # said, with the regime it lacked
     assert holds == (HOLDS, "fast (outside its paper's regime: blocks: 15 here, 27 / 54 / 75 "
                             "in the paper)")
-    assert verdicts.in_regime(NOT, "slower", settings[1:]) == (NOT, "slower")
+    assert common.in_regime(NOT, "slower", settings[1:]) == (NOT, "slower")
     # the ICE regime is read from the runs: depth and the baseline's distillation decide
     base = {"hparams": {"distill": True}, "dataset": "fashion_mnist"}
     deep = {"steps": 27, "model": "resnet56", "autotune_trials": 6}
-    got = {s.what: s.matches for s in verdicts.regime("ice56", [base, {}, deep])}
+    got = {s.what: s.matches for s in regime("ice56", [base, {}, deep])}
     assert got["residual blocks pruned"] and got["the baseline distils (KL at T = 2)"]
-    shallow = {s.what: s.matches for s in verdicts.regime("ice", [
+    shallow = {s.what: s.matches for s in regime("ice", [
         {"hparams": {"distill": False}}, {}, {**deep, "steps": 15}])}
     assert not shallow["residual blocks pruned"]
     assert not shallow["the baseline distils (KL at T = 2)"]
     # AGP: in its regime when the schedule ends early enough to train on at the final sparsity
-    agp = {s.what: s.matches for s in verdicts.regime("gradual", [{}, {}, {
+    agp = {s.what: s.matches for s in regime("gradual", [{}, {}, {
         "hparams": {"end_fraction": 0.5, "epochs": 6}}])}
     assert all(agp[k] for k in ("the schedule ends", "training at the final sparsity"))
-    late = {s.what: s.matches for s in verdicts.regime("gradual", [{}, {}, {
+    late = {s.what: s.matches for s in regime("gradual", [{}, {}, {
         "hparams": {"end_fraction": 0.75, "epochs": 2}}])}
     assert not late["training at the final sparsity"]
 
 
 def test_the_depth_table_and_plot_come_from_every_ice_depth(tmp_path):
-    tier = verdicts.gpu_tier()
+    tier = tiers.gpu_tier()
 
     def side(label, seconds, top1, steps, finetunes):
         return {"label": label, "time_total_s": seconds, "top1": top1, "steps": steps,
@@ -218,17 +225,17 @@ def test_the_depth_table_and_plot_come_from_every_ice_depth(tmp_path):
         runs[f"{key}_0"] = side("base", 600.0, 92.0, blocks, blocks)
         runs[f"{key}_1"] = side("plain", 540.0, 91.5, blocks, blocks)
         runs[f"{key}_2"] = side("ice", ice_s, 91.8, blocks, blocks // 3)
-    points = verdicts.ice_depths({"runs": runs}, tier)
+    points = ice_claim.ice_depths({"runs": runs}, tier)
     assert [p["blocks"] for p in points] == [27, 54]
     assert points[0]["speedup"] == pytest.approx(3.0) and points[1]["finetuned"] == 18 / 54
-    lines = "\n".join(verdicts.depth_lines({"runs": runs}, tier))
+    lines = "\n".join(ice_claim.depth_lines({"runs": runs}, tier))
     assert "| resnet56 | 27 | 3.00x | 2.70x | -0.20 | 33% |" in lines
     assert "img/ice_depth_full.png" in lines
     png = tmp_path / "img" / "ice_depth_full.png"
-    assert verdicts.depth_plot({"runs": runs}, tier, png)
+    assert ice_claim.depth_plot({"runs": runs}, tier, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
     one = {k: v for k, v in runs.items() if k.startswith("ice56")}
-    assert not verdicts.depth_plot({"runs": one}, tier, tmp_path / "no.png")
+    assert not ice_claim.depth_plot({"runs": one}, tier, tmp_path / "no.png")
 
 
 def test_a_job_runs_its_part_and_merges_into_the_results(tmp_path):
@@ -250,7 +257,20 @@ def test_a_job_runs_its_part_and_merges_into_the_results(tmp_path):
     assert set(merged["jobs"]) == {"dense", "slr-admm"}
     r = subprocess.run([*cmd, "--job", "nosuch"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--job nosuch" in r.stderr
-    gpu = verdicts.gpu_tier()
-    _, covered = verdicts.selected(gpu, [e for entries in gpu.jobs.values() for e in entries])
+    gpu = tiers.gpu_tier()
+    _, covered = running.selected(gpu, [e for entries in gpu.jobs.values() for e in entries])
     assert {(c.key, i) for c, i in covered} >= {(c.key, i) for c in gpu.comparisons
                                                   for i in range(len(c.runs))}
+
+
+def test_one_claim_one_module_and_no_verdict_file_over_400_lines():
+    """scripts/verdicts.py is the entry point; each claim is a module of scripts/claims/ named
+    by its kind, and no file of the verdicts is over 400 lines."""
+    folder = ROOT / "scripts" / "claims"
+    assert set(CLAIMS) == {"ice", "slr", "autocompress", "gradual"}
+    for kind, claim in CLAIMS.items():
+        module = sys.modules[f"claims.{kind}"]
+        assert module.CLAIM is claim and (folder / f"{kind}.py").is_file()
+    sizes = {p.name: len(p.read_text().splitlines())
+             for p in [ROOT / "scripts" / "verdicts.py", *folder.glob("*.py")]}
+    assert max(sizes.values()) <= 400, sizes
