@@ -196,6 +196,12 @@ def test_residual_stream_groups_couple_every_branch():
     names = set(stream.member_names())
     assert {"layer2.0.conv2", "layer2.1.conv2", "layer3.0.conv1"} <= names
     assert stream.block is None  # spans blocks: not a blockwise target
+    # a group is found by its root, and says which members hold its outputs, inputs, norms
+    assert p.groups.by_root(stream.root) is stream and list(p.groups)[0] is p.groups[0]
+    assert "layer2.0.downsample.0" in {m.module for m in stream.outputs()}
+    assert "layer3.0.conv1" in {m.module for m in stream.inputs()}
+    assert "layer2.0.downsample.1" in {m.module for m in stream.norms()}
+    assert not {m.module for m in stream.inputs()} & {m.module for m in stream.outputs()}
 
 
 def test_blockwise_steps_and_ceil_ratio():

@@ -242,7 +242,7 @@ def admm_constraints(ctx: Context, options: DictConfig) -> List:
     """The constraint set of every layer (filter: every channel group) for `method=admm`."""
     pruner, g = ctx.pruner, options.granularity
     if pruner.granularity.prunes_filters:
-        groups = pruner.groups.groups
+        groups = list(pruner.groups)
         rates = layer_rate_patterns(parse_layer_rates(options.layer_rates),
                                     [grp.root for grp in groups])
         plan = pruner.planner.filter_plan(ctx.target)

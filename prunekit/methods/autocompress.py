@@ -105,7 +105,7 @@ def search_space(pruner, schemes: Sequence[str]) -> SearchSpace:
     units: List[SearchUnit] = []
     covered = set()
     if any(by_filter(x) for x in schemes):
-        for g in pruner.groups.groups:
+        for g in pruner.groups:
             layers = tuple(m.module for m in g.outputs())
             size, lower = removed_fraction(pruner, layers)
             units.append(SearchUnit(g.root, layers, size, tuple(schemes), lower))
@@ -123,13 +123,12 @@ def search_space(pruner, schemes: Sequence[str]) -> SearchSpace:
 
 def constraints_for(pruner, units: Sequence[SearchUnit], action: Action) -> List:
     """The constraint sets of an action on the model's current weights."""
-    roots = {g.root: g for g in pruner.groups.groups} if pruner.groups is not None else {}
     out: List = []
     for u, rate, scheme in zip(units, action.rates, action.schemes):
         if by_filter(scheme):
             weights = {n: pruner.weight(n) for n in u.layers}
-            out.append(FilterConstraint.for_rate(roots[u.name], weights, rate, u.size,
-                                                 pruner.spec.channel_multiple))
+            out.append(FilterConstraint.for_rate(pruner.groups.by_root(u.name), weights, rate,
+                                                 u.size, pruner.spec.channel_multiple))
         else:
             out += [LayerConstraint.for_rate(pruner.weight(n), n, scheme, rate,
                                              pruner.dense_numel[n]) for n in u.layers]
@@ -144,11 +143,12 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
     if pruner.cost.uniform:
         return None
     removed = pruner.planner.plan_cost()
-    index = {g.root: gi for gi, g in enumerate(pruner.groups.groups)}
+    index = {u.name: pruner.groups.index_of(u.name) for u in units
+             if any(by_filter(x) for x in u.schemes)}
     alive = {}  # filter-capable unit -> non-zero weights of each of its channels
     for u in units:
         if any(by_filter(x) for x in u.schemes):
-            group = pruner.groups.groups[index[u.name]]
+            group = pruner.groups[index[u.name]]
             weights = {n: pruner.weight(n) for n in u.layers}
             alive[u.name] = group.per_channel(weights, lambda rows: rows.ne(0).sum(1)).long()
 
@@ -157,7 +157,7 @@ def action_measure(pruner, units: Sequence[SearchUnit]) -> Optional[Measure]:
         for u, rate, scheme in zip(units, rates, schemes):
             if by_filter(scheme):
                 a = alive[u.name]
-                g = pruner.groups.groups[index[u.name]]
+                g = pruner.groups[index[u.name]]
                 n = aligned_removal(zero_count(a.double(), a, u.size, rate), g.size,
                                     g.dense_size, int((a == 0).sum()), pruner.spec.channel_multiple)
                 removal[index[u.name]] = torch.argsort(a, stable=True)[:n]  # the dead first

@@ -81,7 +81,7 @@ class Slimming(Method):
 
     def run(self, ctx: Context) -> None:
         c = self.options
-        norms = bn_scales(ctx.model, ctx.pruner.groups.groups)
+        norms = bn_scales(ctx.model, list(ctx.pruner.groups))
         if not norms:
             raise ConfigError(f"method=slimming needs BatchNorm layers (or channel LayerNorms) "
                               f"in the prunable channel groups; model {model_label(ctx.plan.model)}"

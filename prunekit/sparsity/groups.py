@@ -212,6 +212,24 @@ class ChannelGroups:
     def _names(self) -> Dict[nn.Module, str]:
         return {m: n for n, m in self.model.named_modules()}
 
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> ChannelGroup:
+        return self.groups[index]
+
+    def index_of(self, root: str) -> int:
+        """The position of the group whose channels `root`'s outputs define (the last built,
+        where a merged conv-group group took a traced group's root)."""
+        return max(i for i, g in enumerate(self.groups) if g.root == root)
+
+    def by_root(self, root: str) -> ChannelGroup:
+        """The group whose channels `root`'s outputs define."""
+        return self.groups[self.index_of(root)]
+
     def refresh(self) -> None:
         """Re-read groups (after a compaction their channel counts and index maps change)."""
         names = self._names()

@@ -83,7 +83,7 @@ def weakest(pruner) -> Tuple[Optional[float], Optional[float]]:
     is none): a threshold below it removes nothing."""
     pruner.masks.apply()
     channels, columns = [], []
-    for g in pruner.groups.groups:
+    for g in pruner.groups:
         live = ~pruner.groups.masked_channels(g, pruner.masks)
         if int(live.sum()) > 1:  # a group's last channel always stays
             channels.append(float(relative(channel_scores(pruner, g), live)[live].min()))
