@@ -153,7 +153,7 @@ def test_a_model_slower_in_onnx_runtime_is_said_so(monkeypatch):
         {1: (0.14, 0.128), 64: (1.0, 1.35)}, []))
     cfg = make_cfg([ORT])
     cfg.hardware.latency.batch_sizes = [1, 64]
-    out = latency(cfg, nn.Identity(), nn.Identity(), CPU, (1, 8, 8), COUNTED)
+    out = latency(cfg.hardware.latency, nn.Identity(), nn.Identity(), CPU, (1, 8, 8), COUNTED)
     assert out["measured_speedup_onnxruntime_bs64"] == pytest.approx(1.0 / 1.35)
     assert out["measured_speedup_bs64"] == pytest.approx(8.0 / 7.0)
     assert out["latency_slower"] == ("the pruned model is slower than the dense one "
@@ -172,7 +172,7 @@ def test_a_model_onnx_cannot_take_is_timed_in_torch_with_the_reason(monkeypatch)
     monkeypatch.setattr(measurement, "deployed", refuses)
     cfg = make_cfg([ORT])
     cfg.hardware.latency.batch_sizes = [1]
-    out = latency(cfg, nn.Identity(), nn.Identity(), CPU, (1, 8, 8), COUNTED)
+    out = latency(cfg.hardware.latency, nn.Identity(), nn.Identity(), CPU, (1, 8, 8), COUNTED)
     assert out["measured_speedup"] == 2.0
     assert out["latency_onnxruntime_error"] == "Unsupported operator aten::weird"
     assert "latency_onnxruntime_ms_bs1" not in out
