@@ -44,7 +44,6 @@ from claims.document import (  # noqa: E402
 )
 from claims.running import CONSOLE, Results, run_tier  # noqa: E402
 from claims.tiers import TIERS  # noqa: E402
-
 from prunekit.files import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

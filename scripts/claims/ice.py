@@ -25,7 +25,6 @@ from claims.base import (
     runs_of,
     table,
 )
-
 from prunekit.files import atomic_write
 
 ICE_LABELS = ("standard pipeline (distils, as the reference)", "standard pipeline, plain",
