@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Type
 
 from omegaconf import DictConfig
 
 from prunekit.config import METHODS
 from prunekit.hardware import training_precision
 from prunekit.settings import config_hash
-from prunekit.sparsity.units import granularity
+from prunekit.sparsity.units import Granularity, granularity
 from prunekit.targets import Target, target_kind
 
 
@@ -45,7 +45,7 @@ class DenseRecipe:
 class RunPlan:
     method: Any  # the Method unit, built once with its own config (method.options)
     target: Target
-    granularity: Any  # the Granularity of method.granularity
+    granularity: Type[Granularity]  # the class method.granularity names
     seed: int
     deterministic: bool
     resume: bool

@@ -60,6 +60,7 @@ FORMAT = "prunekit-checkpoint/6"  # /2: fine-tune plans journaled; /3: ICE's tun
 # probe; /4: the pruner's and the tally's own state dicts; /5: keyed by the Context's pieces;
 # /6: dataclass results journaled by the journal itself (`journaled`)
 
+
 class Journal:
     """The operations of one run, in order, with their results as plain data (to_journal)."""
 

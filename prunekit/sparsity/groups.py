@@ -138,11 +138,10 @@ class ChannelGroup:
 
     def per_channel(self, tensors: Dict[str, torch.Tensor],
                     fn: Callable[[torch.Tensor], torch.Tensor],
-                    role: "Role" = None) -> torch.Tensor:
+                    role: Role = Role.OUT) -> torch.Tensor:
         """Σ over the members in `role` (default: outputs) of fn(the tensor's slices as rows),
         one float64 value per group channel: outputs' filters (rows of dim 0), inputs' columns
         (dim 1). `tensors` maps a module name to its weight, or to any tensor of that shape."""
-        role = Role.OUT if role is None else role
         total = torch.zeros(self.size, dtype=torch.float64)
         for m in self.members:
             if m.role is role:
